@@ -1,0 +1,292 @@
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{Frame, FrameKind, ProtoError};
+
+/// HTTP-level method of an API call (Vault's `LIST` included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+    List,
+}
+
+/// A Vault-style API call, passed through from the sidecar untouched.
+///
+/// The host proxy does not interpret the body or the token: routing, parsing and
+/// authorization all happen inside the enclave.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiRequest {
+    pub method: Method,
+    /// Path below `/v1/`, e.g. `transit/encrypt/pii`.
+    pub path: String,
+    /// Raw query string without `?` (may be empty).
+    #[serde(default)]
+    pub query: String,
+    /// The caller's token, as presented. Never logged.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(with = "serde_bytes", default)]
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for ApiRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// The enclave's answer to an [`ApiRequest`]: an HTTP status and a JSON body.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiResponse {
+    pub status: u16,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for ApiResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiResponse")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// A sealed keyring blob and its version in the host's store. The host can
+/// read neither; it only stores and returns it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedBlob {
+    pub version: u64,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedBlob")
+            .field("version", &self.version)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Whether the enclave holds its keyring in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealState {
+    /// Keyring loaded; crypto calls are served.
+    Unsealed,
+    /// No keyring in memory; crypto calls fail with 503.
+    Sealed,
+}
+
+/// Health of the enclave, as reported to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnclaveStatus {
+    pub seal: SealState,
+    /// Name of the seal backend (`dangerous-dev`, …).
+    pub seal_backend: String,
+    /// Version of the keyring blob in memory (0 = none).
+    pub keyring_version: u64,
+    pub enclave_version: String,
+}
+
+/// Requests either side may send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// Liveness; answered with [`Response::Pong`].
+    Ping,
+    /// host → enclave: health and seal state.
+    Status,
+    /// host → enclave: a Vault-style API call.
+    Api(ApiRequest),
+    /// host → enclave: the store holds a blob newer than `version`; reload.
+    KeyringChanged { version: u64 },
+    /// enclave → host: return the newest stored keyring blob, if any.
+    KeyringLoad,
+    /// enclave → host: store `blob` as version `expected + 1` only if the
+    /// newest stored version is `expected` (compare-and-swap).
+    KeyringStore { expected: u64, blob: SealedBlob },
+    /// enclave → host: append signed audit records (JSON lines, in order) to
+    /// `stream`, durably, before answering `Ack`.
+    AuditAppend {
+        stream: String,
+        records: Vec<serde_bytes::ByteBuf>,
+    },
+    /// enclave → host: durably store token mappings (encrypted by the
+    /// enclave) before answering `Ack`. Existing keys are replaced.
+    TokenPut { entries: Vec<TokenEntry> },
+    /// enclave → host: fetch mappings; answered with `Tokens` in key order.
+    TokenGet { keys: Vec<String> },
+    /// enclave → host: delete mappings that expired before `now` (unix s).
+    TokenTidy { now: u64 },
+    /// host → enclave: an attestation document from the NSM with these
+    /// fields (each at most 512 bytes; public_key 1024).
+    Attest {
+        nonce: Option<serde_bytes::ByteBuf>,
+        public_key: Option<serde_bytes::ByteBuf>,
+        user_data: Option<serde_bytes::ByteBuf>,
+    },
+}
+
+/// One stored token mapping. `key` is a keyed hash of the token id, `value`
+/// the enclave's ciphertext of the original value and metadata: the host
+/// learns neither.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenEntry {
+    pub key: String,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// Unix seconds; 0 = never.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Coarse error codes. Details stay in the sender's local log: fine-grained
+/// errors from crypto code can be side channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request could not be decoded or is not allowed from this side.
+    BadRequest,
+    /// Temporarily unable (sealed, store down, shutting down). Retry later.
+    Unavailable,
+    /// The request's deadline passed before it finished.
+    DeadlineExceeded,
+    /// The response would exceed the frame cap.
+    TooLarge,
+    /// Compare-and-swap lost: someone stored a newer version first.
+    Conflict,
+    /// Anything else; see the peer's logs.
+    Internal,
+}
+
+/// Responses to [`Request`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Response {
+    Pong,
+    Status(EnclaveStatus),
+    Api(ApiResponse),
+    /// Answer to `KeyringLoad`: the newest blob, or none stored yet.
+    Keyring(Option<SealedBlob>),
+    /// Answer to `KeyringStore`: stored under this version.
+    Stored {
+        version: u64,
+    },
+    /// Answer to `KeyringStore` when the CAS lost: the current newest blob.
+    Conflict(SealedBlob),
+    /// Answer to `KeyringChanged`, `AuditAppend`, `TokenPut`.
+    Ack,
+    /// Answer to `TokenGet`: one entry per key, `None` when absent.
+    Tokens(Vec<Option<serde_bytes::ByteBuf>>),
+    /// Answer to `TokenTidy`: mappings deleted.
+    Tidied {
+        deleted: u64,
+    },
+    /// Answer to `Attest`: the raw COSE_Sign1 document, and (development NSM
+    /// only) the PEM root it chains to.
+    Attestation {
+        #[serde(with = "serde_bytes")]
+        document: Vec<u8>,
+        dangerous_dev_root_pem: Option<String>,
+    },
+    Error(ErrorCode),
+}
+
+/// A decoded frame: what arrived, with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request {
+        id: u64,
+        deadline_ms: u32,
+        request: Request,
+    },
+    Response {
+        id: u64,
+        response: Response,
+    },
+    Cancel {
+        id: u64,
+    },
+}
+
+fn to_cbor<T: Serialize>(v: &T) -> Result<Bytes, ProtoError> {
+    let mut out = Vec::with_capacity(64);
+    ciborium::into_writer(v, &mut out).map_err(|e| ProtoError::BadMessage(e.to_string()))?;
+    Ok(Bytes::from(out))
+}
+
+fn from_cbor<T: for<'de> Deserialize<'de>>(mut b: &[u8]) -> Result<T, ProtoError> {
+    let v = ciborium::from_reader(&mut b).map_err(|e| ProtoError::BadMessage(e.to_string()))?;
+    if !b.is_empty() {
+        return Err(ProtoError::TrailingBytes(b.len()));
+    }
+    Ok(v)
+}
+
+impl Message {
+    /// Build the frame for this message.
+    pub fn to_frame(&self) -> Result<Frame, ProtoError> {
+        Ok(match self {
+            Message::Request {
+                id,
+                deadline_ms,
+                request,
+            } => Frame {
+                kind: FrameKind::Request,
+                id: *id,
+                deadline_ms: *deadline_ms,
+                payload: to_cbor(request)?,
+            },
+            Message::Response { id, response } => Frame {
+                kind: FrameKind::Response,
+                id: *id,
+                deadline_ms: 0,
+                payload: to_cbor(response)?,
+            },
+            Message::Cancel { id } => Frame {
+                kind: FrameKind::Cancel,
+                id: *id,
+                deadline_ms: 0,
+                payload: Bytes::new(),
+            },
+        })
+    }
+
+    /// Decode a frame's payload. Exactly one CBOR item; trailing bytes rejected.
+    pub fn from_frame(f: &Frame) -> Result<Message, ProtoError> {
+        Ok(match f.kind {
+            FrameKind::Request => Message::Request {
+                id: f.id,
+                deadline_ms: f.deadline_ms,
+                request: from_cbor(&f.payload)?,
+            },
+            FrameKind::Response => Message::Response {
+                id: f.id,
+                response: from_cbor(&f.payload)?,
+            },
+            FrameKind::Cancel => Message::Cancel { id: f.id },
+        })
+    }
+}

@@ -1,0 +1,499 @@
+//! The Vault-compatible HTTP API, evaluated inside the enclave.
+//!
+//! The host forwards `(method, path, query, token, body)`; this module parses
+//! the JSON body, authorizes the caller, routes to the transit engine and
+//! renders Vault's envelopes (`{"data": …}` on success, `{"errors": […]}` on
+//! failure). Status codes and error strings follow OpenBao's transit engine.
+
+use std::collections::BTreeSet;
+
+use pii_proto::{ApiRequest, ApiResponse, Method};
+use serde_json::{Map, Value};
+
+use crate::auth::{Auth, Capability, Identity};
+use crate::error::{Error, Result};
+use crate::transit::{BlobStore, Engine};
+
+pub type Params = Map<String, Value>;
+
+/// Request context passed to handlers.
+pub struct Ctx<'a> {
+    pub engine: &'a Engine,
+    pub store: &'a dyn BlobStore,
+    pub identity: &'a Identity,
+    pub method: Method,
+    pub path: &'a str,
+    pub params: Params,
+    /// Parameter names the handler looked at (for Vault's "ignored" warning).
+    pub seen: BTreeSet<&'static str>,
+}
+
+/// A handler's successful result.
+pub enum Reply {
+    /// 200 with `{"data": …}` (plus warnings).
+    Data(Value),
+    /// Batch results with a status decided by the handler.
+    Batch { status: u16, data: Value },
+    /// 204, empty body.
+    NoContent,
+    /// 404 with `{"errors":[]}` (Vault's "not found" for reads).
+    NotFound,
+}
+
+const UNSUPPORTED_PATH: &str = "1 error occurred:\n\t* unsupported path\n\n";
+const UNSUPPORTED_OP: &str = "1 error occurred:\n\t* unsupported operation\n\n";
+
+pub fn unsupported_path() -> Error {
+    Error::new(404, UNSUPPORTED_PATH)
+}
+pub fn unsupported_operation() -> Error {
+    Error::new(405, UNSUPPORTED_OP)
+}
+
+fn json_response(status: u16, v: &Value) -> ApiResponse {
+    ApiResponse {
+        status,
+        body: serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()),
+    }
+}
+
+pub fn error_response(e: &Error) -> ApiResponse {
+    json_response(e.status, &serde_json::json!({ "errors": [e.message()] }))
+}
+
+fn request_id() -> String {
+    let mut b = [0u8; 16];
+    if crate::keyring::random(&mut b).is_err() {
+        return String::new();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn envelope(data: Value, warnings: Option<Vec<String>>) -> Value {
+    serde_json::json!({
+        "request_id": request_id(),
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": data,
+        "wrap_info": null,
+        "warnings": warnings,
+        "auth": null,
+    })
+}
+
+/// Go's JSON decoder messages for the common failures, so clients see what
+/// Vault would say.
+fn json_error(body: &[u8], e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let detail = match e.classify() {
+        Category::Eof => "unexpected EOF".to_string(),
+        Category::Syntax | Category::Io => {
+            // Offset of the failing character, as Go reports "invalid character 'x' …".
+            let offset = line_col_to_offset(body, e.line(), e.column());
+            match body.get(offset.saturating_sub(1)) {
+                Some(c) if offset > 0 => {
+                    let ch = if c.is_ascii_graphic() || *c == b' ' {
+                        format!("'{}'", *c as char)
+                    } else {
+                        format!("'\\x{c:02x}'")
+                    };
+                    // OpenBao reports every syntax error this way (observed).
+                    let context = "looking for beginning of value";
+                    format!("invalid character {ch} {context}")
+                }
+                _ => e.to_string(),
+            }
+        }
+        Category::Data => e.to_string(),
+    };
+    format!("failed to decode JSON input: {detail}")
+}
+
+fn line_col_to_offset(body: &[u8], line: usize, col: usize) -> usize {
+    let mut l = 1;
+    let mut start = 0;
+    for (i, b) in body.iter().enumerate() {
+        if l == line {
+            break;
+        }
+        if *b == b'\n' {
+            l += 1;
+            start = i + 1;
+        }
+    }
+    (start + col).min(body.len())
+}
+
+/// Parse a request body: JSON object, empty = `{}`.
+pub fn parse_body(body: &[u8]) -> Result<Params> {
+    let trimmed = body.iter().all(|b| b.is_ascii_whitespace());
+    if trimmed {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => {
+            let kind = match other {
+                Value::Array(_) => "array",
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "bool",
+                _ => "null",
+            };
+            if kind == "null" {
+                return Ok(Map::new());
+            }
+            Err(Error::bad(format!(
+                "failed to decode JSON input: json: cannot unmarshal {kind} into Go value of type map[string]interface {{}}"
+            )))
+        }
+        Err(e) => Err(Error::bad(json_error(body, &e))),
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Capability a request needs by default (handlers may ask for `create`).
+pub fn capability_for(method: Method) -> Capability {
+    match method {
+        Method::Get => Capability::Read,
+        Method::Put | Method::Post => Capability::Update,
+        Method::Delete => Capability::Delete,
+        Method::List => Capability::List,
+    }
+}
+
+/// Paths whose success returns plaintext.
+fn is_reveal(path: &str) -> bool {
+    [
+        "transit/decrypt/",
+        "transform/decode/",
+        "transform/document/decode/",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
+}
+
+/// Serve one API call.
+pub async fn handle(
+    engine: &Engine,
+    auth: &Auth,
+    store: &dyn BlobStore,
+    req: ApiRequest,
+) -> ApiResponse {
+    let mut method = req.method;
+    if method == Method::Get && query_param(&req.query, "list") == Some("true") {
+        method = Method::List;
+    }
+    let path = req.path.trim_start_matches('/');
+    let path = if method == Method::List {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let Some(identity) = auth.authenticate(req.token.as_deref()) else {
+        return error_response(&Error::denied());
+    };
+    // Vault checks the ACL before parsing the body. Every token may look
+    // itself up (Vault's `default` policy grants the same).
+    let self_lookup = path == "auth/token/lookup-self";
+    // Writes are also allowed with `create` alone; handlers that would only
+    // update an existing key re-check.
+    let writes = matches!(method, Method::Post | Method::Put);
+    let allowed = self_lookup
+        || identity.allows(path, capability_for(method))
+        || (writes && identity.allows(path, Capability::Create));
+    if !allowed {
+        // Refused attempts to reveal plaintext are audited too (best effort:
+        // the answer is 403 either way).
+        if is_reveal(path) {
+            let target = path.rsplit('/').next().unwrap_or_default();
+            let mut e = crate::audit::Event::decode(path, target, "", 0).0;
+            e.kind = "denied".into();
+            e.caller = identity.display_name.clone();
+            e.token = identity.token_id.clone();
+            e.policies = identity.policy_names.clone();
+            if engine.is_unsealed() {
+                if let Err(err) = engine.audit(store, e).await {
+                    tracing::warn!(error = %err, "could not audit a denied request");
+                }
+            }
+        }
+        return error_response(&Error::denied());
+    }
+    let params = match parse_body(&req.body) {
+        Ok(p) => p,
+        Err(e) => return error_response(&e),
+    };
+    let mut ctx = Ctx {
+        engine,
+        store,
+        identity: &identity,
+        method,
+        path,
+        params,
+        seen: BTreeSet::new(),
+    };
+    let result = route(&mut ctx).await;
+    match result {
+        Ok(Reply::Data(data)) => {
+            let warnings = ctx.ignored_warning();
+            json_response(200, &envelope(data, warnings))
+        }
+        Ok(Reply::Batch { status, data }) => {
+            json_response(status, &envelope(data, ctx.ignored_warning()))
+        }
+        Ok(Reply::NoContent) => ApiResponse {
+            status: 204,
+            body: vec![],
+        },
+        Ok(Reply::NotFound) => json_response(404, &serde_json::json!({ "errors": [] })),
+        Err(e) => error_response(&e),
+    }
+}
+
+impl Ctx<'_> {
+    fn ignored_warning(&self) -> Option<Vec<String>> {
+        let ignored: Vec<&str> = self
+            .params
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !self.seen.contains(k))
+            .collect();
+        if ignored.is_empty() {
+            None
+        } else {
+            Some(vec![format!(
+                "Endpoint ignored these unrecognized parameters: [{}]",
+                ignored.join(" ")
+            )])
+        }
+    }
+
+    /// Record an audit event for this caller; fails the request (503) if the
+    /// record cannot be stored.
+    pub async fn audit(&self, event: crate::audit::Event) -> Result<()> {
+        let mut e = event.0;
+        e.caller = self.identity.display_name.clone();
+        e.token = self.identity.token_id.clone();
+        e.policies = self.identity.policy_names.clone();
+        self.engine.audit(self.store, e).await
+    }
+
+    /// Whether the caller may also use `cap` on this path.
+    pub fn allowed(&self, cap: Capability) -> bool {
+        self.identity.allows(self.path, cap)
+    }
+
+    fn take(&mut self, name: &'static str) -> Option<&Value> {
+        self.seen.insert(name);
+        match self.params.get(name) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    /// A string parameter; scalars are converted as Vault's field decoder does.
+    pub fn str(&mut self, name: &'static str) -> Option<String> {
+        self.take(name).map(value_to_string)
+    }
+
+    pub fn int(&mut self, name: &'static str) -> Result<Option<i64>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => value_to_int(v)
+                .map(Some)
+                .ok_or_else(|| Error::bad(int_error(name))),
+        }
+    }
+
+    /// As [`Ctx::int`] with the "Field validation failed" prefix Vault uses on
+    /// key management endpoints.
+    pub fn field_int(&mut self, name: &'static str) -> Result<Option<i64>> {
+        self.int(name)
+            .map_err(|e| Error::bad(format!("Field validation failed: {}", e.message())))
+    }
+
+    pub fn field_bool(&mut self, name: &'static str) -> Result<Option<bool>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => match value_to_string(v).as_str() {
+                "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(Some(true)),
+                "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
+                _ => Err(Error::bad(format!(
+                    "Field validation failed: error converting input for field \"{name}\": '' cannot parse value as 'bool': strconv.ParseBool: invalid syntax"
+                ))),
+            },
+        }
+    }
+
+    /// A duration in seconds: an integer or a Go duration string (`1h`, `90m`).
+    pub fn field_duration(&mut self, name: &'static str) -> Result<Option<u64>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| Error::bad(format!("Field validation failed: error converting input for field \"{name}\": invalid duration"))),
+            Some(v) => {
+                let s = value_to_string(v);
+                if let Ok(n) = s.parse::<u64>() {
+                    return Ok(Some(n));
+                }
+                humantime::parse_duration(&s)
+                    .map(|d| Some(d.as_secs()))
+                    .map_err(|_| {
+                        Error::bad(format!(
+                            "Field validation failed: error converting input for field \"{name}\": time: invalid duration \"{s}\""
+                        ))
+                    })
+            }
+        }
+    }
+
+    /// The raw `batch_input`, if present.
+    pub fn batch(&mut self) -> Result<Option<Vec<Map<String, Value>>>> {
+        match self.take("batch_input") {
+            None => Ok(None),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for it in items {
+                    match it {
+                        Value::Object(m) => out.push(m.clone()),
+                        other => {
+                            return Err(Error::new(
+                                500,
+                                format!(
+                                    "1 error occurred:\n\t* failed to parse batch input: '[{}]' expected a map, got '{}'\n\n",
+                                    out.len(),
+                                    go_kind(other)
+                                ),
+                            ))
+                        }
+                    }
+                }
+                Ok(Some(out))
+            }
+            Some(other) => Err(Error::new(
+                500,
+                format!(
+                    "1 error occurred:\n\t* failed to parse batch input: source data must be an array or slice, got {}\n\n",
+                    go_kind(other)
+                ),
+            )),
+        }
+    }
+}
+
+fn go_kind(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "string",
+        Value::Number(_) => "float64",
+        Value::Bool(_) => "bool",
+        Value::Object(_) => "map",
+        Value::Array(_) => "slice",
+        Value::Null => "invalid",
+    }
+}
+
+pub fn int_error(name: &str) -> String {
+    format!("error converting input for field \"{name}\": '' cannot parse value as 'int': strconv.ParseInt: invalid syntax")
+}
+
+pub fn value_to_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+pub fn value_to_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Bool(_) | Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+/// Top-level routing.
+async fn route(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let path = ctx.path.to_owned();
+    let segs: Vec<&str> = path.split('/').collect();
+    match segs.as_slice() {
+        ["transit", rest @ ..] => crate::transit::route(ctx, rest).await,
+        ["transform", rest @ ..] => crate::transform_api::route(ctx, rest).await,
+        ["sys", "audit-key"] => match ctx.method {
+            Method::Get => {
+                let key = ctx.engine.audit_key(ctx.store).await?;
+                use aws_lc_rs::signature::KeyPair;
+                Ok(Reply::Data(serde_json::json!({
+                    "algorithm": "ed25519",
+                    "public_key": hex::encode(key.public_key().as_ref()),
+                })))
+            }
+            _ => Err(unsupported_operation()),
+        },
+        ["auth", "token", "lookup-self"] => match ctx.method {
+            Method::Get | Method::Post | Method::Put => Ok(Reply::Data(serde_json::json!({
+                "display_name": ctx.identity.display_name,
+                "policies": ctx.identity.policy_names,
+                "ttl": 0,
+                "renewable": false,
+                "type": "service",
+            }))),
+            _ => Err(unsupported_operation()),
+        },
+        _ => Err(unsupported_path()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_read_like_go() {
+        assert_eq!(
+            parse_body(b"{bad json").unwrap_err().message(),
+            "failed to decode JSON input: invalid character 'b' looking for beginning of value"
+        );
+        assert_eq!(
+            parse_body(b"[1,2]").unwrap_err().message(),
+            "failed to decode JSON input: json: cannot unmarshal array into Go value of type map[string]interface {}"
+        );
+        assert_eq!(
+            parse_body(b"{\"a\":1").unwrap_err().message(),
+            "failed to decode JSON input: unexpected EOF"
+        );
+        assert!(parse_body(b"").unwrap().is_empty());
+        assert!(parse_body(b" \n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+}

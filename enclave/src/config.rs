@@ -1,0 +1,90 @@
+//! Enclave configuration: a TOML file baked into the measured image, with a
+//! few command-line overrides for development.
+//!
+//! Parsing ([`Config::parse`]) is pure; loading reads a file. Unknown fields
+//! are errors, so a typo cannot silently disable a setting.
+
+use serde::Deserialize;
+
+use crate::auth::AuthConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `vsock://any:5000` in an enclave, `unix:/path` in development.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest protocol frame in either direction, bytes.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    #[serde(default)]
+    pub seal: SealConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "kebab-case")]
+pub enum SealConfig {
+    /// No seal configured: the enclave refuses to start.
+    #[default]
+    None,
+    /// **Development only**: passphrase-derived key; the host can unseal.
+    DangerousDev { passphrase: String },
+}
+
+fn default_listen() -> String {
+    "vsock://any:5000".into()
+}
+
+fn default_max_frame() -> usize {
+    48 * 1024 * 1024
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+            max_frame_bytes: default_max_frame(),
+            seal: SealConfig::None,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_full_and_reject_unknown() {
+        let c = Config::parse(
+            r#"
+            listen = "unix:/tmp/e.sock"
+            [seal]
+            type = "dangerous-dev"
+            passphrase = "x"
+            [auth]
+            tokens = []
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "unix:/tmp/e.sock");
+        assert!(matches!(c.seal, SealConfig::DangerousDev { .. }));
+        assert!(Config::parse("lisen = 'typo'")
+            .unwrap_err()
+            .contains("unknown field"));
+        assert!(Config::parse("[seal]\ntype = 'magic'").is_err());
+    }
+}

@@ -1,0 +1,584 @@
+//! Named, versioned transit keys: what is persisted (sealed) and what is kept
+//! ready in memory.
+//!
+//! [`KeyDoc`] is the persisted form, serialized to CBOR inside the sealed
+//! keyring blob. [`Key`] adds the prepared AEAD and HMAC keys so the hot path
+//! does no key schedule. Every byte of key material sits in `Zeroizing`
+//! buffers; nothing here implements `Debug` with secrets in it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
+use aws_lc_rs::{hkdf, hmac};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// Supported key types (Vault's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyType {
+    #[serde(rename = "aes256-gcm96")]
+    Aes256Gcm96,
+    #[serde(rename = "aes128-gcm96")]
+    Aes128Gcm96,
+    #[serde(rename = "chacha20-poly1305")]
+    ChaCha20Poly1305,
+}
+
+impl KeyType {
+    pub fn parse(s: &str) -> Option<KeyType> {
+        match s {
+            "aes256-gcm96" => Some(KeyType::Aes256Gcm96),
+            "aes128-gcm96" => Some(KeyType::Aes128Gcm96),
+            "chacha20-poly1305" => Some(KeyType::ChaCha20Poly1305),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::Aes256Gcm96 => "aes256-gcm96",
+            KeyType::Aes128Gcm96 => "aes128-gcm96",
+            KeyType::ChaCha20Poly1305 => "chacha20-poly1305",
+        }
+    }
+
+    pub fn key_len(self) -> usize {
+        match self {
+            KeyType::Aes128Gcm96 => 16,
+            _ => 32,
+        }
+    }
+
+    fn algorithm(self) -> &'static aead::Algorithm {
+        match self {
+            KeyType::Aes256Gcm96 => &aead::AES_256_GCM,
+            KeyType::Aes128Gcm96 => &aead::AES_128_GCM,
+            KeyType::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
+        }
+    }
+}
+
+/// Persisted material of one key version.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct VersionDoc {
+    #[serde(with = "zbytes")]
+    pub key: Zeroizing<Vec<u8>>,
+    #[serde(with = "zbytes")]
+    pub hmac_key: Zeroizing<Vec<u8>>,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+/// Persisted form of a named key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct KeyDoc {
+    pub name: String,
+    pub key_type: KeyType,
+    pub derived: bool,
+    pub convergent: bool,
+    pub deletion_allowed: bool,
+    pub min_decryption_version: u32,
+    pub min_encryption_version: u32,
+    pub min_available_version: u32,
+    /// Seconds; 0 = never.
+    pub auto_rotate_period: u64,
+    pub latest_version: u32,
+    pub versions: BTreeMap<u32, VersionDoc>,
+}
+
+mod zbytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use zeroize::Zeroizing;
+
+    pub fn serialize<S: Serializer>(v: &Zeroizing<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<Vec<u8>>, D::Error> {
+        let b: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+        Ok(Zeroizing::new(b.into_vec()))
+    }
+}
+
+/// Fill `buf` from the enclave's CSPRNG.
+pub fn random(buf: &mut [u8]) -> Result<()> {
+    aws_lc_rs::rand::fill(buf).map_err(|_| Error::internal("random number generator failed"))
+}
+
+fn random_vec(n: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut v = Zeroizing::new(vec![0u8; n]);
+    random(&mut v)?;
+    Ok(v)
+}
+
+impl VersionDoc {
+    pub fn generate(kt: KeyType, now: i64) -> Result<VersionDoc> {
+        Ok(VersionDoc {
+            key: random_vec(kt.key_len())?,
+            hmac_key: random_vec(32)?,
+            created: now,
+        })
+    }
+}
+
+impl KeyDoc {
+    pub fn new(
+        name: &str,
+        kt: KeyType,
+        derived: bool,
+        convergent: bool,
+        now: i64,
+    ) -> Result<KeyDoc> {
+        let mut versions = BTreeMap::new();
+        versions.insert(1, VersionDoc::generate(kt, now)?);
+        Ok(KeyDoc {
+            name: name.to_owned(),
+            key_type: kt,
+            derived,
+            convergent,
+            deletion_allowed: false,
+            min_decryption_version: 1,
+            min_encryption_version: 0,
+            min_available_version: 0,
+            auto_rotate_period: 0,
+            latest_version: 1,
+            versions,
+        })
+    }
+
+    pub fn rotate(&mut self, now: i64) -> Result<()> {
+        let next = self.latest_version + 1;
+        self.versions
+            .insert(next, VersionDoc::generate(self.key_type, now)?);
+        self.latest_version = next;
+        Ok(())
+    }
+}
+
+struct HkdfLen(usize);
+impl hkdf::KeyType for HkdfLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-SHA256 with a domain label and the caller's context as `info`.
+fn hkdf(ikm: &[u8], label: &[u8], context: &[u8], len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(ikm);
+    let info = [label, &[0u8][..], context];
+    let okm = prk
+        .expand(&info, HkdfLen(len))
+        .map_err(|_| Error::internal("key derivation failed"))?;
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    okm.fill(&mut out)
+        .map_err(|_| Error::internal("key derivation failed"))?;
+    Ok(out)
+}
+
+const LABEL_DERIVE: &[u8] = b"pii-enclave/transit/derive/v1";
+const LABEL_CONVERGENT: &[u8] = b"pii-enclave/transit/convergent-nonce/v1";
+
+/// Prepared keys of one version.
+pub struct VersionKeys {
+    aead: LessSafeKey,
+    raw: Zeroizing<Vec<u8>>,
+    hmac_raw: Zeroizing<Vec<u8>>,
+    /// Nonce-derivation key for convergent keys.
+    nonce_key: Option<hmac::Key>,
+}
+
+/// The AEAD to use for one operation: the version key, or one derived from it.
+pub enum OpKey<'a> {
+    Base(&'a VersionKeys),
+    Derived(Box<DerivedKey>),
+}
+
+/// A per-context key derived for one operation.
+pub struct DerivedKey {
+    aead: LessSafeKey,
+    nonce_key: Option<hmac::Key>,
+}
+
+impl OpKey<'_> {
+    fn parts(&self) -> (&LessSafeKey, Option<&hmac::Key>) {
+        match self {
+            OpKey::Base(v) => (&v.aead, v.nonce_key.as_ref()),
+            OpKey::Derived(d) => (&d.aead, d.nonce_key.as_ref()),
+        }
+    }
+
+    /// `nonce ‖ ciphertext ‖ tag`. Convergent keys derive the nonce from the
+    /// plaintext (same plaintext + context → same ciphertext); others draw it
+    /// at random.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
+        let (key, nonce_key) = self.parts();
+        let mut nonce = [0u8; NONCE_LEN];
+        match nonce_key {
+            Some(nk) => {
+                let tag = hmac::sign(nk, plaintext);
+                nonce.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
+            }
+            None => random(&mut nonce)?,
+        }
+        let tag_len = key.algorithm().tag_len();
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + tag_len);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[NONCE_LEN..],
+            )
+            .map_err(|_| Error::internal("encryption failed"))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Inverse of [`OpKey::seal`]. Errors carry Vault's strings.
+    pub fn open(&self, data: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let (key, _) = self.parts();
+        if data.len() < NONCE_LEN {
+            return Err(Error::bad("invalid ciphertext length"));
+        }
+        let (n, ct) = data.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(n)
+            .map_err(|_| Error::bad("invalid ciphertext length"))?;
+        let mut buf = Zeroizing::new(ct.to_vec());
+        let len = key
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .map_err(|_| {
+                // Go's messages differ per AEAD; clients see OpenBao's.
+                if key.algorithm() == &aead::CHACHA20_POLY1305 {
+                    Error::bad("chacha20poly1305: message authentication failed")
+                } else {
+                    Error::bad("cipher: message authentication failed")
+                }
+            })?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+/// HMAC algorithms (Vault's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HmacAlg {
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl HmacAlg {
+    pub fn parse(s: &str) -> Option<HmacAlg> {
+        match s {
+            "sha2-224" => Some(HmacAlg::Sha224),
+            "sha2-256" => Some(HmacAlg::Sha256),
+            "sha2-384" => Some(HmacAlg::Sha384),
+            "sha2-512" => Some(HmacAlg::Sha512),
+            _ => None,
+        }
+    }
+    fn algorithm(self) -> hmac::Algorithm {
+        match self {
+            HmacAlg::Sha224 => hmac::HMAC_SHA224,
+            HmacAlg::Sha256 => hmac::HMAC_SHA256,
+            HmacAlg::Sha384 => hmac::HMAC_SHA384,
+            HmacAlg::Sha512 => hmac::HMAC_SHA512,
+        }
+    }
+}
+
+impl VersionKeys {
+    fn new(kt: KeyType, convergent: bool, doc: &VersionDoc) -> Result<VersionKeys> {
+        let unbound = UnboundKey::new(kt.algorithm(), &doc.key)
+            .map_err(|_| Error::internal("bad key length in keyring"))?;
+        let nonce_key = if convergent {
+            Some(hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &hkdf(&doc.key, LABEL_CONVERGENT, &[], 32)?,
+            ))
+        } else {
+            None
+        };
+        Ok(VersionKeys {
+            aead: LessSafeKey::new(unbound),
+            raw: doc.key.clone(),
+            hmac_raw: doc.hmac_key.clone(),
+            nonce_key,
+        })
+    }
+
+    /// HMAC of `input` with this version's HMAC key.
+    pub fn hmac(&self, alg: HmacAlg, input: &[u8]) -> Vec<u8> {
+        let k = hmac::Key::new(alg.algorithm(), &self.hmac_raw);
+        hmac::sign(&k, input).as_ref().to_vec()
+    }
+}
+
+/// A key ready for use: the persisted doc plus prepared per-version keys.
+pub struct Key {
+    pub doc: KeyDoc,
+    versions: BTreeMap<u32, VersionKeys>,
+}
+
+impl Key {
+    pub fn from_doc(doc: KeyDoc) -> Result<Key> {
+        let mut versions = BTreeMap::new();
+        for (v, vd) in &doc.versions {
+            versions.insert(*v, VersionKeys::new(doc.key_type, doc.convergent, vd)?);
+        }
+        Ok(Key { doc, versions })
+    }
+
+    pub fn version(&self, v: u32) -> Option<&VersionKeys> {
+        self.versions.get(&v)
+    }
+
+    /// The key for one operation. Derived keys need a context; for others the
+    /// context is ignored, as Vault does.
+    pub fn op_key<'a>(&'a self, vk: &'a VersionKeys, context: Option<&[u8]>) -> Result<OpKey<'a>> {
+        if !self.doc.derived {
+            return Ok(OpKey::Base(vk));
+        }
+        let ctx = match context {
+            Some(c) if !c.is_empty() => c,
+            _ => return Err(Error::bad(MISSING_CONTEXT)),
+        };
+        let kt = self.doc.key_type;
+        let dk = hkdf(&vk.raw, LABEL_DERIVE, ctx, kt.key_len())?;
+        let unbound = UnboundKey::new(kt.algorithm(), &dk)
+            .map_err(|_| Error::internal("key derivation failed"))?;
+        let nonce_key = if self.doc.convergent {
+            Some(hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &hkdf(&dk, LABEL_CONVERGENT, ctx, 32)?,
+            ))
+        } else {
+            None
+        };
+        Ok(OpKey::Derived(Box::new(DerivedKey {
+            aead: LessSafeKey::new(unbound),
+            nonce_key,
+        })))
+    }
+}
+
+pub const MISSING_CONTEXT: &str = "missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key";
+
+/// The whole keyring as served: immutable, swapped atomically on change.
+#[derive(Default)]
+pub struct Keyring {
+    /// Monotonic counter inside the sealed blob (rollback detection).
+    pub generation: u64,
+    /// Version of the blob in the host's store this keyring came from.
+    pub store_version: u64,
+    pub keys: BTreeMap<String, Arc<Key>>,
+    /// Tokenization configuration and keys.
+    pub transform: Arc<crate::transform::TransformState>,
+    /// The audit signing key (PKCS#8), created on first use.
+    pub audit_key: Option<Arc<aws_lc_rs::signature::Ed25519KeyPair>>,
+    audit_pkcs8: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// Persisted form of the whole keyring.
+#[derive(Serialize, Deserialize)]
+pub struct KeyringDoc {
+    pub format: u32,
+    pub generation: u64,
+    pub keys: Vec<KeyDoc>,
+    #[serde(default)]
+    pub transform: crate::transform::TransformDoc,
+    #[serde(default, with = "opt_zbytes")]
+    pub audit_key: Option<Zeroizing<Vec<u8>>>,
+}
+
+mod opt_zbytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use zeroize::Zeroizing;
+
+    pub fn serialize<S: Serializer>(
+        v: &Option<Zeroizing<Vec<u8>>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(serde_bytes::Bytes::new(b)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, D::Error> {
+        let b: Option<serde_bytes::ByteBuf> = Deserialize::deserialize(d)?;
+        Ok(b.map(|b| Zeroizing::new(b.into_vec())))
+    }
+}
+
+pub const KEYRING_FORMAT: u32 = 1;
+
+impl Keyring {
+    pub fn to_cbor(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let doc = KeyringDoc {
+            format: KEYRING_FORMAT,
+            generation: self.generation,
+            keys: self.keys.values().map(|k| k.doc.clone()).collect(),
+            transform: self.transform.doc.clone(),
+            audit_key: self.audit_pkcs8.clone(),
+        };
+        let mut out = Zeroizing::new(Vec::new());
+        ciborium::into_writer(&doc, &mut *out)
+            .map_err(|_| Error::internal("keyring encoding failed"))?;
+        Ok(out)
+    }
+
+    pub fn from_cbor(bytes: &[u8], store_version: u64) -> Result<Keyring> {
+        let mut rd = bytes;
+        let doc: KeyringDoc = ciborium::from_reader(&mut rd)
+            .map_err(|_| Error::internal("keyring decoding failed"))?;
+        if !rd.is_empty() || doc.format != KEYRING_FORMAT {
+            return Err(Error::internal("keyring has an unknown format"));
+        }
+        let mut keys = BTreeMap::new();
+        for kd in doc.keys {
+            keys.insert(kd.name.clone(), Arc::new(Key::from_doc(kd)?));
+        }
+        Ok(Keyring {
+            generation: doc.generation,
+            store_version,
+            keys,
+            transform: Arc::new(crate::transform::TransformState::from_doc(doc.transform)?),
+            audit_key: match &doc.audit_key {
+                Some(k) => Some(Arc::new(crate::audit::load_key(k)?)),
+                None => None,
+            },
+            audit_pkcs8: doc.audit_key,
+        })
+    }
+
+    /// A copy with the generation bumped, for several edits at once.
+    pub fn next_generation(&self) -> Keyring {
+        Keyring {
+            generation: self.generation + 1,
+            store_version: self.store_version,
+            keys: self.keys.clone(),
+            transform: self.transform.clone(),
+            audit_key: self.audit_key.clone(),
+            audit_pkcs8: self.audit_pkcs8.clone(),
+        }
+    }
+
+    /// A copy with a new audit key, generation bumped.
+    pub fn with_audit_key(&self, pkcs8: Zeroizing<Vec<u8>>) -> Result<Keyring> {
+        let mut next = self.next_generation();
+        next.audit_key = Some(Arc::new(crate::audit::load_key(&pkcs8)?));
+        next.audit_pkcs8 = Some(pkcs8);
+        Ok(next)
+    }
+
+    /// A copy with new Transform configuration, generation bumped.
+    pub fn with_transform(&self, doc: crate::transform::TransformDoc) -> Result<Keyring> {
+        let mut next = self.next_generation();
+        next.transform = Arc::new(crate::transform::TransformState::from_doc(doc)?);
+        Ok(next)
+    }
+
+    /// A copy with `name` replaced (or removed with `None`), generation bumped.
+    pub fn with_key(&self, name: &str, key: Option<Arc<Key>>) -> Keyring {
+        let mut keys = self.keys.clone();
+        match key {
+            Some(k) => {
+                keys.insert(name.to_owned(), k);
+            }
+            None => {
+                keys.remove(name);
+            }
+        }
+        Keyring {
+            generation: self.generation + 1,
+            store_version: self.store_version,
+            keys,
+            transform: self.transform.clone(),
+            audit_key: self.audit_key.clone(),
+            audit_pkcs8: self.audit_pkcs8.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kt: KeyType, derived: bool, convergent: bool) -> Key {
+        Key::from_doc(KeyDoc::new("k", kt, derived, convergent, 0).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn seal_open_every_type() {
+        for kt in [
+            KeyType::Aes256Gcm96,
+            KeyType::Aes128Gcm96,
+            KeyType::ChaCha20Poly1305,
+        ] {
+            let k = key(kt, false, false);
+            let op = k.op_key(k.version(1).unwrap(), None).unwrap();
+            let ct = op.seal(b"hello", b"ad").unwrap();
+            assert_eq!(ct.len(), 12 + 5 + 16);
+            assert_eq!(&op.open(&ct, b"ad").unwrap()[..], b"hello");
+            assert!(op.open(&ct, b"other").is_err());
+            let mut t = ct.clone();
+            t[20] ^= 1;
+            let want = if kt == KeyType::ChaCha20Poly1305 {
+                "chacha20poly1305: message authentication failed"
+            } else {
+                "cipher: message authentication failed"
+            };
+            assert_eq!(op.open(&t, b"ad").unwrap_err().message(), want);
+            assert_eq!(
+                op.open(&ct[..5], b"ad").unwrap_err().message(),
+                "invalid ciphertext length"
+            );
+        }
+    }
+
+    #[test]
+    fn derived_and_convergent() {
+        let k = key(KeyType::Aes256Gcm96, true, true);
+        let vk = k.version(1).unwrap();
+        assert_eq!(k.op_key(vk, None).err().unwrap().message(), MISSING_CONTEXT);
+        let a = k.op_key(vk, Some(b"user-1")).unwrap();
+        let b = k.op_key(vk, Some(b"user-2")).unwrap();
+        let c1 = a.seal(b"x", b"").unwrap();
+        assert_eq!(c1, a.seal(b"x", b"").unwrap(), "convergent: deterministic");
+        assert_ne!(c1, b.seal(b"x", b"").unwrap(), "context separates");
+        assert_ne!(c1, a.seal(b"y", b"").unwrap());
+        assert!(b.open(&c1, b"").is_err(), "wrong context fails");
+        assert_eq!(&a.open(&c1, b"").unwrap()[..], b"x");
+        let r = key(KeyType::Aes256Gcm96, true, false);
+        let op = r.op_key(r.version(1).unwrap(), Some(b"c")).unwrap();
+        assert_ne!(
+            op.seal(b"x", b"").unwrap(),
+            op.seal(b"x", b"").unwrap(),
+            "random nonces"
+        );
+    }
+
+    #[test]
+    fn keyring_cbor_roundtrip() {
+        let mut doc = KeyDoc::new("pii", KeyType::ChaCha20Poly1305, true, false, 42).unwrap();
+        doc.rotate(43).unwrap();
+        let kr = Keyring::default().with_key("pii", Some(Arc::new(Key::from_doc(doc).unwrap())));
+        let bytes = kr.to_cbor().unwrap();
+        let back = Keyring::from_cbor(&bytes, 7).unwrap();
+        assert_eq!(back.generation, 1);
+        assert_eq!(back.store_version, 7);
+        let k = &back.keys["pii"];
+        assert_eq!(k.doc.latest_version, 2);
+        assert_eq!(k.doc.versions[&1].key, kr.keys["pii"].doc.versions[&1].key);
+        let mut trailing = bytes.to_vec();
+        trailing.push(0);
+        assert!(Keyring::from_cbor(&trailing, 0).is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! `pii-enclave`: the process that runs inside the Nitro Enclave.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use pii_enclave::auth::{token_hash, Auth};
+use pii_enclave::config::{Config, SealConfig};
+use pii_enclave::seal::{DangerousDevSeal, Seal};
+use pii_enclave::server::Server;
+use pii_enclave::transit::Engine;
+use pii_transport::{Addr, Listener, PeerConfig};
+
+/// The pii-enclave crypto service (runs inside the enclave).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve the host proxy over vsock (or a Unix socket in development).
+    Serve(ServeArgs),
+    /// Print the hash under which a token is configured (`[[auth.tokens]] sha256`).
+    HashToken {
+        /// The token; read from stdin when omitted.
+        token: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Configuration file (TOML). Built into the enclave image in production.
+    #[arg(long, env = "PII_ENCLAVE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding the file: vsock://any:5000 or unix:/path.
+    #[arg(long, env = "PII_ENCLAVE_LISTEN")]
+    listen: Option<String>,
+    /// DANGEROUS, development only: seal the keyring with a key derived from
+    /// this passphrase. Whoever knows it (the host does) can read every key.
+    #[arg(long, env = "PII_ENCLAVE_DANGEROUS_DEV_SEAL_PASSPHRASE")]
+    dangerous_dev_seal_passphrase: Option<String>,
+    /// DANGEROUS, development only: accept this token with the root policy.
+    #[arg(long, env = "PII_ENCLAVE_DANGEROUS_DEV_ROOT_TOKEN")]
+    dangerous_dev_root_token: Option<String>,
+    /// DANGEROUS, development only: emulate the NSM with a self-made PKI
+    /// (needs a build with the `dangerous-dev-nsm` feature).
+    #[arg(long, env = "PII_ENCLAVE_DANGEROUS_DEV_NSM")]
+    dangerous_dev_nsm: bool,
+    /// Log format: json or text.
+    #[arg(long, env = "PII_ENCLAVE_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+fn nsm(dev: bool, config: &[u8]) -> Option<Arc<dyn pii_enclave::nsm::Nsm>> {
+    if dev {
+        #[cfg(feature = "dangerous-dev-nsm")]
+        {
+            let image = std::env::current_exe()
+                .and_then(std::fs::read)
+                .unwrap_or_default();
+            let n =
+                pii_enclave::nsm::DangerousDevNsm::new(&image, config).unwrap_or_else(|e| fail(e));
+            tracing::warn!(
+                "DANGEROUS: attestation documents come from the development NSM, not AWS hardware"
+            );
+            return Some(Arc::new(n));
+        }
+        #[cfg(not(feature = "dangerous-dev-nsm"))]
+        {
+            let _ = config;
+            fail("--dangerous-dev-nsm needs a build with the dangerous-dev-nsm feature");
+        }
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(n) = pii_enclave::nsm::RealNsm::open() {
+        use pii_enclave::nsm::Nsm as _;
+        tracing::info!("NSM: /dev/nsm");
+        // Mix the NSM's hardware randomness into the kernel pool that
+        // aws-lc's DRBG draws from (writing to /dev/urandom mixes, never
+        // replaces).
+        match n.random(64).and_then(|b| {
+            std::fs::write("/dev/urandom", b).map_err(|e| pii_enclave::nsm::NsmError(e.to_string()))
+        }) {
+            Ok(()) => tracing::info!("mixed 64 bytes of NSM randomness into the kernel pool"),
+            Err(e) => tracing::warn!(error = %e, "could not mix NSM randomness"),
+        }
+        return Some(Arc::new(n));
+    }
+    tracing::warn!("no NSM (/dev/nsm absent): attestation is unavailable");
+    None
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PII_ENCLAVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "text" {
+        b.init();
+    } else {
+        b.json().init();
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("pii-enclave: {msg}");
+    std::process::exit(64)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::HashToken { token } => {
+            let t = match token {
+                Some(t) => t,
+                None => {
+                    let mut s = String::new();
+                    if std::io::stdin().read_line(&mut s).is_err() {
+                        fail("cannot read the token from stdin");
+                    }
+                    s.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            println!("{}", hex::encode(token_hash(&t)));
+        }
+        Cmd::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) {
+    init_logs(&args.log_format);
+    let config_bytes = args
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .unwrap_or_default();
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p).unwrap_or_else(|e| fail(e)),
+        None => Config::default(),
+    };
+    let nsm = nsm(args.dangerous_dev_nsm, &config_bytes);
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(p) = args.dangerous_dev_seal_passphrase {
+        cfg.seal = SealConfig::DangerousDev { passphrase: p };
+    }
+    let seal: Arc<dyn Seal> = match &cfg.seal {
+        SealConfig::DangerousDev { passphrase } => {
+            tracing::warn!("DANGEROUS: keyring sealed with the development seal; the host can read every key");
+            Arc::new(DangerousDevSeal::from_passphrase(passphrase))
+        }
+        SealConfig::None => fail("no seal configured: set [seal] in the config file (or --dangerous-dev-seal-passphrase for development)"),
+    };
+    let mut auth = Auth::from_config(&cfg.auth).unwrap_or_else(|e| fail(e));
+    if let Some(t) = &args.dangerous_dev_root_token {
+        tracing::warn!("DANGEROUS: a development root token is accepted");
+        auth.add_root_token(t);
+    }
+    let addr: Addr = cfg.listen.parse().unwrap_or_else(|e| fail(e));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(e));
+    rt.block_on(async move {
+        let listener =
+            Listener::bind(&addr).unwrap_or_else(|e| fail(format!("cannot listen on {addr}: {e}")));
+        tracing::info!(%addr, seal = seal.id(), "pii-enclave listening");
+        let server = Arc::new(Server {
+            engine: Engine::new(seal),
+            auth,
+            nsm,
+        });
+        let peer_cfg = PeerConfig {
+            max_frame: cfg.max_frame_bytes,
+            name: "host".into(),
+            ..PeerConfig::default()
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            stop_tx.send_replace(true);
+        });
+        if let Err(e) = server.serve(listener, peer_cfg, stop_rx).await {
+            fail(e)
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Host proxy configuration: a TOML file, then environment variables
+//! (`PII_PROXY_*`), then command-line flags, in increasing precedence.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// TCP address of the sidecar API.
+    pub listen: String,
+    /// Optional Unix socket for the sidecar API.
+    pub listen_unix: Option<PathBuf>,
+    /// Enclave address: `vsock://CID:PORT` or `unix:/path`.
+    pub enclave: String,
+    /// Connections in the enclave pool.
+    pub connections: usize,
+    /// Largest accepted request body (Vault's default: 32 MiB).
+    pub max_request_bytes: usize,
+    /// Largest protocol frame to and from the enclave.
+    pub max_frame_bytes: usize,
+    /// Deadline for one API call through the enclave.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// Directory of the file keyring store.
+    pub keyring_dir: PathBuf,
+    /// How often the store is checked for blobs written by other replicas.
+    #[serde(with = "humantime_serde_compat")]
+    pub keyring_poll: Duration,
+    /// Directory of the signed audit log (one JSON-lines file per stream).
+    pub audit_dir: PathBuf,
+    /// Sync audit records to disk before acknowledging them.
+    pub audit_fsync: bool,
+    /// Stored-token mappings: `sqlite:PATH` (embedded) or `postgres://…`.
+    pub token_store: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8210".into(),
+            listen_unix: None,
+            enclave: "vsock://16:5000".into(),
+            connections: 4,
+            max_request_bytes: 32 * 1024 * 1024,
+            max_frame_bytes: 48 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            keyring_dir: PathBuf::from("/var/lib/pii-enclave/keyring"),
+            keyring_poll: Duration::from_secs(2),
+            audit_dir: PathBuf::from("/var/lib/pii-enclave/audit"),
+            audit_fsync: true,
+            token_store: "sqlite:/var/lib/pii-enclave/tokens.db".into(),
+        }
+    }
+}
+
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Config {
+    /// Pure parse of a TOML document.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Check values a TOML type cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connections == 0 || self.connections > 256 {
+            return Err("connections must be between 1 and 256".into());
+        }
+        if self.max_request_bytes + 64 * 1024 > self.max_frame_bytes {
+            return Err("max_frame_bytes must exceed max_request_bytes by at least 64 KiB".into());
+        }
+        if self.max_frame_bytes > pii_proto::HARD_MAX_FRAME_LEN {
+            return Err(format!(
+                "max_frame_bytes cannot exceed {}",
+                pii_proto::HARD_MAX_FRAME_LEN
+            ));
+        }
+        self.enclave
+            .parse::<pii_transport::Addr>()
+            .map_err(|e| e.to_string())?;
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("listen: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_defaults_and_overrides() {
+        let c = Config::parse("listen = \"127.0.0.1:9000\"\nrequest_timeout = \"5s\"").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert_eq!(c.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_request_bytes, 32 * 1024 * 1024);
+        c.validate().unwrap();
+        assert!(Config::parse("lissen = 1").is_err());
+        let bad = Config {
+            connections: 0,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = Config {
+            enclave: "tcp://x".into(),
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

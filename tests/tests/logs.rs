@@ -1,0 +1,198 @@
+//! The real binaries (`host-proxy dev`, which starts `pii-enclave`), logging at
+//! debug level, exercised with good and bad input: nothing panics, and no log
+//! line carries plaintext, tokens or key material.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use pii_tests::{b64, Client};
+use serde_json::json;
+
+fn bin_dir() -> PathBuf {
+    // target/<profile>/deps/logs-… → target/<profile>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
+}
+
+fn ensure_binaries() -> PathBuf {
+    let dir = bin_dir();
+    // Always (re)build: a stale binary would test old code. A no-op when fresh.
+    {
+        let release = dir.ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "host-proxy",
+                "-p",
+                "pii-enclave",
+                "--bins",
+            ])
+            .args(release.then_some("--release"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secrets_in_logs_and_no_panics() {
+    let bins = ensure_binaries();
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = data.path().join("stack.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let token = "s.log-test-token-7f3a";
+    let mut child = tokio::process::Command::new(bins.join("host-proxy"))
+        .args([
+            "dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .arg("--data-dir")
+        .arg(data.path().join("dev"))
+        .arg("--enclave-bin")
+        .arg(bins.join("pii-enclave"))
+        .env("PII_DEV_ROOT_TOKEN", token)
+        .env("PII_PROXY_LOG", "debug")
+        .env("PII_ENCLAVE_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let c = Client::new(&format!("http://127.0.0.1:{port}"), token);
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(r) = c.raw("GET", "sys/health", None).await {
+            if r.status == 200 {
+                up = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        up,
+        "dev stack did not come up: {}",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
+
+    let secret = b"SSN 078-05-1120 secret-marker";
+    let r = c
+        .post("transit/encrypt/logs", json!({"plaintext": b64(secret)}))
+        .await;
+    assert_eq!(r.status, 200);
+    let ct = r.data("ciphertext").as_str().unwrap().to_owned();
+    assert_eq!(
+        c.post("transit/decrypt/logs", json!({"ciphertext": ct}))
+            .await
+            .status,
+        200
+    );
+    c.post("transit/keys/logs/rotate", json!({})).await;
+    c.post("transit/datakey/plaintext/logs", json!({})).await;
+    // Bad input of every kind.
+    c.raw("POST", "transit/encrypt/logs", Some(b"{not json".to_vec()))
+        .await
+        .unwrap();
+    c.post("transit/encrypt/logs", json!({"plaintext": "%%%"}))
+        .await;
+    c.post(
+        "transit/decrypt/logs",
+        json!({"ciphertext": format!("{ct}AA")}),
+    )
+    .await;
+    c.post(
+        "transit/decrypt/logs",
+        json!({"ciphertext": "vault:v1:AAAA"}),
+    )
+    .await;
+    c.post("transit/decrypt/logs", json!({"batch_input": "x"}))
+        .await;
+    c.with_token("wrong-token-9c1d")
+        .post("transit/encrypt/logs", json!({"plaintext": b64(secret)}))
+        .await;
+    // Garbage straight onto the enclave's socket.
+    {
+        use tokio::io::AsyncWriteExt;
+        let sock = data.path().join("dev/enclave.sock");
+        let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        s.write_all(b"PIIE\x00\x01\x00\x01\xff\xff\xff\xff garbage")
+            .await
+            .unwrap();
+        let mut s2 = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        s2.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Still serving after all that.
+    assert_eq!(
+        c.post("transit/decrypt/logs", json!({"ciphertext": ct}))
+            .await
+            .status,
+        200
+    );
+
+    // Key material, read back from the sealed store with the dev passphrase.
+    let keyring_dir = data.path().join("dev/keyring");
+    let newest = std::fs::read_dir(&keyring_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+        .max()
+        .unwrap();
+    let blob = std::fs::read(newest).unwrap();
+    let seal = pii_enclave::seal::DangerousDevSeal::from_passphrase("pii-enclave-dev");
+    let pt = pii_enclave::seal::unseal_blob(&seal, &blob).await.unwrap();
+    let kr = pii_enclave::keyring::Keyring::from_cbor(&pt, 0).unwrap();
+    let mut needles: Vec<(String, String)> = vec![
+        (
+            "plaintext".into(),
+            String::from_utf8_lossy(secret).into_owned(),
+        ),
+        ("plaintext (base64)".into(), b64(secret)),
+        ("token".into(), token.into()),
+        ("wrong token".into(), "wrong-token-9c1d".into()),
+    ];
+    for k in kr.keys.values() {
+        for (v, d) in &k.doc.versions {
+            needles.push((format!("key v{v} (hex)"), hex::encode(&*d.key)));
+            needles.push((format!("key v{v} (base64)"), b64(&d.key)));
+            needles.push((format!("hmac key v{v} (hex)"), hex::encode(&*d.hmac_key)));
+        }
+    }
+    assert!(needles.len() > 8);
+    // The sealed blob itself never contains raw key bytes.
+    for k in kr.keys.values() {
+        for d in k.doc.versions.values() {
+            assert!(
+                !blob.windows(d.key.len()).any(|w| w == &d.key[..]),
+                "raw key in sealed blob"
+            );
+        }
+    }
+
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logs.lines().count() > 10, "debug logs were written");
+    assert!(!logs.contains("panicked"), "a component panicked:\n{logs}");
+    for (what, n) in &needles {
+        let hits: Vec<&str> = logs.lines().filter(|l| l.contains(n.as_str())).collect();
+        assert!(hits.is_empty(), "{what} appears in the logs: {hits:?}");
+    }
+}

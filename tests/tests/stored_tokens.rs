@@ -1,0 +1,376 @@
+//! Stored random tokens against the embedded SQLite store and a real
+//! PostgreSQL server: round trips, metadata, TTL, tidy, forged tokens,
+//! restarts, ciphertext-only storage, and no acknowledged token lost when the
+//! store dies mid-batch.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::time::Duration;
+
+use pii_tests::{Client, Stack, StackOpts};
+use serde_json::{json, Value};
+
+/// A fresh database on this machine's PostgreSQL (127.0.0.1:5432, trust auth).
+struct PgDb {
+    admin: tokio_postgres::Client,
+    name: String,
+}
+
+impl PgDb {
+    async fn create() -> PgDb {
+        let (admin, conn) = tokio_postgres::connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect(
+            "PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) is required for this test",
+        );
+        tokio::spawn(conn);
+        let mut id = [0u8; 6];
+        getrandom(&mut id);
+        let name = format!("pii_test_{}", hex::encode(id));
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        PgDb { admin, name }
+    }
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+    /// Cut every connection to this database (the store "dies" for its clients).
+    async fn kill_connections(&self) -> u64 {
+        let rows = self
+            .admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+        rows.len() as u64
+    }
+    async fn table_bytes(&self) -> Vec<u8> {
+        let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let rows = c
+            .query("SELECT key, value FROM pii_tokens", &[])
+            .await
+            .unwrap();
+        let mut out = vec![];
+        for r in rows {
+            out.extend(r.get::<_, String>(0).into_bytes());
+            out.extend(r.get::<_, Vec<u8>>(1));
+        }
+        out
+    }
+    async fn drop_db(self) {
+        let _ = self.kill_connections().await;
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", self.name))
+            .await;
+    }
+}
+
+fn getrandom(buf: &mut [u8]) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let pid = std::process::id() as u128;
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = ((t >> (i * 8)) ^ (pid << 3) ^ (i as u128 * 131)) as u8;
+    }
+}
+
+async fn setup(c: &Client) {
+    for (name, body) in [
+        (
+            "stored",
+            json!({"mapping_mode": "stored", "max_ttl": "1h", "allowed_roles": ["svc"]}),
+        ),
+        (
+            "conv",
+            json!({"mapping_mode": "stored", "convergent": true, "allowed_roles": ["svc"], "prefix": "c_"}),
+        ),
+    ] {
+        let r = c
+            .post(
+                &format!("transform/transformations/tokenization/{name}"),
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 204, "{:?}", r.body);
+    }
+    let r = c
+        .post(
+            "transform/role/svc",
+            json!({"transformations": ["stored", "conv"]}),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+}
+
+async fn exercise(stack: &mut Stack, store_bytes: impl AsyncFn() -> Vec<u8>) {
+    let c = stack.client();
+    setup(&c).await;
+    let secret = "078-05-1120 stored-secret";
+    let r = c
+        .post(
+            "transform/encode/svc",
+            json!({"value": secret, "transformation": "stored", "metadata": {"source": "signup"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let tok = r.data("encoded_value").as_str().unwrap().to_owned();
+    assert!(tok.starts_with("tok_"));
+    // Random tokens: the same value gives a new token; convergent ones repeat.
+    let tok2 = c
+        .post(
+            "transform/encode/svc",
+            json!({"value": secret, "transformation": "stored"}),
+        )
+        .await;
+    assert_ne!(tok2.data("encoded_value"), &json!(tok));
+    let c1 = c
+        .post(
+            "transform/encode/svc",
+            json!({"value": secret, "transformation": "conv"}),
+        )
+        .await;
+    let c2 = c
+        .post(
+            "transform/encode/svc",
+            json!({"value": secret, "transformation": "conv"}),
+        )
+        .await;
+    assert_eq!(c1.data("encoded_value"), c2.data("encoded_value"));
+    let d = c
+        .post(
+            "transform/decode/svc",
+            json!({"value": tok, "transformation": "stored"}),
+        )
+        .await;
+    assert_eq!(d.data("decoded_value"), secret);
+    let m = c
+        .post(
+            "transform/metadata/svc",
+            json!({"value": tok, "transformation": "stored"}),
+        )
+        .await;
+    assert_eq!(m.data("metadata"), &json!({"source": "signup"}));
+    let t = c
+        .post(
+            "transform/tokenized/svc",
+            json!({"value": tok, "transformation": "stored"}),
+        )
+        .await;
+    assert_eq!(t.data("is_tokenized"), true);
+
+    // Batch of 1,000 with references.
+    let items: Vec<Value> = (0..1000).map(|i| json!({"value": format!("user-{i}@example.com"), "transformation": "stored", "reference": i.to_string()})).collect();
+    let r = c
+        .post("transform/encode/svc", json!({"batch_input": items}))
+        .await;
+    assert_eq!(r.status, 200);
+    let toks: Vec<Value> = r.data("batch_results").as_array().unwrap().iter().map(|x| json!({"value": x["encoded_value"], "transformation": "stored", "reference": x["reference"]})).collect();
+    let back = c
+        .post("transform/decode/svc", json!({"batch_input": toks}))
+        .await;
+    let back = back.data("batch_results").as_array().unwrap().clone();
+    assert_eq!(back.len(), 1000);
+    assert_eq!(back[999]["decoded_value"], "user-999@example.com");
+    assert_eq!(back[999]["reference"], "999");
+
+    // Forged and unknown tokens; TTL limits; expiry refused without a lookup; tidy.
+    let mut forged = tok.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '2' { '3' } else { '2' });
+    let r = c
+        .post(
+            "transform/decode/svc",
+            json!({"value": forged, "transformation": "stored"}),
+        )
+        .await;
+    assert_eq!((r.status, r.error()), (400, Some("invalid token")));
+    let r = c
+        .post(
+            "transform/encode/svc",
+            json!({"value": "x", "transformation": "stored", "ttl": "2h"}),
+        )
+        .await;
+    assert_eq!(
+        r.error(),
+        Some("ttl 7200s exceeds the transformation's max_ttl of 3600s")
+    );
+    let short = c
+        .post(
+            "transform/encode/svc",
+            json!({"value": "short-lived", "transformation": "stored", "ttl": 1}),
+        )
+        .await;
+    let short = short.data("encoded_value").as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = c
+        .post(
+            "transform/decode/svc",
+            json!({"value": short, "transformation": "stored"}),
+        )
+        .await;
+    assert_eq!((r.status, r.error()), (400, Some("token expired")));
+    let r = c.post("transform/tidy", json!({})).await;
+    assert_eq!(r.data("deleted"), 1, "{:?}", r.body);
+
+    // Stored tokens inside JSON documents, both ways.
+    let doc =
+        json!({"card": "4111111111111111", "nested": {"card": "5500000000000004"}, "keep": 1});
+    let r = c
+        .post(
+            "transform/document/encode/svc",
+            json!({"document": doc, "fields": {"card": "stored"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let t = r.data("document").clone();
+    assert!(t["nested"]["card"].as_str().unwrap().starts_with("tok_"));
+    let back = c
+        .post(
+            "transform/document/decode/svc",
+            json!({"document": t, "fields": {"card": "stored"}, "reason": "test"}),
+        )
+        .await;
+    assert_eq!(back.data("document"), &doc, "{:?}", back.body);
+
+    // Only ciphertext in the store.
+    let bytes = store_bytes().await;
+    assert!(!bytes.is_empty());
+    for needle in [
+        secret.as_bytes(),
+        b"user-999@example.com".as_slice(),
+        b"signup".as_slice(),
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "plaintext in the token store"
+        );
+    }
+
+    // A fresh enclave decodes through the store.
+    stack.kill_enclave().await;
+    stack.start_enclave().unwrap();
+    assert!(stack.pool().wait_live(Duration::from_secs(10)).await);
+    let d = c
+        .post(
+            "transform/decode/svc",
+            json!({"value": tok, "transformation": "stored"}),
+        )
+        .await;
+    assert_eq!(d.data("decoded_value"), secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_tokens_with_sqlite() {
+    let mut stack = Stack::start().await;
+    let db = stack.dir.path().join("tokens.db");
+    exercise(&mut stack, || async {
+        let mut all = std::fs::read(&db).unwrap();
+        if let Ok(wal) = std::fs::read(db.with_extension("db-wal")) {
+            all.extend(wal);
+        }
+        all
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_tokens_with_postgres() {
+    let pg = PgDb::create().await;
+    let mut stack = Stack::start_with(StackOpts {
+        token_store: Some(pg.url()),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    exercise(&mut stack, || pg.table_bytes()).await;
+    drop(stack);
+    pg.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dying_mid_batch_loses_no_acknowledged_token() {
+    let pg = PgDb::create().await;
+    let stack = Stack::start_with(StackOpts {
+        token_store: Some(pg.url()),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    setup(&c).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = vec![];
+    for w in 0..4 {
+        let (c, stop) = (c.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut failed) = (vec![], 0u32);
+            let mut round = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && round < 200 {
+                let items: Vec<Value> = (0..200).map(|i| json!({"value": format!("w{w}-r{round}-{i}"), "transformation": "stored"})).collect();
+                let r = c.post("transform/encode/svc", json!({"batch_input": items})).await;
+                if r.status == 200 {
+                    for (i, x) in r.data("batch_results").as_array().unwrap().iter().enumerate() {
+                        acked.push((format!("w{w}-r{round}-{i}"), x["encoded_value"].as_str().unwrap().to_owned()));
+                    }
+                } else {
+                    assert_eq!(r.status, 503, "{:?}", r.body);
+                    assert!(r.body["data"].is_null(), "a failed batch returns no tokens");
+                    failed += 1;
+                }
+                round += 1;
+            }
+            (acked, failed)
+        }));
+    }
+    // Kill the store's connections again and again while batches are in flight.
+    let mut kills = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        kills += pg.kill_connections().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut failed) = (vec![], 0);
+    for w in writers {
+        let (a, f) = w.await.unwrap();
+        acked.extend(a);
+        failed += f;
+    }
+    assert!(kills > 0, "the store's connections were cut");
+    assert!(!acked.is_empty());
+    eprintln!(
+        "acknowledged {} tokens, {failed} batches refused, {kills} connections cut",
+        acked.len()
+    );
+    // Every token that was handed out decodes after the store comes back.
+    for chunk in acked.chunks(500) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|(_, t)| json!({"value": t, "transformation": "stored"}))
+            .collect();
+        let r = c
+            .post("transform/decode/svc", json!({"batch_input": items}))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        for ((v, _), got) in chunk
+            .iter()
+            .zip(r.data("batch_results").as_array().unwrap())
+        {
+            assert_eq!(got["decoded_value"].as_str(), Some(v.as_str()));
+        }
+    }
+    drop(stack);
+    pg.drop_db().await;
+}

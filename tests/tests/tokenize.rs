@@ -1,0 +1,451 @@
+//! Tokenization through the sidecar: every transformation type, determinism
+//! across enclave restarts, format preservation, bad input, decode
+//! authorization, JSON documents, and the signed audit log.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use pii_enclave::auth::{token_hash, AuthConfig};
+use pii_tests::{Client, Stack, StackOpts};
+use serde_json::{json, Value};
+
+const ENCODER: &str = "s.edge-encoder";
+const DECODER: &str = "s.support-decoder";
+
+fn auth() -> AuthConfig {
+    toml::from_str(&format!(
+        r#"
+        [[tokens]]
+        sha256 = "{}"
+        policies = ["encode"]
+        display_name = "edge-worker"
+        [[tokens]]
+        sha256 = "{}"
+        policies = ["encode", "decode"]
+        display_name = "support-agent"
+        [policies.encode]
+        rules = [{{ path = "transform/encode/edge", capabilities = ["update"] }},
+                 {{ path = "transform/document/encode/edge", capabilities = ["update"] }},
+                 {{ path = "transform/validate/edge", capabilities = ["update"] }},
+                 {{ path = "transform/tokenized/edge", capabilities = ["update"] }}]
+        [policies.decode]
+        rules = [{{ path = "transform/decode/edge", capabilities = ["update"] }},
+                 {{ path = "transform/document/decode/edge", capabilities = ["update"] }}]
+        "#,
+        hex::encode(token_hash(ENCODER)),
+        hex::encode(token_hash(DECODER)),
+    ))
+    .unwrap()
+}
+
+async fn setup(c: &Client) {
+    let ok = |r: pii_tests::Reply| assert!(r.status == 204 || r.status == 200, "{:?}", r.body);
+    ok(c.post(
+        "transform/transformations/tokenization/emails",
+        json!({"allowed_roles": ["edge"]}),
+    )
+    .await);
+    ok(c.post(
+        "transform/transformations/tokenization/userid",
+        json!({"allowed_roles": ["edge"], "prefix": "u_", "encoding": "hex"}),
+    )
+    .await);
+    for (name, template) in [
+        ("ssn", "builtin/socialsecuritynumber"),
+        ("phone", "builtin/phonenumber"),
+        ("email-fpe", "builtin/emaillocalpart"),
+        ("card", "builtin/creditcardnumber"),
+    ] {
+        ok(c.post(
+            &format!("transform/transformations/fpe/{name}"),
+            json!({"template": template, "tweak_source": "internal", "allowed_roles": ["edge"]}),
+        )
+        .await);
+    }
+    ok(c.post(
+        "transform/transformations/masking/card-mask",
+        json!({"template": "builtin/creditcardnumber", "allowed_roles": ["edge"]}),
+    )
+    .await);
+    ok(c.post(
+        "transform/role/edge",
+        json!({"transformations": ["emails", "userid", "ssn", "phone", "email-fpe", "card", "card-mask"]}),
+    )
+    .await);
+}
+
+fn enc(r: &pii_tests::Reply) -> String {
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.data("encoded_value").as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_round_trips_and_tokens_survive_restart() {
+    let mut stack = Stack::start_with(StackOpts {
+        auth: auth(),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let root = stack.client();
+    setup(&root).await;
+    let e = root.with_token(ENCODER);
+    let d = root.with_token(DECODER);
+
+    let cases = [
+        ("emails", "jane.doe@example.com"),
+        ("userid", "user-42"),
+        ("ssn", "078-05-1120"),
+        ("phone", "+1 (555) 867-5309"),
+        ("email-fpe", "jane.doe@example.com"),
+        ("card", "4111-1111-1111-1111"),
+    ];
+    let mut tokens = vec![];
+    for (t, v) in cases {
+        let tok = enc(&e
+            .post(
+                "transform/encode/edge",
+                json!({"value": v, "transformation": t}),
+            )
+            .await);
+        assert_ne!(tok, v, "{t}");
+        let back = d
+            .post(
+                "transform/decode/edge",
+                json!({"value": tok, "transformation": t, "reason": "ticket-1"}),
+            )
+            .await;
+        assert_eq!(back.data("decoded_value"), v, "{t}: {:?}", back.body);
+        tokens.push((t, v, tok));
+    }
+    // Format preservation: same length, separators kept, digits stay digits.
+    let ssn = &tokens[2].2;
+    assert_eq!(ssn.len(), 11);
+    assert_eq!((&ssn[3..4], &ssn[6..7]), ("-", "-"));
+    assert!(ssn
+        .chars()
+        .filter(|c| *c != '-')
+        .all(|c| c.is_ascii_digit()));
+    let phone = &tokens[3].2;
+    assert!(
+        phone.starts_with("+") && phone.contains(" (") && phone.contains(") "),
+        "{phone}"
+    );
+    assert!(tokens[4].2.ends_with("@example.com"));
+    assert!(tokens[0].2.starts_with("tok_") && tokens[1].2.starts_with("u_"));
+    // Masking is irreversible.
+    let masked = enc(&e
+        .post(
+            "transform/encode/edge",
+            json!({"value": "4111-1111-1111-1111", "transformation": "card-mask"}),
+        )
+        .await);
+    assert_eq!(masked, "****-****-****-****");
+    let r = d
+        .post(
+            "transform/decode/edge",
+            json!({"value": masked, "transformation": "card-mask"}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    // A fresh enclave (empty memory, same sealed keyring) gives the same tokens.
+    stack.kill_enclave().await;
+    stack.start_enclave().unwrap();
+    assert!(
+        stack
+            .pool()
+            .wait_live(std::time::Duration::from_secs(10))
+            .await
+    );
+    for (t, v, tok) in &tokens {
+        let again = enc(&e
+            .post(
+                "transform/encode/edge",
+                json!({"value": v, "transformation": t}),
+            )
+            .await);
+        assert_eq!(&again, tok, "{t} is deterministic across restarts");
+    }
+
+    // Batches keep order and references; bad items fail alone.
+    let r = e
+        .post(
+            "transform/encode/edge",
+            json!({"batch_input": [
+                {"value": "078-05-1120", "transformation": "ssn", "reference": "a"},
+                {"value": "12", "transformation": "ssn", "reference": "b"},
+                {"value": "x@y.io", "transformation": "emails", "reference": "c"}
+            ], "partial_failure_response_code": 207}),
+        )
+        .await;
+    assert_eq!(r.status, 207, "{:?}", r.body);
+    let res = r.data("batch_results").as_array().unwrap();
+    assert_eq!(res[0]["encoded_value"], json!(tokens[2].2));
+    assert_eq!(res[1]["reference"], "b");
+    assert_eq!(
+        res[1]["error"],
+        "value does not match the transformation's template"
+    );
+    assert_eq!(res[2]["reference"], "c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_decode_authorization_with_audit() {
+    let stack = Stack::start_with(StackOpts {
+        auth: auth(),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let root = stack.client();
+    setup(&root).await;
+    let e = root.with_token(ENCODER);
+    let d = root.with_token(DECODER);
+
+    // Values outside FPE domains, unknown roles/transformations, malformed and forged tokens.
+    let r = e
+        .post(
+            "transform/encode/edge",
+            json!({"value": "ab@x.io", "transformation": "email-fpe"}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().unwrap().contains("too short"), "{:?}", r.body);
+    let r = e
+        .post(
+            "transform/encode/edge",
+            json!({"value": "12-34", "transformation": "ssn"}),
+        )
+        .await;
+    assert_eq!(
+        r.error(),
+        Some("value does not match the transformation's template")
+    );
+    let r = e.post("transform/encode/edge", json!({"value": "x"})).await;
+    assert_eq!(
+        r.error(),
+        Some("transformation must be given: the role has more than one")
+    );
+    let r = root
+        .post(
+            "transform/encode/nope",
+            json!({"value": "x", "transformation": "emails"}),
+        )
+        .await;
+    assert_eq!(r.error(), Some("role \"nope\" not found"));
+    let tok = enc(&e
+        .post(
+            "transform/encode/edge",
+            json!({"value": "jane@example.com", "transformation": "emails"}),
+        )
+        .await);
+    for bad in [
+        "tok_notbase58!",
+        "tok_",
+        "no-prefix",
+        &format!("{}x", &tok[..tok.len() - 1]),
+    ] {
+        let r = d
+            .post(
+                "transform/decode/edge",
+                json!({"value": bad, "transformation": "emails"}),
+            )
+            .await;
+        assert_eq!((r.status, r.error()), (400, Some("invalid token")), "{bad}");
+    }
+    let r = e
+        .post(
+            "transform/tokenized/edge",
+            json!({"value": tok, "transformation": "emails"}),
+        )
+        .await;
+    assert_eq!(r.data("is_tokenized"), true);
+    let r = e
+        .post(
+            "transform/validate/edge",
+            json!({"value": "12", "transformation": "ssn"}),
+        )
+        .await;
+    assert_eq!(r.data("valid"), false);
+    let r = root
+        .post(
+            "transform/transformations/tokenization/stored",
+            json!({"mapping_mode": "exportable"}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    // The encoder's token cannot decode: 403, and the attempt is audited.
+    let r = e
+        .post(
+            "transform/decode/edge",
+            json!({"value": tok, "transformation": "emails"}),
+        )
+        .await;
+    assert_eq!((r.status, r.error()), (403, Some("permission denied")));
+    // The decoder can, and its reason is recorded.
+    let r = d
+        .post(
+            "transform/decode/edge",
+            json!({"value": tok, "transformation": "emails", "reason": "fraud case 77"}),
+        )
+        .await;
+    assert_eq!(r.data("decoded_value"), "jane@example.com");
+
+    // The audit log verifies against the enclave's published key…
+    let key = root.get("sys/audit-key").await;
+    let key = key.data("public_key").as_str().unwrap().to_owned();
+    let dir = stack.dir.path().join("audit");
+    let report = verifier::audit::verify_dir(&dir, Some(&key)).unwrap();
+    assert!(report.ok, "{report:?}");
+    let lines: Vec<Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flat_map(|f| {
+            std::fs::read_to_string(f.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect();
+    let denied = lines
+        .iter()
+        .find(|l| l["body"]["event"]["kind"] == "denied")
+        .expect("denied decode audited");
+    assert_eq!(denied["body"]["event"]["caller"], "edge-worker");
+    let decode = lines
+        .iter()
+        .find(|l| {
+            l["body"]["event"]["kind"] == "decode"
+                && l["body"]["event"]["reason"] == "fraud case 77"
+        })
+        .expect("decode audited with reason");
+    assert_eq!(decode["body"]["event"]["caller"], "support-agent");
+    assert_eq!(decode["body"]["event"]["target"], "edge");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.to_string().contains("jane@example.com")),
+        "no plaintext in the audit log"
+    );
+
+    // …and any edit, deletion or reordering is reported.
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let original = std::fs::read_to_string(&file).unwrap();
+    let edited = original.replace("fraud case 77", "routine check");
+    std::fs::write(&file, &edited).unwrap();
+    let r = verifier::audit::verify_dir(&dir, Some(&key)).unwrap();
+    assert!(!r.ok);
+    assert!(
+        r.streams[0]
+            .problems
+            .iter()
+            .any(|p| p.contains("record edited")),
+        "{r:?}"
+    );
+    let mut ls: Vec<&str> = original.lines().collect();
+    ls.remove(1);
+    std::fs::write(&file, ls.join("\n") + "\n").unwrap();
+    let r = verifier::audit::verify_dir(&dir, Some(&key)).unwrap();
+    assert!(
+        r.streams[0].problems.iter().any(|p| p.contains("gap")),
+        "{r:?}"
+    );
+    std::fs::write(&file, &original).unwrap();
+    let other_key = "00".repeat(32);
+    let r = verifier::audit::verify_dir(&dir, Some(&other_key)).unwrap();
+    assert!(!r.ok, "a different pinned key is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_documents_round_trip() {
+    let stack = Stack::start_with(StackOpts {
+        auth: auth(),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let root = stack.client();
+    setup(&root).await;
+    let e = root.with_token(ENCODER);
+    let d = root.with_token(DECODER);
+    let doc = json!({
+        "event": "login",
+        "email": "jane@example.com",
+        "ssn": "078-05-1120",
+        "user": {"id": 42, "contact": {"email": "jane@work.example", "phone": "+1 (555) 867-5309"}},
+        "history": [{"email": "old@example.com"}],
+        "amount": 12.5
+    });
+    let fields = json!({"email": "emails", "ssn": "ssn", "$.user.contact.phone": "phone", "$.user.id": "userid"});
+    let r = e
+        .post(
+            "transform/document/encode/edge",
+            json!({"document": doc, "fields": fields}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let t = r.data("document").clone();
+    assert_eq!(r.data("transformed_fields"), 6);
+    assert_eq!(t["event"], "login");
+    assert_eq!(t["amount"], 12.5);
+    assert!(t["email"].as_str().unwrap().starts_with("tok_"));
+    assert!(t["history"][0]["email"]
+        .as_str()
+        .unwrap()
+        .starts_with("tok_"));
+    assert!(t["user"]["id"].as_str().unwrap().starts_with("u_"));
+    assert_eq!(t["ssn"].as_str().unwrap().len(), 11);
+    assert!(!t.to_string().contains("jane@example.com"));
+    // Same input, same tokens: joins on tokenized fields still work.
+    let again = e
+        .post(
+            "transform/document/encode/edge",
+            json!({"document": doc, "fields": fields}),
+        )
+        .await;
+    assert_eq!(again.data("document"), &t);
+    // Authorized reverse gives the original back (numbers come back as strings).
+    let back = d
+        .post(
+            "transform/document/decode/edge",
+            json!({"document": t, "fields": fields, "reason": "support"}),
+        )
+        .await;
+    assert_eq!(back.status, 200, "{:?}", back.body);
+    let mut expected = doc.clone();
+    expected["user"]["id"] = json!("42");
+    assert_eq!(back.data("document"), &expected);
+    // The encoder cannot reverse; a bad field fails the whole request with its path.
+    assert_eq!(
+        e.post(
+            "transform/document/decode/edge",
+            json!({"document": t, "fields": fields})
+        )
+        .await
+        .status,
+        403
+    );
+    let r = e
+        .post(
+            "transform/document/encode/edge",
+            json!({"document": {"ssn": "nope"}, "fields": {"ssn": "ssn"}}),
+        )
+        .await;
+    assert_eq!(
+        r.error(),
+        Some("field $.ssn: value does not match the transformation's template")
+    );
+    let r = e
+        .post(
+            "transform/document/encode/edge",
+            json!({"document": {}, "fields": {"$..x": "ssn"}}),
+        )
+        .await;
+    assert_eq!(r.error(), Some("invalid field rule \"$..x\""));
+}

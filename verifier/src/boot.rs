@@ -1,0 +1,108 @@
+//! Pod boot check: ask the running enclave (through the sidecar) for an
+//! attestation document bound to a fresh random nonce, and verify it against
+//! the expected measurements. Meant for an init container or readiness gate.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::attestation::{pem_to_der, verify, Policy, Verified};
+
+/// Why the boot check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("sidecar unreachable: {0}")]
+    Unreachable(String),
+    #[error("sidecar answered {0}")]
+    Http(String),
+    #[error("attestation rejected at {step:?}: {reason}")]
+    Rejected {
+        step: crate::attestation::Step,
+        reason: String,
+    },
+}
+
+/// Minimal HTTP/1.1 GET against the local sidecar (plain HTTP on loopback).
+fn get(base: &str, path_query: &str, timeout: Duration) -> Result<Vec<u8>, BootError> {
+    let hostport = base
+        .strip_prefix("http://")
+        .ok_or_else(|| {
+            BootError::Unreachable(format!("{base}: only http:// sidecar URLs are supported"))
+        })?
+        .trim_end_matches('/');
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
+        .map_err(|e| BootError::Unreachable(e.to_string()))?
+        .next()
+        .ok_or_else(|| BootError::Unreachable(format!("{hostport}: no address")))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| BootError::Unreachable(e.to_string()))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    write!(
+        s,
+        "GET {path_query} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| BootError::Unreachable(e.to_string()))?;
+    let mut buf = vec![];
+    s.take(1 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| BootError::Unreachable(e.to_string()))?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| BootError::Http("malformed response".into()))?;
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    if !status.contains(" 200 ") {
+        return Err(BootError::Http(status));
+    }
+    let body = buf[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err(BootError::Http(
+            "chunked responses are not expected from the sidecar".into(),
+        ));
+    }
+    Ok(body)
+}
+
+/// Options of one boot check.
+pub struct BootCheck {
+    pub sidecar: String,
+    pub policy_template: Policy,
+    /// DANGEROUS: take the root from the sidecar (development NSM only).
+    pub dangerous_trust_sidecar_root: bool,
+    pub timeout: Duration,
+}
+
+/// Run the check at time `now` (Unix seconds).
+pub fn run(check: &BootCheck, now: i64) -> Result<Verified, BootError> {
+    let mut nonce = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut nonce)
+        .map_err(|_| BootError::Unreachable("no randomness".into()))?;
+    let q = format!("/v1/attestation?nonce={}", hex::encode(nonce));
+    let doc = get(&check.sidecar, &q, check.timeout)?;
+    let mut policy = check.policy_template.clone();
+    policy.at = now;
+    policy.nonce = Some(nonce.to_vec());
+    if check.dangerous_trust_sidecar_root {
+        let view = get(&check.sidecar, &format!("{q}&format=json"), check.timeout)?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&view).map_err(|e| BootError::Http(e.to_string()))?;
+        let pem = v["dangerous_dev_root_pem"]
+            .as_str()
+            .ok_or_else(|| BootError::Http("the sidecar offers no development root".into()))?;
+        let der = pem_to_der(pem).map_err(BootError::Http)?;
+        let mut p = Policy::dangerous_with_root(now, der);
+        p.expected_pcrs = policy.expected_pcrs.clone();
+        p.allow_debug = policy.allow_debug;
+        p.nonce = policy.nonce.clone();
+        policy = p;
+    }
+    verify(&doc, &policy).map_err(|e| BootError::Rejected {
+        step: e.step(),
+        reason: e.to_string(),
+    })
+}

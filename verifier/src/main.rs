@@ -1,0 +1,468 @@
+//! `verifier`: check pii-enclave evidence.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Verify pii-enclave evidence. Exit codes: 0 verified, 1 rejected, 2 usage error.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Verify a Nitro attestation document (COSE_Sign1/ES384, chain to the
+    /// pinned AWS Nitro Enclaves Root G1, validity, constraints, signature,
+    /// then policy). Exit codes: 0 accepted, 1 rejected (the JSON names the
+    /// failing step and reason), 2 usage error.
+    ///
+    /// Example: verifier verify --doc att.cbor --at 1736179625 --expected describe-eif.json --format json
+    Verify {
+        /// The raw attestation document (CBOR COSE_Sign1).
+        #[arg(long)]
+        doc: PathBuf,
+        /// Verification time, Unix seconds (certificates must be valid then).
+        #[arg(long)]
+        at: i64,
+        /// Expected PCRs: {"PCR0": "hex", …}, `nitro-cli describe-eif` output, or a
+        /// measurement record. Only the PCRs it names are pinned.
+        #[arg(long)]
+        expected: Option<PathBuf>,
+        /// Expected nonce, hex.
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Expected public_key, hex.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Expected user_data, hex.
+        #[arg(long)]
+        user_data: Option<String>,
+        /// Accept debug-mode documents (PCR0/1/2 all zero).
+        #[arg(long)]
+        allow_debug: bool,
+        /// DANGEROUS: trust this root (PEM) instead of AWS's, e.g. the dev NSM's.
+        #[arg(long)]
+        dangerous_root: Option<PathBuf>,
+        /// Output format: json or text.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Pod boot check: fetch a document with a fresh nonce from the sidecar and
+    /// verify it now against the expected measurements. Exit 0 attested, 1 not.
+    ///
+    /// Example (init container): verifier boot --sidecar http://127.0.0.1:8210 --expected /etc/pii/measurements.json
+    Boot {
+        /// Sidecar base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8210")]
+        sidecar: String,
+        /// Expected PCRs (same formats as `verify --expected`).
+        #[arg(long)]
+        expected: PathBuf,
+        /// Accept debug-mode enclaves.
+        #[arg(long)]
+        allow_debug: bool,
+        /// DANGEROUS, development only: trust the root the sidecar reports
+        /// (the development NSM's). Proves nothing about AWS hardware.
+        #[arg(long)]
+        dangerous_trust_sidecar_root: bool,
+        /// Seconds to wait for the sidecar.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Write an attestation audit report: OUT/evidence.json (document, chain,
+    /// decision, hashes) and OUT/report.html (self-contained page). Exit 0 if
+    /// the document was accepted, 1 if rejected (the report is written either
+    /// way), 2 on usage errors.
+    ///
+    /// Example: verifier report --doc att.cbor --at 1736179625 --expected eif.json --out audit/2025-01-06
+    Report {
+        #[arg(long)]
+        doc: PathBuf,
+        #[arg(long)]
+        at: i64,
+        #[arg(long)]
+        expected: Option<PathBuf>,
+        #[arg(long)]
+        allow_debug: bool,
+        /// Output directory (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Evaluate a Rego policy (default: the shipped deployment gate) on an
+    /// input; with --doc, `input.attestation` is filled from a real
+    /// verification. Prints {"allow", "reasons"}; exit 0 allow, 1 deny, 2 usage.
+    ///
+    /// Example: verifier policy --input deploy.json --doc att.cbor --at 1736179625
+    Policy {
+        /// Input document (JSON).
+        #[arg(long)]
+        input: PathBuf,
+        /// Rego policy file [default: the shipped policy/opa/attestation.rego].
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Rego package holding `allow` and `deny`.
+        #[arg(long, default_value = "data.pii.attestation")]
+        package: String,
+        /// Attestation document to verify and attach as input.attestation.
+        #[arg(long, requires = "at")]
+        doc: Option<PathBuf>,
+        /// Verification time for --doc, Unix seconds.
+        #[arg(long)]
+        at: Option<i64>,
+    },
+    /// Verify the signed audit log a host stored (hash chain, signatures, gaps).
+    ///
+    /// Example: verifier audit --dir /var/lib/pii-enclave/audit --public-key $(curl -s -H "X-Vault-Token: $T" $VAULT_ADDR/v1/sys/audit-key | jq -r .data.public_key)
+    Audit {
+        /// Directory with one `<stream>.jsonl` file per enclave run.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Expected Ed25519 public key (hex), from `GET /v1/sys/audit-key`.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Output format: json or text.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.cmd {
+        Cmd::Report {
+            doc,
+            at,
+            expected,
+            allow_debug,
+            out,
+        } => {
+            let bytes = match std::fs::read(&doc) {
+                Ok(b) => b,
+                Err(e) => return usage(format!("--doc {}: {e}", doc.display())),
+            };
+            let mut policy = verifier::attestation::Policy::aws(at);
+            policy.allow_debug = allow_debug;
+            if let Some(p) = &expected {
+                match std::fs::read_to_string(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| {
+                        serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())
+                    })
+                    .and_then(|j| verifier::attestation::parse_expected(&j))
+                {
+                    Ok(m) => policy.expected_pcrs = m,
+                    Err(e) => return usage(format!("--expected {}: {e}", p.display())),
+                }
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let ev = verifier::report::evidence(&bytes, &policy, now);
+            let html = verifier::report::html(&ev);
+            let write = || -> std::io::Result<()> {
+                std::fs::create_dir_all(&out)?;
+                std::fs::write(
+                    out.join("evidence.json"),
+                    serde_json::to_vec_pretty(&ev).unwrap_or_default(),
+                )?;
+                std::fs::write(out.join("report.html"), html)
+            };
+            if let Err(e) = write() {
+                return usage(format!("--out {}: {e}", out.display()));
+            }
+            let accepted = ev["decision"]["accepted"].as_bool().unwrap_or(false);
+            println!(
+                "{} → {}",
+                if accepted { "accepted" } else { "rejected" },
+                out.join("report.html").display()
+            );
+            if accepted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Cmd::Policy {
+            input,
+            policy,
+            package,
+            doc,
+            at,
+        } => {
+            let rego = match &policy {
+                Some(p) => match std::fs::read_to_string(p) {
+                    Ok(t) => t,
+                    Err(e) => return usage(format!("--policy {}: {e}", p.display())),
+                },
+                None => verifier::policy::ATTESTATION_REGO.to_string(),
+            };
+            let mut input_json: serde_json::Value = match std::fs::read_to_string(&input)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            {
+                Ok(v) => v,
+                Err(e) => return usage(format!("--input {}: {e}", input.display())),
+            };
+            if let (Some(d), Some(at)) = (&doc, at) {
+                let bytes = match std::fs::read(d) {
+                    Ok(b) => b,
+                    Err(e) => return usage(format!("--doc {}: {e}", d.display())),
+                };
+                if let Err(e) = verifier::policy::attach_attestation(
+                    &mut input_json,
+                    &bytes,
+                    verifier::attestation::Policy::aws(at),
+                ) {
+                    return usage(e);
+                }
+            }
+            match verifier::policy::evaluate(&rego, &package, &input_json) {
+                Ok(dec) => {
+                    println!("{}", serde_json::to_string_pretty(&dec).unwrap_or_default());
+                    if dec.allow {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => usage(e),
+            }
+        }
+        Cmd::Boot {
+            sidecar,
+            expected,
+            allow_debug,
+            dangerous_trust_sidecar_root,
+            timeout,
+        } => {
+            let pcrs = match std::fs::read_to_string(&expected)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())
+                })
+                .and_then(|j| verifier::attestation::parse_expected(&j))
+            {
+                Ok(p) => p,
+                Err(e) => return usage(format!("--expected {}: {e}", expected.display())),
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let mut template = verifier::attestation::Policy::aws(now);
+            template.expected_pcrs = pcrs;
+            template.allow_debug = allow_debug;
+            let check = verifier::boot::BootCheck {
+                sidecar,
+                policy_template: template,
+                dangerous_trust_sidecar_root,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            match verifier::boot::run(&check, now) {
+                Ok(v) => {
+                    println!(
+                        "attested: {} (PCR0 {})",
+                        v.doc.module_id,
+                        v.doc.pcrs.get(&0).map(hex::encode).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("verifier boot: NOT attested: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Verify {
+            doc,
+            at,
+            expected,
+            nonce,
+            public_key,
+            user_data,
+            allow_debug,
+            dangerous_root,
+            format,
+        } => verify_cmd(VerifyArgs {
+            doc,
+            at,
+            expected,
+            nonce,
+            public_key,
+            user_data,
+            allow_debug,
+            dangerous_root,
+            format,
+        }),
+        Cmd::Audit {
+            dir,
+            public_key,
+            format,
+        } => {
+            if let Some(k) = &public_key {
+                if hex::decode(k).map(|b| b.len()) != Ok(32) {
+                    eprintln!(
+                        "verifier: --public-key must be 64 hex digits (an Ed25519 public key)"
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+            let report = match verifier::audit::verify_dir(&dir, public_key.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("verifier: cannot read {}: {e}", dir.display());
+                    return ExitCode::from(2);
+                }
+            };
+            if format == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                for s in &report.streams {
+                    let status = if s.problems.is_empty() {
+                        "ok"
+                    } else {
+                        "TAMPERED"
+                    };
+                    println!("{status:8} {} ({} records)", s.stream, s.records);
+                    for p in &s.problems {
+                        println!("         - {p}");
+                    }
+                }
+                if report.streams.is_empty() {
+                    println!("no audit streams in {}", dir.display());
+                }
+                if let Some(w) = &report.warning {
+                    println!("warning: {w}");
+                }
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+struct VerifyArgs {
+    doc: PathBuf,
+    at: i64,
+    expected: Option<PathBuf>,
+    nonce: Option<String>,
+    public_key: Option<String>,
+    user_data: Option<String>,
+    allow_debug: bool,
+    dangerous_root: Option<PathBuf>,
+    format: String,
+}
+
+fn usage(msg: String) -> ExitCode {
+    eprintln!("verifier: {msg}");
+    ExitCode::from(2)
+}
+
+fn hex_arg(name: &str, v: &Option<String>) -> Result<Option<Vec<u8>>, String> {
+    v.as_ref()
+        .map(|h| hex::decode(h).map_err(|_| format!("--{name} is not hex")))
+        .transpose()
+}
+
+fn verify_cmd(a: VerifyArgs) -> ExitCode {
+    use verifier::attestation::{parse_expected, pem_to_der, verify, Policy};
+    if a.format != "json" && a.format != "text" {
+        return usage("--format must be json or text".into());
+    }
+    let bytes = match std::fs::read(&a.doc) {
+        Ok(b) => b,
+        Err(e) => return usage(format!("cannot read {}: {e}", a.doc.display())),
+    };
+    let mut policy = match &a.dangerous_root {
+        None => Policy::aws(a.at),
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| pem_to_der(&t))
+        {
+            Ok(der) => {
+                eprintln!(
+                    "verifier: DANGEROUS: trusting {} instead of the AWS Nitro root",
+                    p.display()
+                );
+                Policy::dangerous_with_root(a.at, der)
+            }
+            Err(e) => return usage(format!("--dangerous-root {}: {e}", p.display())),
+        },
+    };
+    policy.allow_debug = a.allow_debug;
+    if let Some(p) = &a.expected {
+        let parsed = std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
+            .and_then(|j| parse_expected(&j));
+        match parsed {
+            Ok(m) => policy.expected_pcrs = m,
+            Err(e) => return usage(format!("--expected {}: {e}", p.display())),
+        }
+    }
+    for (name, arg, slot) in [
+        ("nonce", &a.nonce, &mut policy.nonce),
+        ("public-key", &a.public_key, &mut policy.public_key),
+        ("user-data", &a.user_data, &mut policy.user_data),
+    ] {
+        match hex_arg(name, arg) {
+            Ok(v) => *slot = v,
+            Err(e) => return usage(e),
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let result = verify(&bytes, &policy);
+    let micros = t0.elapsed().as_micros();
+    match result {
+        Ok(v) => {
+            if a.format == "json" {
+                let out = serde_json::json!({
+                    "accepted": true,
+                    "verified_at": a.at,
+                    "document": v.doc,
+                    "debug_mode": v.debug_mode,
+                    "chain": v.chain,
+                    "pinned_pcrs": policy.expected_pcrs.keys().map(|k| format!("PCR{k}")).collect::<Vec<_>>(),
+                    "verify_micros": micros,
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            } else {
+                println!(
+                    "accepted: {} at {} ({} PCRs pinned)",
+                    v.doc.module_id,
+                    a.at,
+                    policy.expected_pcrs.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if a.format == "json" {
+                let out = serde_json::json!({"accepted": false, "step": e.step(), "reason": e.to_string()});
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            } else {
+                println!("rejected at {:?}: {e}", e.step());
+            }
+            ExitCode::from(1)
+        }
+    }
+}
