@@ -32,6 +32,9 @@ fn ensure_binaries() -> PathBuf {
                 "-p",
                 "pii-enclave",
                 "--bins",
+                // host-proxy dev attests with the dangerous dev NSM.
+                "--features",
+                "pii-enclave/dangerous-dev-nsm",
             ])
             .args(release.then_some("--release"))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
