@@ -22,7 +22,38 @@ fmt:
 # Sidecar vs OpenBao on this machine; writes target/bench/*.json and prints a table.
 bench:
     ./ci/bench.sh
+    cargo bench -p eif --bench pcr
+
+# PCR computation on a 256 MiB image vs raw SHA-384 and AWS's EifReader.
+bench-eif:
+    cargo bench -p eif --bench pcr
 
 # Longer fuzzing of the frame/message decoder (seconds per target).
 fuzz seconds="300":
     FUZZ_SECONDS={{seconds}} ./ci/fuzz-smoke.sh
+
+# --- enclave images and measurements (eif/, measurements/, ci/attest/) ---
+
+# nitro-cli's kernel, cmdline, init and nsm.ko into eif/blobs/<arch>.
+eif-blobs arch="x86_64":
+    ./ci/attest/fetch-blobs.sh {{arch}}
+
+# Reproducible EIF from the blobs and a static musl pii-enclave.
+eif-build out="target/eif/pii-enclave.eif":
+    ./ci/attest/build_eif.sh {{out}}
+
+# PCR0/1/2/8 and SHA-384 of an image, with nitro-cli describe-eif's field names.
+eif-describe file:
+    cargo run -q --release -p eif -- describe {{file}}
+
+# Append a signed measurement record for an image (key: EIF_RECORD_KEY).
+measurements-record release file="target/eif/pii-enclave.eif":
+    cargo run -q --release -p eif -- record append --eif {{file}} --release {{release}}
+
+# Every record of pii-enclave: signatures, order, chain.
+measurements-verify:
+    cargo run -q --release -p eif -- record verify --key measurements/record-signing-key.pub.pem
+
+# Image vs expected measurements (names the differing PCR), then the Rego gate.
+verify-measurement expected file="target/eif/pii-enclave.eif":
+    ./ci/attest/verify_nitro.sh --expected {{expected}} --image {{file}} --record-key measurements/record-signing-key.pub.pem --rego-input policy/opa/examples/deploy.json

@@ -501,3 +501,47 @@ fn measurement_records_compare_and_detect_tampering() {
     assert_eq!(code, 1);
     assert!(err.contains("never replaced"), "{err}");
 }
+
+#[test]
+fn ci_verify_nitro_script_names_the_differing_pcr_and_gates_with_rego() {
+    let i = inputs();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("img.eif");
+    let built = eif::build::build(&spec(&i, None), &image, &mut |_, _| {}).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let script = root.join("ci/attest/verify_nitro.sh");
+    let deploy = root.join("policy/opa/examples/deploy.json");
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, built.pcrs.to_json().to_string()).unwrap();
+    let mut bad_pcrs = built.pcrs.to_json();
+    bad_pcrs["PCR0"] = "ab".repeat(48).into();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, bad_pcrs.to_string()).unwrap();
+    let run_script = |expected: &Path| {
+        let o = Command::new("bash")
+            .arg(&script)
+            .args([
+                "--expected",
+                expected.to_str().unwrap(),
+                "--image",
+                image.to_str().unwrap(),
+            ])
+            .args(["--rego-input", deploy.to_str().unwrap()])
+            .env("EIF_PROFILE", "debug")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (code, out) = run_script(&good);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("\"allow\": true"), "{out}");
+    let (code, out) = run_script(&bad);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("PCR0: MISMATCH") && out.contains("Rego gate denied"),
+        "{out}"
+    );
+}
