@@ -284,7 +284,7 @@ pub fn build(
         };
         feed(r, route, &mut digests, &mut done)?;
     }
-    let (image, bootd, appd, _) = digests.finish();
+    let (image, bootd, appd, _) = digests.finish()?;
     let mut pcrs = Pcrs {
         pcr0: extend(&image),
         pcr1: extend(&bootd),

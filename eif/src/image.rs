@@ -155,6 +155,8 @@ pub(crate) struct Route {
 }
 
 type Chunk = (Arc<Vec<u8>>, Route);
+/// (PCR0 stream, PCR1 stream, PCR2 stream, whole file) digests.
+pub(crate) type Measured = ([u8; 48], [u8; 48], [u8; 48], Option<[u8; 48]>);
 /// Which of a lane's digests (if any) a route feeds.
 type Pick = fn(&Route) -> Option<usize>;
 type Lane = (SyncSender<Chunk>, std::thread::JoinHandle<Vec<[u8; 48]>>);
@@ -244,19 +246,24 @@ impl Digests {
     }
 
     /// (image, boot, app, file) digests.
-    pub(crate) fn finish(self) -> ([u8; 48], [u8; 48], [u8; 48], Option<[u8; 48]>) {
+    pub(crate) fn finish(self) -> Result<Measured, EifError> {
         let mut res = Vec::new();
         for (tx, h) in self.lanes {
             drop(tx);
-            res.push(h.join().unwrap_or_default());
+            // Never turn a lost digest into a zero PCR.
+            res.push(
+                h.join()
+                    .map_err(|_| EifError::Other("a hashing thread failed".into()))?,
+            );
         }
         let get = |l: usize, i: usize| res.get(l).and_then(|v| v.get(i)).copied();
-        (
-            get(0, 0).unwrap_or([0; 48]),
-            get(1, 0).unwrap_or([0; 48]),
-            get(1, 1).unwrap_or([0; 48]),
+        let missing = || EifError::Other("a digest is missing".into());
+        Ok((
+            get(0, 0).ok_or_else(missing)?,
+            get(1, 0).ok_or_else(missing)?,
+            get(1, 1).ok_or_else(missing)?,
             get(2, 0),
-        )
+        ))
     }
 }
 
@@ -519,7 +526,7 @@ pub fn describe(
             return Err(EifError::Header(format!("no {need} section")));
         }
     }
-    let (image, boot, app, file) = digests.finish();
+    let (image, boot, app, file) = digests.finish()?;
     let computed = crc.finalize();
     if header.version >= 2 && computed != header.eif_crc32 {
         return Err(EifError::Crc {
