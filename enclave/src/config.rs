@@ -21,6 +21,31 @@ pub struct Config {
     pub seal: SealConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Outbound connections through the host's egress relay (`[egress]`).
+    #[serde(default)]
+    pub egress: Option<EgressConfig>,
+}
+
+/// Local TCP endpoints inside the enclave that tunnel through the host's
+/// relay. TLS to Vault/KMS still terminates in the enclave's clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// The relay: `vsock://3:8000` (the parent instance) or `unix:/path`.
+    pub relay: String,
+    /// One local port per upstream: `{listen = "127.0.0.1:8443", upstream = "kms.eu-west-1.amazonaws.com:443"}`.
+    #[serde(default)]
+    pub fixed: Vec<FixedEgress>,
+    /// An HTTP CONNECT proxy for clients that honour `HTTPS_PROXY`.
+    #[serde(default)]
+    pub connect_proxy: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedEgress {
+    pub listen: String,
+    pub upstream: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -48,6 +73,7 @@ impl Default for Config {
             max_frame_bytes: default_max_frame(),
             seal: SealConfig::None,
             auth: AuthConfig::default(),
+            egress: None,
         }
     }
 }

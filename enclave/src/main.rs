@@ -168,6 +168,9 @@ fn serve(args: ServeArgs) {
         .build()
         .unwrap_or_else(|e| fail(e));
     rt.block_on(async move {
+        if let Some(eg) = &cfg.egress {
+            start_egress(eg).await.unwrap_or_else(|e| fail(e));
+        }
         let listener =
             Listener::bind(&addr).unwrap_or_else(|e| fail(format!("cannot listen on {addr}: {e}")));
         tracing::info!(%addr, seal = seal.id(), "pii-enclave listening");
@@ -191,6 +194,32 @@ fn serve(args: ServeArgs) {
             fail(e)
         }
     });
+}
+
+/// Local endpoints that tunnel through the host's egress relay.
+async fn start_egress(eg: &pii_enclave::config::EgressConfig) -> Result<(), String> {
+    use pii_transport::relay::{serve_connect_proxy, serve_fixed, Target};
+    let relay: Addr = eg.relay.parse().map_err(|e| format!("egress.relay: {e}"))?;
+    let timeout = std::time::Duration::from_secs(10);
+    for f in &eg.fixed {
+        let target: Target = f
+            .upstream
+            .parse()
+            .map_err(|e| format!("egress upstream {:?}: {e}", f.upstream))?;
+        let l = tokio::net::TcpListener::bind(&f.listen)
+            .await
+            .map_err(|e| format!("egress listen {}: {e}", f.listen))?;
+        tracing::info!(listen = %f.listen, upstream = %target, "egress tunnel");
+        tokio::spawn(serve_fixed(l, relay.clone(), target, timeout));
+    }
+    if let Some(p) = &eg.connect_proxy {
+        let l = tokio::net::TcpListener::bind(p)
+            .await
+            .map_err(|e| format!("egress connect_proxy {p}: {e}"))?;
+        tracing::info!(listen = %p, "egress CONNECT proxy");
+        tokio::spawn(serve_connect_proxy(l, relay.clone(), timeout));
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -35,6 +35,8 @@ pub struct Config {
     pub audit_fsync: bool,
     /// Stored-token mappings: `sqlite:PATH` (embedded) or `postgres://…`.
     pub token_store: String,
+    /// Egress relay for the enclave (`[relay]`); off when absent.
+    pub relay: Option<crate::relay::RelayConfig>,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             audit_dir: PathBuf::from("/var/lib/pii-enclave/audit"),
             audit_fsync: true,
             token_store: "sqlite:/var/lib/pii-enclave/tokens.db".into(),
+            relay: None,
         }
     }
 }
@@ -97,6 +100,11 @@ impl Config {
         self.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| format!("listen: {e}"))?;
+        if let Some(r) = &self.relay {
+            r.listen
+                .parse::<pii_transport::Addr>()
+                .map_err(|e| format!("relay.listen: {e}"))?;
+        }
         Ok(())
     }
 }
@@ -123,5 +131,18 @@ mod tests {
             ..Config::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn relay_section() {
+        let c = Config::parse(
+            "[relay]\nlisten = \"vsock://any:8000\"\nconnect_timeout = \"2s\"\n[[relay.allow]]\nhost = \"*.amazonaws.com\"\nport = 443\nmax_connections = 512\n[[relay.deny]]\nhost = \"169.254.169.254\"\n",
+        )
+        .unwrap();
+        let r = c.relay.as_ref().unwrap();
+        assert_eq!(r.allow[0].max_connections, Some(512));
+        assert_eq!(r.connect_timeout, Duration::from_secs(2));
+        c.validate().unwrap();
+        assert!(Config::parse("[relay]\nlisten = \"x\"\nbogus = 1").is_err());
     }
 }

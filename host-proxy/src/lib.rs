@@ -19,6 +19,7 @@ pub mod dev;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod relay;
 pub mod store;
 pub mod tokens;
 
@@ -103,6 +104,31 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
     let app = http::router(state);
     let (stop, _) = watch::channel(false);
     let mut tasks = vec![];
+
+    if let Some(rc) = &cfg.relay {
+        let relay = Arc::new(relay::Relay::new(rc, metrics.clone()).map_err(anyhow::Error::msg)?);
+        let addr: pii_transport::Addr = rc.listen.parse().map_err(anyhow::Error::msg)?;
+        if let pii_transport::Addr::Unix(p) = &addr {
+            if p.exists() {
+                std::fs::remove_file(p)
+                    .with_context(|| format!("removing stale {}", p.display()))?;
+            }
+        }
+        let listener = pii_transport::Listener::bind(&addr)
+            .with_context(|| format!("binding the egress relay on {addr}"))?;
+        tracing::info!(%addr, "egress relay listening");
+        let mut rx = stop.subscribe();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                r = relay.serve_on(listener) => {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "egress relay failed");
+                    }
+                }
+                _ = rx.wait_for(|s| *s) => {}
+            }
+        }));
+    }
 
     let tcp = tokio::net::TcpListener::bind(&cfg.listen)
         .await

@@ -24,6 +24,19 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    /// `host:port` the enclave asked for.
+    pub upstream: String,
+    /// ok, denied, limit, dns, connect, bad-request.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabels {
+    pub direction: String,
+}
+
 type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -40,6 +53,9 @@ pub struct Metrics {
     pub keyring_writes: Family<ErrorLabels, Counter>,
     pub request_bytes: Counter,
     pub audit_records: Counter,
+    pub relay_connections: Family<RelayLabels, Counter>,
+    pub relay_active: Gauge,
+    pub relay_bytes: Family<DirLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -88,8 +104,29 @@ impl Metrics {
             "Request body bytes forwarded",
             request_bytes.clone(),
         );
+        let relay_connections = Family::<RelayLabels, Counter>::default();
+        let relay_active = Gauge::default();
+        let relay_bytes = Family::<DirLabels, Counter>::default();
+        registry.register(
+            "relay_connections",
+            "Egress relay connections by upstream and result",
+            relay_connections.clone(),
+        );
+        registry.register(
+            "relay_active_connections",
+            "Egress relay connections being copied now",
+            relay_active.clone(),
+        );
+        registry.register(
+            "relay_bytes",
+            "Bytes copied by the egress relay, by direction (ciphertext: the enclave's TLS)",
+            relay_bytes.clone(),
+        );
         Metrics {
             registry,
+            relay_connections,
+            relay_active,
+            relay_bytes,
             requests,
             latency,
             enclave_connections,

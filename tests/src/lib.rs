@@ -137,6 +137,7 @@ impl Stack {
                 .token_store
                 .clone()
                 .unwrap_or_else(|| format!("sqlite:{}", dir.path().join("tokens.db").display())),
+            relay: None,
         };
         let proxy = host_proxy::start(&cfg).await?;
         if !proxy.pool.wait_live(Duration::from_secs(10)).await {

@@ -13,6 +13,7 @@
 
 mod addr;
 mod peer;
+pub mod relay;
 
 pub use addr::{connect, Addr, AddrParseError, BoxIo, Io, Listener};
 pub use peer::{handshake_client, handshake_server, CallError, Handler, Peer, PeerConfig};

@@ -1,0 +1,338 @@
+//! The egress relay's wire format and its enclave side.
+//!
+//! The enclave has no network. To reach Vault or KMS it opens a stream to the
+//! host's relay (vsock in production, a Unix socket in dev), names the
+//! upstream in one preamble line, and from then on the stream carries the
+//! enclave's own TLS bytes, which the host only copies:
+//!
+//! ```text
+//! enclave → host   PIIRELAY/1 CONNECT kms.eu-west-1.amazonaws.com:443\n
+//! host → enclave   OK\n                 (or: ERR denied <reason>\n)
+//! ...raw bytes both ways...
+//! ```
+//!
+//! Inside the enclave, [`serve_fixed`] gives ordinary clients a local TCP port
+//! per upstream (point the SDK's endpoint host at 127.0.0.1 via /etc/hosts),
+//! and [`serve_connect_proxy`] is an HTTP `CONNECT` proxy (`HTTPS_PROXY`).
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::addr::{connect, Addr, BoxIo};
+
+/// Longest preamble or reply line, newline included.
+pub const MAX_LINE: usize = 512;
+const MAGIC: &str = "PIIRELAY/1 CONNECT ";
+/// Buffer per direction when copying.
+pub const COPY_BUF: usize = 64 * 1024;
+
+/// An upstream: DNS name or IP literal, and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    /// `host:port` or `[v6]:port`; host names are lowercased.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, p) = rest.split_once("]:").ok_or("expected [ipv6]:port")?;
+            h.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("{h:?} is not an IPv6 address"))?;
+            (h.to_owned(), p)
+        } else {
+            let (h, p) = s.rsplit_once(':').ok_or("expected host:port")?;
+            (h.to_ascii_lowercase(), p)
+        };
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{port:?} is not a port"))?;
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && (host.contains(':')
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+        if !valid {
+            return Err(format!("{host:?} is not a host name or IP address"));
+        }
+        Ok(Target { host, port })
+    }
+}
+
+/// The enclave's request line.
+pub fn encode_request(t: &Target) -> Vec<u8> {
+    format!("{MAGIC}{t}\n").into_bytes()
+}
+
+/// Parse a request line (without its newline).
+pub fn parse_request(line: &str) -> Result<Target, String> {
+    line.strip_prefix(MAGIC)
+        .ok_or_else(|| "not a PIIRELAY/1 CONNECT request".to_string())?
+        .parse()
+}
+
+/// Why the relay refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Denied,
+    Limit,
+    Dns,
+    Connect,
+    BadRequest,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Denied => "denied",
+            Refusal::Limit => "limit",
+            Refusal::Dns => "dns",
+            Refusal::Connect => "connect",
+            Refusal::BadRequest => "bad-request",
+        }
+    }
+}
+
+/// The relay's reply line.
+pub fn encode_reply(r: Result<(), (Refusal, &str)>) -> Vec<u8> {
+    match r {
+        Ok(()) => b"OK\n".to_vec(),
+        Err((code, reason)) => {
+            let reason: String = reason
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_LINE - 32)
+                .collect();
+            format!("ERR {} {reason}\n", code.code()).into_bytes()
+        }
+    }
+}
+
+/// Read one `\n`-terminated line of at most [`MAX_LINE`] bytes, byte by byte
+/// so that nothing after it is consumed.
+pub async fn read_line<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<String> {
+    let mut line = Vec::with_capacity(64);
+    loop {
+        let b = r.read_u8().await?;
+        if b == b'\n' {
+            break;
+        }
+        if line.len() >= MAX_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "relay line too long",
+            ));
+        }
+        line.push(b);
+    }
+    String::from_utf8(line)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "relay line is not UTF-8"))
+}
+
+/// Open a relayed stream to `target` (enclave side).
+pub async fn open(relay: &Addr, target: &Target, timeout: Duration) -> io::Result<BoxIo> {
+    let fut = async {
+        let mut s = connect(relay).await?;
+        s.write_all(&encode_request(target)).await?;
+        let reply = read_line(&mut s).await?;
+        if reply == "OK" {
+            Ok(s)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!(
+                    "relay refused {target}: {}",
+                    reply.strip_prefix("ERR ").unwrap_or(&reply)
+                ),
+            ))
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("relay: no answer for {target} in {timeout:?}"),
+        )
+    })?
+}
+
+/// Copy both ways until both sides are done.
+pub async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUF, COPY_BUF).await
+}
+
+/// Enclave side: every connection to `local` is relayed to `target`.
+pub async fn serve_fixed(
+    local: TcpListener,
+    relay: Addr,
+    target: Target,
+    timeout: Duration,
+) -> io::Result<()> {
+    loop {
+        let (mut client, _) = local.accept().await?;
+        let _ = client.set_nodelay(true);
+        let (relay, target) = (relay.clone(), target.clone());
+        tokio::spawn(async move {
+            match open(&relay, &target, timeout).await {
+                Ok(mut up) => {
+                    let _ = splice(&mut client, &mut up).await;
+                }
+                Err(e) => tracing::warn!(%target, error = %e, "egress refused"),
+            }
+        });
+    }
+}
+
+/// Enclave side: an HTTP `CONNECT` proxy (for `HTTPS_PROXY`). Only `CONNECT`
+/// is served; the tunnel carries the client's own TLS.
+pub async fn serve_connect_proxy(
+    local: TcpListener,
+    relay: Addr,
+    timeout: Duration,
+) -> io::Result<()> {
+    loop {
+        let (client, _) = local.accept().await?;
+        let _ = client.set_nodelay(true);
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let _ = connect_proxy_one(client, relay, timeout).await;
+        });
+    }
+}
+
+async fn connect_proxy_one(client: TcpStream, relay: Addr, timeout: Duration) -> io::Result<()> {
+    let mut rd = BufReader::new(client);
+    let mut head = String::new();
+    let mut request_line = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(timeout, rd.read_line(&mut line))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "slow CONNECT request"))??;
+        if n == 0 {
+            return Ok(());
+        }
+        head.push_str(&line);
+        if head.len() > 8192 {
+            rd.get_mut()
+                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n")
+                .await?;
+            return Ok(());
+        }
+        if request_line.is_empty() {
+            request_line = line.trim_end().to_owned();
+        }
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut parts = request_line.split(' ');
+    let target = match (parts.next(), parts.next()) {
+        (Some("CONNECT"), Some(t)) => t.parse::<Target>(),
+        _ => Err("only CONNECT is supported".to_string()),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            let body = format!(
+                "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: {}\r\n\r\n{e}",
+                e.len()
+            );
+            rd.get_mut().write_all(body.as_bytes()).await?;
+            return Ok(());
+        }
+    };
+    match open(&relay, &target, timeout).await {
+        Ok(mut up) => {
+            rd.get_mut()
+                .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                .await?;
+            // Bytes the client sent after the request head are already buffered.
+            let buffered = rd.buffer().to_vec();
+            if !buffered.is_empty() {
+                up.write_all(&buffered).await?;
+            }
+            let mut client = rd.into_inner();
+            splice(&mut client, &mut up).await?;
+            Ok(())
+        }
+        Err(e) => {
+            let status = if e.kind() == io::ErrorKind::TimedOut {
+                "504 Gateway Timeout"
+            } else {
+                "403 Forbidden"
+            };
+            let msg = e.to_string();
+            let body = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{msg}",
+                msg.len()
+            );
+            rd.get_mut().write_all(body.as_bytes()).await?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_strictly() {
+        let t: Target = "KMS.eu-west-1.amazonaws.com:443".parse().unwrap();
+        assert_eq!(t.host, "kms.eu-west-1.amazonaws.com");
+        assert_eq!(t.to_string(), "kms.eu-west-1.amazonaws.com:443");
+        let v6: Target = "[::1]:8200".parse().unwrap();
+        assert_eq!(v6.to_string(), "[::1]:8200");
+        for bad in [
+            "nohost",
+            "a:0",
+            "a:70000",
+            "a b:1",
+            ":1",
+            "[zz]:1",
+            "evil\n.com:1",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+        let req = encode_request(&t);
+        let line = std::str::from_utf8(&req).unwrap().trim_end();
+        assert_eq!(parse_request(line).unwrap(), t);
+        assert!(parse_request("GET / HTTP/1.1").is_err());
+        assert_eq!(
+            encode_reply(Err((Refusal::Denied, "no\nrule"))),
+            b"ERR denied norule\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn read_line_is_bounded() {
+        let long = vec![b'a'; MAX_LINE + 10];
+        let err = read_line(&mut long.as_slice()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut two = b"first\nsecond".as_slice();
+        assert_eq!(read_line(&mut two).await.unwrap(), "first");
+        assert_eq!(two, b"second");
+    }
+}
