@@ -56,6 +56,8 @@ pub enum SealConfig {
     None,
     /// **Development only**: passphrase-derived key; the host can unseal.
     DangerousDev { passphrase: String },
+    /// Envelope encryption under a Vault/OpenBao Transit key (AppRole).
+    VaultTransit(crate::vault_seal::VaultSealConfig),
 }
 
 fn default_listen() -> String {

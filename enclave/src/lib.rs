@@ -24,3 +24,4 @@ pub mod server;
 pub mod transform;
 pub mod transform_api;
 pub mod transit;
+pub mod vault_seal;

@@ -155,6 +155,9 @@ fn serve(args: ServeArgs) {
             tracing::warn!("DANGEROUS: keyring sealed with the development seal; the host can read every key");
             Arc::new(DangerousDevSeal::from_passphrase(passphrase))
         }
+        SealConfig::VaultTransit(v) => {
+            Arc::new(pii_enclave::vault_seal::VaultTransitSeal::new(v.clone()).unwrap_or_else(|e| fail(e)))
+        }
         SealConfig::None => fail("no seal configured: set [seal] in the config file (or --dangerous-dev-seal-passphrase for development)"),
     };
     let mut auth = Auth::from_config(&cfg.auth).unwrap_or_else(|e| fail(e));

@@ -88,6 +88,48 @@ pub async fn unseal_blob(seal: &dyn Seal, blob: &[u8]) -> Result<Zeroizing<Vec<u
     seal.unwrap(&blob[7 + id_len..], &aad_for(id)).await
 }
 
+/// AES-256-GCM with a random nonce: `nonce ‖ ciphertext ‖ tag`.
+pub(crate) fn gcm_seal(
+    key: &LessSafeKey,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Rng)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out[NONCE_LEN..],
+        )
+        .map_err(|_| SealError::Authentication)?;
+    out.extend_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+/// Inverse of [`gcm_seal`]; the plaintext is zeroized on drop.
+pub(crate) fn gcm_open(
+    key: &LessSafeKey,
+    wrapped: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    if wrapped.len() < NONCE_LEN + 16 {
+        return Err(SealError::Malformed);
+    }
+    let nonce = Nonce::try_assume_unique_for_key(&wrapped[..NONCE_LEN])
+        .map_err(|_| SealError::Malformed)?;
+    let mut buf = Zeroizing::new(wrapped[NONCE_LEN..].to_vec());
+    let n = key
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
+        .map_err(|_| SealError::Authentication)?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// **Development only.** AES-256-GCM under a key derived from a passphrase.
 ///
 /// The passphrase travels through the host (command line, environment), so
@@ -131,23 +173,7 @@ impl Seal for DangerousDevSeal {
     }
 
     fn wrap<'a>(&'a self, plaintext: &'a [u8], aad: &'a [u8]) -> SealFuture<'a, Vec<u8>> {
-        Box::pin(async move {
-            let mut nonce = [0u8; NONCE_LEN];
-            aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Rng)?;
-            let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
-            out.extend_from_slice(&nonce);
-            out.extend_from_slice(plaintext);
-            let tag = self
-                .key
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(aad),
-                    &mut out[NONCE_LEN..],
-                )
-                .map_err(|_| SealError::Authentication)?;
-            out.extend_from_slice(tag.as_ref());
-            Ok(out)
-        })
+        Box::pin(async move { gcm_seal(&self.key, plaintext, aad) })
     }
 
     fn unwrap<'a>(
@@ -155,21 +181,7 @@ impl Seal for DangerousDevSeal {
         wrapped: &'a [u8],
         aad: &'a [u8],
     ) -> SealFuture<'a, Zeroizing<Vec<u8>>> {
-        Box::pin(async move {
-            if wrapped.len() < NONCE_LEN + 16 {
-                return Err(SealError::Malformed);
-            }
-            let nonce = Nonce::try_assume_unique_for_key(&wrapped[..NONCE_LEN])
-                .map_err(|_| SealError::Malformed)?;
-            let mut buf = Zeroizing::new(wrapped[NONCE_LEN..].to_vec());
-            let n = self
-                .key
-                .open_in_place(nonce, Aad::from(aad), &mut buf)
-                .map_err(|_| SealError::Authentication)?
-                .len();
-            buf.truncate(n);
-            Ok(buf)
-        })
+        Box::pin(async move { gcm_open(&self.key, wrapped, aad) })
     }
 }
 

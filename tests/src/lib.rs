@@ -29,10 +29,22 @@ pub struct Enclave {
 
 impl Enclave {
     pub fn start(socket: &Path, auth: Auth, passphrase: &str) -> anyhow::Result<Enclave> {
+        Enclave::start_sealed(
+            socket,
+            auth,
+            Arc::new(DangerousDevSeal::from_passphrase(passphrase)),
+        )
+    }
+
+    pub fn start_sealed(
+        socket: &Path,
+        auth: Auth,
+        seal: Arc<dyn pii_enclave::seal::Seal>,
+    ) -> anyhow::Result<Enclave> {
         let listener = Listener::bind(&Addr::Unix(socket.to_path_buf()))?;
         let nsm = pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?;
         let server = Arc::new(Server {
-            engine: Engine::new(Arc::new(DangerousDevSeal::from_passphrase(passphrase))),
+            engine: Engine::new(seal),
             auth,
             nsm: Some(Arc::new(nsm)),
         });
@@ -70,6 +82,8 @@ pub struct StackOpts {
     pub listen_unix: bool,
     /// `None`: SQLite in the stack's temp dir.
     pub token_store: Option<String>,
+    /// `None`: the dangerous development seal.
+    pub seal: Option<Arc<dyn pii_enclave::seal::Seal>>,
 }
 
 impl Default for StackOpts {
@@ -82,6 +96,7 @@ impl Default for StackOpts {
             request_timeout: Duration::from_secs(30),
             listen_unix: false,
             token_store: None,
+            seal: None,
         }
     }
 }
@@ -105,6 +120,12 @@ fn auth_for(opts: &StackOpts) -> anyhow::Result<Auth> {
     Ok(auth)
 }
 
+fn seal_for(opts: &StackOpts) -> Arc<dyn pii_enclave::seal::Seal> {
+    opts.seal
+        .clone()
+        .unwrap_or_else(|| Arc::new(DangerousDevSeal::from_passphrase(DEV_PASSPHRASE)))
+}
+
 impl Stack {
     pub async fn start() -> Stack {
         Stack::start_with(StackOpts::default())
@@ -115,7 +136,7 @@ impl Stack {
     pub async fn start_with(opts: StackOpts) -> anyhow::Result<Stack> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("enclave.sock");
-        let enclave = Enclave::start(&socket, auth_for(&opts)?, DEV_PASSPHRASE)?;
+        let enclave = Enclave::start_sealed(&socket, auth_for(&opts)?, seal_for(&opts))?;
         let unix_api = opts.listen_unix.then(|| dir.path().join("api.sock"));
         let cfg = host_proxy::Config {
             listen: "127.0.0.1:0".into(),
@@ -171,10 +192,10 @@ impl Stack {
 
     /// Start a fresh enclave (empty memory) on the same socket.
     pub fn start_enclave(&mut self) -> anyhow::Result<()> {
-        self.enclave = Some(Enclave::start(
+        self.enclave = Some(Enclave::start_sealed(
             &self.socket,
             auth_for(&self.opts)?,
-            DEV_PASSPHRASE,
+            seal_for(&self.opts),
         )?);
         Ok(())
     }

@@ -1,0 +1,405 @@
+//! Vault/OpenBao Transit seal: envelope encryption of the keyring under a
+//! Transit key-encryption key the enclave never sees.
+//!
+//! `wrap` draws a fresh 256-bit data key, seals the keyring with AES-256-GCM
+//! (the blob's associated data bound), and has Vault encrypt the data key
+//! with the KEK (`transit/encrypt/<kek>`); `unwrap` has Vault decrypt the
+//! data key (`transit/decrypt/<kek>`). Vault only ever sees a random data key,
+//! never the keyring. The enclave is the Vault client (vaultrs): in
+//! production its TLS terminates inside the enclave and the host's egress
+//! relay only copies bytes.
+//!
+//! Authentication is AppRole. The operator hands the enclave a
+//! *response-wrapped* secret_id (`host-proxy vault bootstrap`); the enclave
+//! unwraps it itself on first use. A wrapping token works once: if someone
+//! unwrapped it first, the enclave's unwrap fails and it says so loudly
+//! (theft is detectable). Tokens are renewed, and on expiry or a 403 the
+//! enclave logs in again with the secret_id it keeps in memory.
+//!
+//! KEK rotation: rotate the key in Vault; every keyring write seals under the
+//! newest version, and [`VaultTransitSeal::rewrap`] re-encrypts a stored data
+//! key without Vault seeing the keyring.
+
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM, NONCE_LEN};
+use base64::Engine as _;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use zeroize::Zeroizing;
+
+use crate::seal::{gcm_open, gcm_seal, Seal, SealError, SealFuture};
+
+/// `[seal] type = "vault-transit"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSealConfig {
+    /// Vault's address as seen from the enclave (an egress tunnel port).
+    pub address: String,
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    #[serde(default = "default_key")]
+    pub key: String,
+    #[serde(default = "default_approle")]
+    pub approle_mount: String,
+    pub role_id: String,
+    /// The response-wrapping token around the secret_id. Usually given at
+    /// boot through the environment (`PII_ENCLAVE_VAULT_WRAPPED_SECRET_ID`).
+    #[serde(default)]
+    pub wrapped_secret_id: Option<String>,
+    /// PEM CA certificate file(s) to trust for Vault's TLS.
+    #[serde(default)]
+    pub ca_certs: Vec<String>,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_mount() -> String {
+    "transit".into()
+}
+fn default_key() -> String {
+    "pii-enclave-kek".into()
+}
+fn default_approle() -> String {
+    "approle".into()
+}
+fn default_timeout_secs() -> u64 {
+    10
+}
+
+struct Session {
+    client: VaultClient,
+    renew_at: Instant,
+    expires: Instant,
+}
+
+struct State {
+    wrapped: Option<Zeroizing<String>>,
+    secret_id: Option<Zeroizing<String>>,
+    session: Option<Session>,
+}
+
+/// The seal. Cheap to clone the config; state is behind one async mutex.
+pub struct VaultTransitSeal {
+    cfg: VaultSealConfig,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for VaultTransitSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultTransitSeal")
+            .field("address", &self.cfg.address)
+            .field("key", &self.cfg.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unreachable_err(e: ClientError) -> SealError {
+    // Never include request bodies: only the error's kind and Vault's message.
+    SealError::Unreachable(match e {
+        ClientError::APIError { code, errors } => {
+            format!("Vault answered {code}: {}", errors.join("; "))
+        }
+        other => other.to_string().chars().take(300).collect(),
+    })
+}
+
+fn is_auth_error(e: &ClientError) -> bool {
+    matches!(e, ClientError::APIError { code: 403, .. })
+}
+
+impl VaultTransitSeal {
+    pub const ID: &'static str = "vault-transit";
+
+    pub fn new(cfg: VaultSealConfig) -> Result<Self, String> {
+        let ok = cfg.address.starts_with("http://") || cfg.address.starts_with("https://");
+        if !ok || url::Url::parse(&cfg.address).is_err() {
+            return Err(format!(
+                "seal.address {:?} is not an http(s) URL",
+                cfg.address
+            ));
+        }
+        if cfg.role_id.is_empty() {
+            return Err("seal.role_id is empty".into());
+        }
+        let wrapped = cfg
+            .wrapped_secret_id
+            .clone()
+            .or_else(|| std::env::var("PII_ENCLAVE_VAULT_WRAPPED_SECRET_ID").ok())
+            .filter(|s| !s.is_empty())
+            .map(Zeroizing::new)
+            .ok_or("no wrapped secret_id: set seal.wrapped_secret_id or PII_ENCLAVE_VAULT_WRAPPED_SECRET_ID")?;
+        Ok(Self {
+            cfg,
+            state: Mutex::new(State {
+                wrapped: Some(wrapped),
+                secret_id: None,
+                session: None,
+            }),
+        })
+    }
+
+    fn client(&self, token: &str) -> Result<VaultClient, SealError> {
+        let settings = VaultClientSettingsBuilder::default()
+            .address(&self.cfg.address)
+            .token(token)
+            .ca_certs(self.cfg.ca_certs.clone())
+            .verify(true)
+            .timeout(Some(Duration::from_secs(self.cfg.timeout_secs)))
+            .build()
+            .map_err(|e| SealError::Unreachable(format!("Vault client settings: {e}")))?;
+        VaultClient::new(settings).map_err(unreachable_err)
+    }
+
+    /// Log in (unwrapping the secret_id the first time) unless the current
+    /// token is still good; renew it when due.
+    async fn session(&self, st: &mut State) -> Result<(), SealError> {
+        let now = Instant::now();
+        if let Some(s) = &st.session {
+            if now < s.renew_at {
+                return Ok(());
+            }
+            if now < s.expires {
+                if let Ok(info) = s.client.renew(None).await {
+                    let ttl = Duration::from_secs(info.lease_duration.max(1));
+                    if let Some(s) = st.session.as_mut() {
+                        s.renew_at = now + ttl * 2 / 3;
+                        s.expires = now + ttl;
+                    }
+                    return Ok(());
+                }
+                tracing::warn!("Vault token renewal failed; logging in again");
+            }
+            st.session = None;
+        }
+        if st.secret_id.is_none() {
+            let wrapped = st.wrapped.take().ok_or_else(|| {
+                SealError::Unreachable(
+                    "no secret_id: the wrapped secret_id was already used".into(),
+                )
+            })?;
+            // The wrapping token is the client token of the unwrap call (it
+            // carries no other rights and is revoked by the call).
+            let unwrapper = self.client(wrapped.as_str())?;
+            #[derive(Deserialize)]
+            struct Unwrapped {
+                secret_id: String,
+            }
+            let u: Unwrapped = vaultrs::sys::wrapping::unwrap(&unwrapper, None)
+                .await
+                .map_err(|e| {
+                    if matches!(e, ClientError::APIError { code: 400, .. }) {
+                        tracing::error!(
+                            "SECURITY: the wrapped secret_id was already unwrapped or has expired; \
+                             if this enclave did not unwrap it, someone else did: revoke the AppRole secret_id"
+                        );
+                        SealError::Unreachable("wrapped secret_id already used or expired (possible theft)".into())
+                    } else {
+                        unreachable_err(e)
+                    }
+                })?;
+            st.secret_id = Some(Zeroizing::new(u.secret_id));
+        }
+        let secret_id = st
+            .secret_id
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let secret_id = Zeroizing::new(secret_id);
+        let anon = self.client("")?;
+        let info = vaultrs::auth::approle::login(
+            &anon,
+            &self.cfg.approle_mount,
+            &self.cfg.role_id,
+            &secret_id,
+        )
+        .await
+        .map_err(unreachable_err)?;
+        let ttl = Duration::from_secs(info.lease_duration.max(1));
+        let mut client = anon;
+        client.set_token(&info.client_token);
+        tracing::info!(ttl_secs = ttl.as_secs(), "logged in to Vault with AppRole");
+        st.session = Some(Session {
+            client,
+            renew_at: now + ttl * 2 / 3,
+            expires: now + ttl,
+        });
+        Ok(())
+    }
+
+    /// Run a Transit call with a valid session; on 403 log in once more.
+    async fn with_client<T, F, Fut>(&self, f: F) -> Result<T, SealError>
+    where
+        F: Fn(VaultClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut st = self.state.lock().await;
+        for attempt in 0..2 {
+            self.session(&mut st).await?;
+            let client = match &st.session {
+                Some(s) => self.client(s.client.settings.token.as_str())?,
+                None => return Err(SealError::Unreachable("no Vault session".into())),
+            };
+            match f(client).await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt == 0 && is_auth_error(&e) => {
+                    tracing::warn!("Vault refused the token; logging in again");
+                    st.session = None;
+                }
+                Err(e) => return Err(unreachable_err(e)),
+            }
+        }
+        Err(SealError::Unreachable("Vault refused a fresh token".into()))
+    }
+
+    async fn encrypt_dek(&self, dek: &[u8]) -> Result<String, SealError> {
+        let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(dek));
+        let (mount, key) = (self.cfg.mount.clone(), self.cfg.key.clone());
+        self.with_client(|c| {
+            let (mount, key, b64) = (mount.clone(), key.clone(), b64.to_string());
+            async move { vaultrs::transit::data::encrypt(&c, &mount, &key, &b64, None).await }
+        })
+        .await
+        .map(|r| r.ciphertext)
+    }
+
+    async fn decrypt_dek(&self, ct: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let (mount, key) = (self.cfg.mount.clone(), self.cfg.key.clone());
+        let r = self
+            .with_client(|c| {
+                let (mount, key, ct) = (mount.clone(), key.clone(), ct.to_owned());
+                async move { vaultrs::transit::data::decrypt(&c, &mount, &key, &ct, None).await }
+            })
+            .await?;
+        let dek = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(r.plaintext.as_bytes())
+                .map_err(|_| SealError::Malformed)?,
+        );
+        if dek.len() != 32 {
+            return Err(SealError::Malformed);
+        }
+        Ok(dek)
+    }
+
+    /// Re-encrypt a wrapped blob's data key under the KEK's newest version
+    /// (`transit/rewrap`); the keyring ciphertext is unchanged.
+    pub async fn rewrap(&self, wrapped: &[u8]) -> Result<Vec<u8>, SealError> {
+        let (ct, rest) = split(wrapped)?;
+        let (mount, key) = (self.cfg.mount.clone(), self.cfg.key.clone());
+        let r = self
+            .with_client(|c| {
+                let (mount, key, ct) = (mount.clone(), key.clone(), ct.to_owned());
+                async move { vaultrs::transit::data::rewrap(&c, &mount, &key, &ct, None).await }
+            })
+            .await?;
+        Ok(join(&r.ciphertext, rest))
+    }
+}
+
+/// Inner layout: `len:u16 ‖ vault ciphertext (ASCII) ‖ nonce ‖ AES-GCM(keyring) ‖ tag`.
+fn join(vault_ct: &str, rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + vault_ct.len() + rest.len());
+    out.extend_from_slice(&(vault_ct.len() as u16).to_be_bytes());
+    out.extend_from_slice(vault_ct.as_bytes());
+    out.extend_from_slice(rest);
+    out
+}
+
+fn split(wrapped: &[u8]) -> Result<(&str, &[u8]), SealError> {
+    let n = usize::from(u16::from_be_bytes(
+        wrapped
+            .get(..2)
+            .ok_or(SealError::Malformed)?
+            .try_into()
+            .map_err(|_| SealError::Malformed)?,
+    ));
+    let ct = wrapped.get(2..2 + n).ok_or(SealError::Malformed)?;
+    let ct = std::str::from_utf8(ct).map_err(|_| SealError::Malformed)?;
+    if !ct.starts_with("vault:v") {
+        return Err(SealError::Malformed);
+    }
+    let rest = &wrapped[2 + n..];
+    if rest.len() < NONCE_LEN + 16 {
+        return Err(SealError::Malformed);
+    }
+    Ok((ct, rest))
+}
+
+fn gcm(dek: &[u8]) -> Result<LessSafeKey, SealError> {
+    Ok(LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, dek).map_err(|_| SealError::Malformed)?,
+    ))
+}
+
+impl Seal for VaultTransitSeal {
+    fn id(&self) -> &str {
+        Self::ID
+    }
+
+    fn wrap<'a>(&'a self, plaintext: &'a [u8], aad: &'a [u8]) -> SealFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let mut dek = Zeroizing::new([0u8; 32]);
+            aws_lc_rs::rand::fill(dek.as_mut()).map_err(|_| SealError::Rng)?;
+            let body = gcm_seal(&gcm(dek.as_ref())?, plaintext, aad)?;
+            let vault_ct = self.encrypt_dek(dek.as_ref()).await?;
+            Ok(join(&vault_ct, &body))
+        })
+    }
+
+    fn unwrap<'a>(
+        &'a self,
+        wrapped: &'a [u8],
+        aad: &'a [u8],
+    ) -> SealFuture<'a, Zeroizing<Vec<u8>>> {
+        Box::pin(async move {
+            let (ct, rest) = split(wrapped)?;
+            let dek = self.decrypt_dek(ct).await?;
+            gcm_open(&gcm(&dek)?, rest, aad)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_round_trip_and_malformed() {
+        let rest = vec![7u8; NONCE_LEN + 20];
+        let j = join("vault:v3:abc", &rest);
+        let (ct, r) = split(&j).unwrap();
+        assert_eq!(ct, "vault:v3:abc");
+        assert_eq!(r, &rest[..]);
+        assert_eq!(split(&[0]).unwrap_err(), SealError::Malformed);
+        assert_eq!(
+            split(&join("nope", &rest)).unwrap_err(),
+            SealError::Malformed
+        );
+        assert_eq!(
+            split(&join("vault:v1:x", &[1, 2])).unwrap_err(),
+            SealError::Malformed
+        );
+        let mut huge = vec![0xff, 0xff];
+        huge.extend_from_slice(b"vault:v1");
+        assert_eq!(split(&huge).unwrap_err(), SealError::Malformed);
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let cfg = |addr: &str, wrapped: Option<&str>| VaultSealConfig {
+            address: addr.into(),
+            mount: default_mount(),
+            key: default_key(),
+            approle_mount: default_approle(),
+            role_id: "r".into(),
+            wrapped_secret_id: wrapped.map(str::to_owned),
+            ca_certs: vec![],
+            timeout_secs: 1,
+        };
+        assert!(VaultTransitSeal::new(cfg("ftp://x", Some("w"))).is_err());
+        assert!(VaultTransitSeal::new(cfg("http://127.0.0.1:8200", Some("w"))).is_ok());
+    }
+}

@@ -1,0 +1,317 @@
+//! The Vault/OpenBao Transit seal against a real OpenBao dev server: AppRole
+//! with a response-wrapped secret_id the enclave unwraps itself, envelope
+//! sealing, restart + unseal, KEK rotation with rewrap, a stolen wrapped
+//! secret_id detected, and OpenBao going away while keys keep serving.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use pii_enclave::seal::{seal_blob, unseal_blob, Seal, SealError};
+use pii_enclave::vault_seal::{VaultSealConfig, VaultTransitSeal};
+use pii_tests::{b64, OpenBao, Stack, StackOpts, ROOT_TOKEN};
+use serde_json::{json, Value};
+
+const POLICY: &str = r#"
+path "transit/encrypt/pii-enclave-kek" { capabilities = ["update"] }
+path "transit/decrypt/pii-enclave-kek" { capabilities = ["update"] }
+path "transit/rewrap/pii-enclave-kek"  { capabilities = ["update"] }
+"#;
+
+async fn vault(
+    bao: &OpenBao,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    wrap: bool,
+) -> Value {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}/v1/{path}", bao.url))
+        .header("X-Vault-Token", ROOT_TOKEN);
+    if wrap {
+        req = req.header("X-Vault-Wrap-TTL", "300s");
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// What `host-proxy vault bootstrap` is for: KEK, least-privilege policy,
+/// AppRole. Returns the role_id.
+async fn bootstrap(bao: &OpenBao) -> String {
+    use reqwest::Method;
+    vault(
+        bao,
+        Method::POST,
+        "transit/keys/pii-enclave-kek",
+        Some(json!({})),
+        false,
+    )
+    .await;
+    vault(
+        bao,
+        Method::PUT,
+        "sys/policies/acl/pii-enclave",
+        Some(json!({"policy": POLICY})),
+        false,
+    )
+    .await;
+    vault(
+        bao,
+        Method::POST,
+        "sys/auth/approle",
+        Some(json!({"type": "approle"})),
+        false,
+    )
+    .await;
+    vault(
+        bao,
+        Method::POST,
+        "auth/approle/role/pii-enclave",
+        Some(
+            json!({"token_policies": ["pii-enclave"], "token_ttl": "20m", "secret_id_num_uses": 0}),
+        ),
+        false,
+    )
+    .await;
+    let r = vault(
+        bao,
+        Method::GET,
+        "auth/approle/role/pii-enclave/role-id",
+        None,
+        false,
+    )
+    .await;
+    r["data"]["role_id"].as_str().unwrap().to_owned()
+}
+
+/// A fresh response-wrapped secret_id (a single-use wrapping token).
+async fn wrapped_secret_id(bao: &OpenBao) -> String {
+    let r = vault(
+        bao,
+        reqwest::Method::POST,
+        "auth/approle/role/pii-enclave/secret-id",
+        Some(json!({})),
+        true,
+    )
+    .await;
+    r["wrap_info"]["token"].as_str().unwrap().to_owned()
+}
+
+fn seal(bao: &OpenBao, role_id: &str, wrapped: String) -> VaultTransitSeal {
+    VaultTransitSeal::new(VaultSealConfig {
+        address: bao.url.clone(),
+        mount: "transit".into(),
+        key: "pii-enclave-kek".into(),
+        approle_mount: "approle".into(),
+        role_id: role_id.into(),
+        wrapped_secret_id: Some(wrapped),
+        ca_certs: vec![],
+        timeout_secs: 5,
+    })
+    .unwrap()
+}
+
+fn inner(blob: &[u8]) -> (&[u8], &[u8]) {
+    let n = 7 + usize::from(blob[6]);
+    (&blob[..n], &blob[n..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_unseal_restart_rotate_and_detect_a_stolen_secret_id() {
+    let bao = OpenBao::start().await.unwrap();
+    let role_id = bootstrap(&bao).await;
+    let keyring =
+        b"pretend keyring: 32 bytes of key material follow 0123456789abcdef0123456789abcdef";
+
+    let s1 = seal(&bao, &role_id, wrapped_secret_id(&bao).await);
+    let blob = seal_blob(&s1, keyring).await.unwrap();
+    assert!(
+        !blob
+            .windows(16)
+            .any(|w| keyring.windows(16).any(|k| k == w)),
+        "plaintext leaked into the blob"
+    );
+    assert_eq!(&unseal_blob(&s1, &blob).await.unwrap()[..], keyring);
+
+    // A restarted enclave (new process, new wrapped secret_id) unseals it.
+    let s2 = seal(&bao, &role_id, wrapped_secret_id(&bao).await);
+    assert_eq!(&unseal_blob(&s2, &blob).await.unwrap()[..], keyring);
+
+    // Tampering is refused.
+    let mut bad = blob.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(
+        unseal_blob(&s2, &bad).await.unwrap_err(),
+        SealError::Authentication
+    );
+
+    // KEK rotation: rewrap the data key, then retire the old KEK version.
+    vault(
+        &bao,
+        reqwest::Method::POST,
+        "transit/keys/pii-enclave-kek/rotate",
+        Some(json!({})),
+        false,
+    )
+    .await;
+    let (head, wrapped) = inner(&blob);
+    let rewrapped = s2.rewrap(wrapped).await.unwrap();
+    assert!(std::str::from_utf8(&rewrapped[2..12])
+        .unwrap()
+        .starts_with("vault:v2:"));
+    let blob2 = [head, &rewrapped].concat();
+    vault(
+        &bao,
+        reqwest::Method::POST,
+        "transit/keys/pii-enclave-kek/config",
+        Some(json!({"min_decryption_version": 2})),
+        false,
+    )
+    .await;
+    assert_eq!(&unseal_blob(&s2, &blob2).await.unwrap()[..], keyring);
+    let err = unseal_blob(&s2, &blob).await.unwrap_err();
+    assert!(
+        matches!(err, SealError::Unreachable(ref m) if m.contains("400")),
+        "{err:?}"
+    );
+    // New seals use the newest KEK version.
+    let blob3 = seal_blob(&s2, keyring).await.unwrap();
+    assert!(inner(&blob3).1[2..].starts_with(b"vault:v2:"));
+
+    // Someone unwraps the enclave's secret_id first: the enclave notices.
+    let stolen = wrapped_secret_id(&bao).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/sys/wrapping/unwrap", bao.url))
+        .header("X-Vault-Token", &stolen)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let s3 = seal(&bao, &role_id, stolen);
+    let err = unseal_blob(&s3, &blob2).await.unwrap_err();
+    assert!(
+        matches!(err, SealError::Unreachable(ref m) if m.contains("possible theft")),
+        "{err:?}"
+    );
+    // And a wrapping token only works once even for the enclave.
+    let once = wrapped_secret_id(&bao).await;
+    let a = seal(&bao, &role_id, once.clone());
+    let b = seal(&bao, &role_id, once);
+    assert!(unseal_blob(&a, &blob2).await.is_ok());
+    assert!(unseal_blob(&b, &blob2).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_in_memory_keep_serving_when_openbao_goes_down() {
+    let bao = OpenBao::start().await.unwrap();
+    let role_id = bootstrap(&bao).await;
+    let s: Arc<dyn Seal> = Arc::new(seal(&bao, &role_id, wrapped_secret_id(&bao).await));
+    let mut stack = Stack::start_with(StackOpts {
+        seal: Some(s),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    let r = c.post("transit/keys/pii", json!({})).await;
+    assert!(
+        r.status == 200 || r.status == 204,
+        "{} {:?}",
+        r.status,
+        r.body
+    );
+    let r = c
+        .post(
+            "transit/encrypt/pii",
+            json!({"plaintext": b64(b"078-05-1120")}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let ct = r.data("ciphertext").as_str().unwrap().to_owned();
+
+    // Restart the enclave with OpenBao up: it unseals the stored keyring.
+    stack.kill_enclave().await;
+    stack.opts.seal = Some(Arc::new(seal(
+        &bao,
+        &role_id,
+        wrapped_secret_id(&bao).await,
+    )));
+    stack.start_enclave().unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        let r = c
+            .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+            .await;
+        if r.status == 200 {
+            assert_eq!(r.data("plaintext"), &json!(b64(b"078-05-1120")));
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "old ciphertext did not decrypt after restart + unseal");
+
+    // OpenBao goes away: keys already in memory keep serving…
+    drop(bao);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let r = c
+            .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let r = c
+            .post("transit/encrypt/pii", json!({"plaintext": b64(b"x")}))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    // …but a change that must be sealed is refused, not half-done.
+    let r = c.post("transit/keys/other", json!({})).await;
+    assert!(r.status >= 500, "{} {:?}", r.status, r.body);
+    let r = c
+        .post("transit/encrypt/pii", json!({"plaintext": b64(b"y")}))
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "the failed write must not break existing keys"
+    );
+
+    // A cold start without the backend stays sealed and answers 503.
+    stack.kill_enclave().await;
+    stack.opts.seal = Some(Arc::new(
+        VaultTransitSeal::new(VaultSealConfig {
+            address: "http://127.0.0.1:9".into(),
+            mount: "transit".into(),
+            key: "pii-enclave-kek".into(),
+            approle_mount: "approle".into(),
+            role_id,
+            wrapped_secret_id: Some("hvs.none".into()),
+            ca_certs: vec![],
+            timeout_secs: 1,
+        })
+        .unwrap(),
+    ));
+    stack.start_enclave().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let r = c
+        .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let r = c.get("sys/health").await;
+    assert!(
+        r.body.to_string().contains("sealed") || r.status == 503,
+        "{} {:?}",
+        r.status,
+        r.body
+    );
+}
