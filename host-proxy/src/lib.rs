@@ -17,11 +17,14 @@ pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod http;
+pub mod kms;
 pub mod metrics;
 pub mod pool;
 pub mod relay;
 pub mod store;
 pub mod tokens;
+#[cfg(feature = "vault-admin")]
+pub mod vault;
 
 pub use config::Config;
 

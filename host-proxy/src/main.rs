@@ -22,6 +22,34 @@ enum Cmd {
     /// Run the whole stack locally: starts the enclave over a Unix socket with
     /// the DANGEROUS development seal and root token. Not for real data.
     Dev(DevArgs),
+    /// Vault/OpenBao administration for the enclave's Transit seal.
+    #[command(subcommand)]
+    Vault(VaultCmd),
+    /// AWS KMS helpers for the enclave's KMS seal.
+    #[command(subcommand)]
+    Kms(KmsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum VaultCmd {
+    /// Create the Transit mount and key-encryption key, a least-privilege
+    /// policy and an AppRole, and print the role_id and a response-wrapped
+    /// secret_id for the enclave (operator token from $VAULT_TOKEN).
+    /// Needs a build with `--features vault-admin`.
+    #[cfg(feature = "vault-admin")]
+    Bootstrap(host_proxy::vault::BootstrapArgs),
+    #[cfg(not(feature = "vault-admin"))]
+    Bootstrap {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        rest: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KmsCmd {
+    /// Print a KMS key policy whose Decrypt/GenerateDataKey grant is bound to
+    /// the measurements of a release (kms:RecipientAttestation conditions).
+    Policy(host_proxy::kms::PolicyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +185,20 @@ async fn main() {
             tracing::info!("shutting down");
             running.stop().await;
         }
+        #[cfg(feature = "vault-admin")]
+        Cmd::Vault(VaultCmd::Bootstrap(a)) => match host_proxy::vault::bootstrap(&a).await {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            Err(e) => fail(format!("vault bootstrap: {e:#}")),
+        },
+        #[cfg(not(feature = "vault-admin"))]
+        Cmd::Vault(VaultCmd::Bootstrap { .. }) => {
+            eprintln!("host-proxy: this build has no Vault admin client (the sidecar links no TLS/crypto library); rebuild with `cargo run -p host-proxy --features vault-admin -- vault bootstrap …`");
+            std::process::exit(2);
+        }
+        Cmd::Kms(KmsCmd::Policy(a)) => match host_proxy::kms::policy(&a) {
+            Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            Err(e) => fail(format!("kms policy: {e}")),
+        },
         Cmd::Dev(a) => {
             init_logs(if a.common.log_format == "json" {
                 "text"

@@ -12,12 +12,6 @@ use pii_enclave::vault_seal::{VaultSealConfig, VaultTransitSeal};
 use pii_tests::{b64, OpenBao, Stack, StackOpts, ROOT_TOKEN};
 use serde_json::{json, Value};
 
-const POLICY: &str = r#"
-path "transit/encrypt/pii-enclave-kek" { capabilities = ["update"] }
-path "transit/decrypt/pii-enclave-kek" { capabilities = ["update"] }
-path "transit/rewrap/pii-enclave-kek"  { capabilities = ["update"] }
-"#;
-
 async fn vault(
     bao: &OpenBao,
     method: reqwest::Method,
@@ -45,53 +39,83 @@ async fn vault(
     }
 }
 
-/// What `host-proxy vault bootstrap` is for: KEK, least-privilege policy,
-/// AppRole. Returns the role_id.
+/// `host-proxy vault bootstrap` (the real code path) with the root token.
+/// Returns the role_id; checks the wrapped secret_id it hands out works.
 async fn bootstrap(bao: &OpenBao) -> String {
-    use reqwest::Method;
-    vault(
+    std::env::set_var("PII_TEST_BAO_TOKEN", ROOT_TOKEN);
+    let args = host_proxy::vault::BootstrapArgs {
+        address: bao.url.clone(),
+        token_env: "PII_TEST_BAO_TOKEN".into(),
+        ca_cert: None,
+        mount: "transit".into(),
+        key: "pii-enclave-kek".into(),
+        approle_mount: "approle".into(),
+        role: "pii-enclave".into(),
+        token_ttl: "20m".into(),
+    };
+    let out = host_proxy::vault::bootstrap(&args).await.unwrap();
+    // Idempotent: a second run succeeds and keeps the role_id.
+    let again = host_proxy::vault::bootstrap(&args).await.unwrap();
+    assert_eq!(out["role_id"], again["role_id"]);
+    let role_id = out["role_id"].as_str().unwrap().to_owned();
+    let s = seal(
         bao,
-        Method::POST,
-        "transit/keys/pii-enclave-kek",
+        &role_id,
+        out["wrapped_secret_id"].as_str().unwrap().to_owned(),
+    );
+    let blob = seal_blob(&s, b"bootstrap check").await.unwrap();
+    assert_eq!(
+        &unseal_blob(&s, &blob).await.unwrap()[..],
+        b"bootstrap check"
+    );
+    assert!(out["enclave_seal_config"]
+        .as_str()
+        .unwrap()
+        .contains(&role_id));
+    // The role's policy is least-privilege: its token may use the KEK and
+    // nothing else (another transit key, KV secrets).
+    let sid = vault(
+        bao,
+        reqwest::Method::POST,
+        "auth/approle/role/pii-enclave/secret-id",
         Some(json!({})),
         false,
     )
     .await;
+    let login = vault(
+        bao,
+        reqwest::Method::POST,
+        "auth/approle/login",
+        Some(json!({"role_id": role_id, "secret_id": sid["data"]["secret_id"]})),
+        false,
+    )
+    .await;
+    let token = login["auth"]["client_token"].as_str().unwrap();
     vault(
         bao,
-        Method::PUT,
-        "sys/policies/acl/pii-enclave",
-        Some(json!({"policy": POLICY})),
+        reqwest::Method::POST,
+        "transit/keys/other",
+        Some(json!({})),
         false,
     )
     .await;
-    vault(
-        bao,
-        Method::POST,
-        "sys/auth/approle",
-        Some(json!({"type": "approle"})),
-        false,
-    )
-    .await;
-    vault(
-        bao,
-        Method::POST,
-        "auth/approle/role/pii-enclave",
-        Some(
-            json!({"token_policies": ["pii-enclave"], "token_ttl": "20m", "secret_id_num_uses": 0}),
-        ),
-        false,
-    )
-    .await;
-    let r = vault(
-        bao,
-        Method::GET,
-        "auth/approle/role/pii-enclave/role-id",
-        None,
-        false,
-    )
-    .await;
-    r["data"]["role_id"].as_str().unwrap().to_owned()
+    let http = reqwest::Client::new();
+    let try_as = |path: &str| {
+        http.post(format!("{}/v1/{path}", bao.url))
+            .header("X-Vault-Token", token)
+            .json(&json!({"plaintext": "aGk="}))
+            .send()
+    };
+    assert_eq!(
+        try_as("transit/encrypt/pii-enclave-kek")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(try_as("transit/encrypt/other").await.unwrap().status(), 403);
+    assert_eq!(try_as("secret/data/x").await.unwrap().status(), 403);
+    role_id
 }
 
 /// A fresh response-wrapped secret_id (a single-use wrapping token).

@@ -1,0 +1,176 @@
+//! `host-proxy kms policy`: a KMS key policy that releases the keyring's
+//! data key only to an enclave with the recorded measurements.
+//!
+//! The grant to the enclave's instance role is conditioned on
+//! `kms:RecipientAttestation:PCRn` (case-insensitive string equality, as AWS
+//! documents), and an explicit **Deny** covers the same role when a request
+//! carries no attestation (`Null` condition): without it, an IAM policy on the
+//! role could let the *host* call `Decrypt` and get the plaintext key back.
+//! Verify the record first (`eif record verify`, `eif compare --record-key`);
+//! this command only reads it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Measurement record (measurements/<service>/<release>.json), or
+    /// `nitro-cli describe-eif` output, or {"PCR0": "hex", …}.
+    #[arg(long)]
+    pub record: PathBuf,
+    /// The parent instance's IAM role (the enclave calls KMS with its credentials).
+    #[arg(long)]
+    pub role_arn: String,
+    /// AWS account that administers the key (gets the standard root statement).
+    #[arg(long)]
+    pub account_id: String,
+    /// PCRs to bind (default: 0, 1, 2, and 8 when the record has it).
+    #[arg(long, value_delimiter = ',')]
+    pub pcrs: Vec<u8>,
+}
+
+fn pcrs_of(v: &Value) -> Result<BTreeMap<u8, String>, String> {
+    let obj = v
+        .get("Measurements")
+        .unwrap_or(v)
+        .as_object()
+        .ok_or("the record is not a JSON object")?;
+    let mut out = BTreeMap::new();
+    for (k, val) in obj {
+        let Some(n) = k.strip_prefix("PCR").and_then(|n| n.parse::<u8>().ok()) else {
+            continue;
+        };
+        let h = val
+            .as_str()
+            .ok_or_else(|| format!("{k} is not a string"))?
+            .to_ascii_lowercase();
+        if h.len() != 96 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{k}: expected 96 hex digits (SHA-384)"));
+        }
+        out.insert(n, h);
+    }
+    Ok(out)
+}
+
+/// Build the policy document.
+pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
+    if a.account_id.len() != 12 || !a.account_id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("--account-id must be 12 digits".into());
+    }
+    if !a.role_arn.starts_with("arn:aws") || !a.role_arn.contains(":role/") {
+        return Err(
+            "--role-arn must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)".into(),
+        );
+    }
+    let all = pcrs_of(record)?;
+    let wanted: Vec<u8> = if a.pcrs.is_empty() {
+        [0u8, 1, 2, 8]
+            .into_iter()
+            .filter(|n| all.contains_key(n))
+            .collect()
+    } else {
+        a.pcrs.clone()
+    };
+    if !wanted.contains(&0) {
+        return Err("bind at least PCR0 (the image)".into());
+    }
+    let mut cond = serde_json::Map::new();
+    for n in &wanted {
+        let v = all
+            .get(n)
+            .ok_or_else(|| format!("the record has no PCR{n}"))?;
+        if v.bytes().all(|b| b == b'0') {
+            return Err(format!(
+                "PCR{n} is all zeros (a debug-mode enclave); never bind a key to it"
+            ));
+        }
+        cond.insert(format!("kms:RecipientAttestation:PCR{n}"), v.clone().into());
+    }
+    let actions = json!(["kms:Decrypt", "kms:GenerateDataKey"]);
+    Ok(json!({
+        "Version": "2012-10-17",
+        "Id": "pii-enclave-keyring-seal",
+        "Statement": [
+            {
+                "Sid": "KeyAdministration",
+                "Effect": "Allow",
+                "Principal": {"AWS": format!("arn:aws:iam::{}:root", a.account_id)},
+                "Action": "kms:*",
+                "Resource": "*"
+            },
+            {
+                "Sid": "EnclaveWithTheseMeasurementsOnly",
+                "Effect": "Allow",
+                "Principal": {"AWS": a.role_arn},
+                "Action": actions,
+                "Resource": "*",
+                "Condition": {"StringEqualsIgnoreCase": Value::Object(cond)}
+            },
+            {
+                "Sid": "DenyWithoutAttestation",
+                "Effect": "Deny",
+                "Principal": {"AWS": a.role_arn},
+                "Action": actions,
+                "Resource": "*",
+                "Condition": {"Null": {"kms:RecipientAttestation:PCR0": "true"}}
+            }
+        ]
+    }))
+}
+
+pub fn policy(a: &PolicyArgs) -> Result<Value, String> {
+    let text = std::fs::read(&a.record).map_err(|e| format!("{}: {e}", a.record.display()))?;
+    let v: Value = serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: not JSON: {e}", a.record.display()))?;
+    policy_for(&v, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pcrs: Vec<u8>) -> PolicyArgs {
+        PolicyArgs {
+            record: PathBuf::new(),
+            role_arn: "arn:aws:iam::123456789012:role/pii-node".into(),
+            account_id: "123456789012".into(),
+            pcrs,
+        }
+    }
+
+    #[test]
+    fn binds_recorded_pcrs_and_denies_unattested_calls() {
+        let rec = json!({"Measurements": {"HashAlgorithm": "Sha384 { ... }",
+            "PCR0": "A".repeat(96), "PCR1": "b".repeat(96), "PCR2": "c".repeat(96)}});
+        let p = policy_for(&rec, &args(vec![])).unwrap();
+        let allow = &p["Statement"][1];
+        let c = &allow["Condition"]["StringEqualsIgnoreCase"];
+        assert_eq!(c["kms:RecipientAttestation:PCR0"], "a".repeat(96));
+        assert_eq!(c["kms:RecipientAttestation:PCR2"], "c".repeat(96));
+        assert!(c.get("kms:RecipientAttestation:PCR8").is_none());
+        assert_eq!(p["Statement"][2]["Effect"], "Deny");
+        assert_eq!(
+            p["Statement"][2]["Condition"]["Null"]["kms:RecipientAttestation:PCR0"],
+            "true"
+        );
+    }
+
+    #[test]
+    fn refuses_unsafe_or_incomplete_input() {
+        let zero = json!({"PCR0": "0".repeat(96), "PCR1": "b".repeat(96)});
+        assert!(policy_for(&zero, &args(vec![]))
+            .unwrap_err()
+            .contains("debug"));
+        let rec = json!({"PCR0": "a".repeat(96)});
+        assert!(policy_for(&rec, &args(vec![0, 8]))
+            .unwrap_err()
+            .contains("no PCR8"));
+        assert!(policy_for(&rec, &args(vec![1])).is_err());
+        assert!(policy_for(&json!({"PCR0": "zz"}), &args(vec![])).is_err());
+        let mut bad = args(vec![]);
+        bad.account_id = "12".into();
+        assert!(policy_for(&rec, &bad).is_err());
+    }
+}
