@@ -231,6 +231,7 @@ impl Server {
                 SealState::Sealed
             },
             seal_backend: self.engine.seal_id().to_owned(),
+            seal_error: self.engine.seal_error(),
             keyring_version: self.engine.store_version(),
             enclave_version: env!("CARGO_PKG_VERSION").to_owned(),
         }

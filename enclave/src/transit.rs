@@ -18,7 +18,7 @@ use crate::auth::Capability;
 use crate::b64;
 use crate::error::{Error, Result};
 use crate::keyring::{HmacAlg, Key, KeyDoc, KeyType, Keyring};
-use crate::seal::{seal_blob, unseal_blob, Seal};
+use crate::seal::{seal_blob, unseal_blob, Seal, SealError};
 
 // ---------------------------------------------------------------------------
 // Keyring storage seam
@@ -157,6 +157,8 @@ pub struct Engine {
     /// Highest generation ever loaded: older blobs are refused (rollback).
     high_water: std::sync::atomic::AtomicU64,
     audit: crate::audit::AuditLog,
+    /// The seal backend's last failure, cleared by the next success.
+    seal_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -184,6 +186,24 @@ impl Engine {
             seal,
             high_water: std::sync::atomic::AtomicU64::new(0),
             audit: crate::audit::AuditLog::default(),
+            seal_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Why the seal backend last failed, if its last call failed.
+    pub fn seal_error(&self) -> Option<String> {
+        self.seal_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_seal<T>(&self, r: &std::result::Result<T, SealError>) {
+        let mut g = self.seal_error.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(_) => *g = None,
+            Err(SealError::Unreachable(m)) => *g = Some(m.clone()),
+            Err(_) => {}
         }
     }
 
@@ -260,12 +280,12 @@ impl Engine {
     }
 
     async fn open(&self, blob: &SealedBlob) -> Result<Keyring> {
-        let pt = unseal_blob(self.seal.as_ref(), &blob.bytes)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, version = blob.version, "cannot unseal keyring");
-                Error::sealed()
-            })?;
+        let pt = unseal_blob(self.seal.as_ref(), &blob.bytes).await;
+        self.note_seal(&pt);
+        let pt = pt.map_err(|e| {
+            tracing::error!(error = %e, version = blob.version, "cannot unseal keyring");
+            Error::sealed()
+        })?;
         Keyring::from_cbor(&pt, blob.version)
     }
 
@@ -314,10 +334,31 @@ impl Engine {
                 Change::Changed(k, r) => (k, r),
             };
             let pt: Zeroizing<Vec<u8>> = next.to_cbor()?;
-            let blob = seal_blob(self.seal.as_ref(), &pt).await.map_err(|e| {
+            let blob = seal_blob(self.seal.as_ref(), &pt).await;
+            self.note_seal(&blob);
+            let blob = blob.map_err(|e| {
                 tracing::error!(error = %e, "sealing the keyring failed");
                 Error::new(503, "seal backend unavailable")
             })?;
+            // Two-phase: the new blob must unseal to exactly this keyring
+            // before it may replace the stored one, so no seal fault (a KEK
+            // that cannot decrypt, a truncated answer) can lose the keyring.
+            let check = unseal_blob(self.seal.as_ref(), &blob).await;
+            self.note_seal(&check);
+            match check {
+                Ok(back) if back.as_slice() == pt.as_slice() => {}
+                Ok(_) => {
+                    tracing::error!("sealed keyring does not round-trip; not storing it");
+                    return Err(Error::new(
+                        503,
+                        "seal backend returned an inconsistent blob",
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new sealed keyring does not unseal; not storing it");
+                    return Err(Error::new(503, "seal backend unavailable"));
+                }
+            }
             match store.store(cur.store_version, blob).await {
                 Ok(StoreOutcome::Stored(v)) => {
                     next.store_version = v;

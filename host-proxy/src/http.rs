@@ -103,6 +103,15 @@ async fn sys_health(State(st): State<AppState>) -> Response {
             false,
         ),
     };
+    let seal_error = status.as_ref().and_then(|s| s.seal_error.clone());
+    // `backend unreachable`: the seal backend's last call failed. Keys in
+    // memory still serve (200); a sealed enclave waits for the backend (503).
+    let seal_status = match (&status, &seal_error) {
+        (None, _) => "enclave unreachable",
+        (Some(_), Some(_)) => "backend unreachable",
+        (Some(s), None) if s.seal == SealState::Unsealed => "unsealed",
+        (Some(_), None) => "sealed",
+    };
     let body = json!({
         "initialized": true,
         "sealed": sealed,
@@ -115,6 +124,8 @@ async fn sys_health(State(st): State<AppState>) -> Response {
         "cluster_name": "pii-enclave",
         "enclave_reachable": reachable,
         "seal_backend": backend,
+        "seal_status": seal_status,
+        "seal_error": seal_error,
         "keyring_version": version,
     });
     (

@@ -93,8 +93,12 @@ pub enum SealState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnclaveStatus {
     pub seal: SealState,
-    /// Name of the seal backend (`dangerous-dev`, …).
+    /// Name of the seal backend (`dangerous-dev`, `vault-transit`, …).
     pub seal_backend: String,
+    /// The seal backend's last error, when its last call failed (keys in
+    /// memory keep serving; changes and cold starts wait for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_error: Option<String>,
     /// Version of the keyring blob in memory (0 = none).
     pub keyring_version: u64,
     pub enclave_version: String,

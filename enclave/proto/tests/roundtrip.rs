@@ -142,12 +142,15 @@ fn arb_response() -> impl Strategy<Value = Response> {
         arb_blob().prop_map(Response::Conflict),
         (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..512))
             .prop_map(|(status, body)| Response::Api(ApiResponse { status, body })),
-        (any::<u64>(), ".*").prop_map(|(v, s)| Response::Status(EnclaveStatus {
-            seal: SealState::Sealed,
-            seal_backend: s.clone(),
-            keyring_version: v,
-            enclave_version: s
-        })),
+        (any::<u64>(), ".*", proptest::option::of(".*")).prop_map(|(v, s, e)| Response::Status(
+            EnclaveStatus {
+                seal: SealState::Sealed,
+                seal_backend: s.clone(),
+                seal_error: e,
+                keyring_version: v,
+                enclave_version: s
+            }
+        )),
     ]
 }
 
