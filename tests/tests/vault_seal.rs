@@ -340,3 +340,259 @@ async fn keys_in_memory_keep_serving_when_openbao_goes_down() {
     assert_eq!(r.body["sealed"], true, "{:?}", r.body);
     assert_eq!(r.body["seal_status"], "backend unreachable", "{:?}", r.body);
 }
+
+/// A TCP forwarder that records every byte in both directions.
+async fn tap(to: u16) -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((a, _)) = l.accept().await {
+            let Ok(b) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                continue;
+            };
+            let (mut ar, mut aw) = a.into_split();
+            let (mut br, mut bw) = b.into_split();
+            let (s_up, s_down) = (s2.clone(), s2.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = ar.read(&mut buf).await {
+                    if n == 0 || bw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    s_up.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = bw.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = br.read(&mut buf).await {
+                    if n == 0 || aw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    s_down.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = aw.shutdown().await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn files_under(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p.display().to_string(), b));
+        }
+    }
+}
+
+/// Vault over TLS through the egress relay: every byte the relay forwards
+/// and every file the host writes is searched for the keyring's key bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_never_sees_key_material() {
+    use host_proxy::relay::{Relay, RelayConfig, Rule};
+    use vaultrs::api::ResponseWrapper as _;
+
+    let (bao, ca) = OpenBao::start_tls().await.unwrap();
+    let bao_port: u16 = bao.url.rsplit(':').next().unwrap().parse().unwrap();
+    std::env::set_var("PII_TEST_BAO_TOKEN", ROOT_TOKEN);
+    let boot = host_proxy::vault::bootstrap(&host_proxy::vault::BootstrapArgs {
+        address: bao.url.clone(),
+        token_env: "PII_TEST_BAO_TOKEN".into(),
+        ca_cert: Some(ca.display().to_string()),
+        mount: "transit".into(),
+        key: "pii-enclave-kek".into(),
+        approle_mount: "approle".into(),
+        role: "pii-enclave".into(),
+        token_ttl: "20m".into(),
+    })
+    .await
+    .unwrap();
+    let role_id = boot["role_id"].as_str().unwrap().to_owned();
+    let admin = vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(&bao.url)
+            .token(ROOT_TOKEN)
+            .ca_certs(vec![ca.display().to_string()])
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let fresh_wrapped = || async {
+        vaultrs::api::auth::approle::requests::GenerateNewSecretIDRequest::builder()
+            .mount("approle")
+            .role_name("pii-enclave")
+            .build()
+            .unwrap()
+            .wrap(&admin)
+            .await
+            .unwrap()
+            .info
+            .token
+    };
+
+    // Host: relay → tap → OpenBao. Enclave: local port → relay.
+    let (tap_port, seen) = tap(bao_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay_addr: pii_transport::Addr =
+        format!("unix:{}", dir.path().join("relay.sock").display())
+            .parse()
+            .unwrap();
+    let relay = Arc::new(
+        Relay::new(
+            &RelayConfig {
+                listen: relay_addr.to_string(),
+                allow: vec![Rule {
+                    host: "127.0.0.1".into(),
+                    port: Some(tap_port),
+                    max_connections: None,
+                    allow_private: false,
+                }],
+                deny: vec![],
+                vsock_proxy_allowlist: None,
+                connect_timeout: std::time::Duration::from_secs(5),
+                dns_cache_ttl: std::time::Duration::from_secs(30),
+                max_connections: 64,
+            },
+            Arc::new(host_proxy::metrics::Metrics::new()),
+        )
+        .unwrap(),
+    );
+    tokio::spawn(relay.serve_on(pii_transport::Listener::bind(&relay_addr).unwrap()));
+    let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local_port = local.local_addr().unwrap().port();
+    let target: pii_transport::relay::Target = format!("127.0.0.1:{tap_port}").parse().unwrap();
+    tokio::spawn(pii_transport::relay::serve_fixed(
+        local,
+        relay_addr,
+        target,
+        std::time::Duration::from_secs(5),
+    ));
+    let through_relay = |wrapped: String| -> Arc<dyn Seal> {
+        Arc::new(
+            VaultTransitSeal::new(VaultSealConfig {
+                address: format!("https://127.0.0.1:{local_port}"),
+                mount: "transit".into(),
+                key: "pii-enclave-kek".into(),
+                approle_mount: "approle".into(),
+                role_id: role_id.clone(),
+                wrapped_secret_id: Some(wrapped),
+                ca_certs: vec![ca.display().to_string()],
+                timeout_secs: 5,
+            })
+            .unwrap(),
+        )
+    };
+
+    let mut stack = Stack::start_with(StackOpts {
+        seal: Some(through_relay(
+            boot["wrapped_secret_id"].as_str().unwrap().to_owned(),
+        )),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    for k in ["pii", "cards"] {
+        let r = c.post(&format!("transit/keys/{k}"), json!({})).await;
+        assert!(
+            r.status == 200 || r.status == 204,
+            "{} {:?}",
+            r.status,
+            r.body
+        );
+    }
+    assert_eq!(
+        c.post("transit/keys/pii/rotate", json!({})).await.status / 100,
+        2
+    );
+    let r = c
+        .post(
+            "transit/encrypt/pii",
+            json!({"plaintext": b64(b"078-05-1120")}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let ct = r.data("ciphertext").as_str().unwrap().to_owned();
+    // Restart: the new enclave unseals through the relay.
+    stack.kill_enclave().await;
+    stack.opts.seal = Some(through_relay(fresh_wrapped().await));
+    stack.start_enclave().unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        let r = c
+            .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+            .await;
+        if r.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "no unseal through the relay");
+
+    // The key bytes, read the only way there is: unsealing the newest stored
+    // blob with Vault's help (as an enclave would).
+    let mut files = Vec::new();
+    files_under(stack.dir.path(), &mut files);
+    let newest = files
+        .iter()
+        .filter(|(p, _)| p.contains("keyring-") && p.ends_with(".blob"))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .expect("a stored keyring blob")
+        .1
+        .clone();
+    let direct: Arc<dyn Seal> = Arc::new(
+        VaultTransitSeal::new(VaultSealConfig {
+            address: bao.url.clone(),
+            mount: "transit".into(),
+            key: "pii-enclave-kek".into(),
+            approle_mount: "approle".into(),
+            role_id: role_id.clone(),
+            wrapped_secret_id: Some(fresh_wrapped().await),
+            ca_certs: vec![ca.display().to_string()],
+            timeout_secs: 5,
+        })
+        .unwrap(),
+    );
+    let pt = unseal_blob(direct.as_ref(), &newest).await.unwrap();
+    let kr = pii_enclave::keyring::Keyring::from_cbor(&pt, 1).unwrap();
+    let mut secrets: Vec<Vec<u8>> = Vec::new();
+    for key in kr.keys.values() {
+        for v in key.doc.versions.values() {
+            secrets.push(v.key.to_vec());
+            secrets.push(v.hmac_key.to_vec());
+        }
+    }
+    assert!(
+        secrets.len() >= 6,
+        "pii v1, v2 and cards v1, each with an HMAC key"
+    );
+    let captured = seen.lock().unwrap().clone();
+    assert!(
+        captured.len() > 1000,
+        "the relay carried the Vault traffic ({} bytes)",
+        captured.len()
+    );
+    let needle_hits = |hay: &[u8]| {
+        secrets
+            .iter()
+            .filter(|s| s.len() >= 16)
+            .any(|s| hay.windows(16).any(|w| w == &s[..16]))
+    };
+    assert!(!needle_hits(&captured), "key bytes crossed the relay");
+    for (path, bytes) in &files {
+        assert!(!needle_hits(bytes), "key bytes in a host file: {path}");
+    }
+    // And the traffic was TLS, not HTTP.
+    assert!(
+        !captured.windows(9).any(|w| w == b"transit/e"),
+        "plaintext HTTP crossed the relay"
+    );
+}
