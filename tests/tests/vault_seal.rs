@@ -131,18 +131,30 @@ async fn wrapped_secret_id(bao: &OpenBao) -> String {
     r["wrap_info"]["token"].as_str().unwrap().to_owned()
 }
 
-fn seal(bao: &OpenBao, role_id: &str, wrapped: String) -> VaultTransitSeal {
+/// The seal as bootstrap configures it, at `address`, trusting `ca` if given.
+fn seal_at(
+    address: &str,
+    role_id: &str,
+    wrapped: String,
+    ca: Option<&std::path::Path>,
+) -> VaultTransitSeal {
     VaultTransitSeal::new(VaultSealConfig {
-        address: bao.url.clone(),
+        address: address.into(),
         mount: "transit".into(),
         key: "pii-enclave-kek".into(),
         approle_mount: "approle".into(),
         role_id: role_id.into(),
         wrapped_secret_id: Some(wrapped),
-        ca_certs: vec![],
+        ca_certs: ca
+            .map(|c| vec![c.display().to_string()])
+            .unwrap_or_default(),
         timeout_secs: 5,
     })
     .unwrap()
+}
+
+fn seal(bao: &OpenBao, role_id: &str, wrapped: String) -> VaultTransitSeal {
+    seal_at(&bao.url, role_id, wrapped, None)
 }
 
 fn inner(blob: &[u8]) -> (&[u8], &[u8]) {
@@ -316,19 +328,12 @@ async fn keys_in_memory_keep_serving_when_openbao_goes_down() {
 
     // A cold start without the backend stays sealed and answers 503.
     stack.kill_enclave().await;
-    stack.opts.seal = Some(Arc::new(
-        VaultTransitSeal::new(VaultSealConfig {
-            address: "http://127.0.0.1:9".into(),
-            mount: "transit".into(),
-            key: "pii-enclave-kek".into(),
-            approle_mount: "approle".into(),
-            role_id,
-            wrapped_secret_id: Some("hvs.none".into()),
-            ca_certs: vec![],
-            timeout_secs: 1,
-        })
-        .unwrap(),
-    ));
+    stack.opts.seal = Some(Arc::new(seal_at(
+        "http://127.0.0.1:9",
+        &role_id,
+        "hvs.none".into(),
+        None,
+    )));
     stack.start_enclave().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let r = c
@@ -475,19 +480,12 @@ async fn the_host_never_sees_key_material() {
         std::time::Duration::from_secs(5),
     ));
     let through_relay = |wrapped: String| -> Arc<dyn Seal> {
-        Arc::new(
-            VaultTransitSeal::new(VaultSealConfig {
-                address: format!("https://127.0.0.1:{local_port}"),
-                mount: "transit".into(),
-                key: "pii-enclave-kek".into(),
-                approle_mount: "approle".into(),
-                role_id: role_id.clone(),
-                wrapped_secret_id: Some(wrapped),
-                ca_certs: vec![ca.display().to_string()],
-                timeout_secs: 5,
-            })
-            .unwrap(),
-        )
+        Arc::new(seal_at(
+            &format!("https://127.0.0.1:{local_port}"),
+            &role_id,
+            wrapped,
+            Some(&ca),
+        ))
     };
 
     let mut stack = Stack::start_with(StackOpts {
@@ -548,19 +546,12 @@ async fn the_host_never_sees_key_material() {
         .expect("a stored keyring blob")
         .1
         .clone();
-    let direct: Arc<dyn Seal> = Arc::new(
-        VaultTransitSeal::new(VaultSealConfig {
-            address: bao.url.clone(),
-            mount: "transit".into(),
-            key: "pii-enclave-kek".into(),
-            approle_mount: "approle".into(),
-            role_id: role_id.clone(),
-            wrapped_secret_id: Some(fresh_wrapped().await),
-            ca_certs: vec![ca.display().to_string()],
-            timeout_secs: 5,
-        })
-        .unwrap(),
-    );
+    let direct: Arc<dyn Seal> = Arc::new(seal_at(
+        &bao.url,
+        &role_id,
+        fresh_wrapped().await,
+        Some(&ca),
+    ));
     let pt = unseal_blob(direct.as_ref(), &newest).await.unwrap();
     let kr = pii_enclave::keyring::Keyring::from_cbor(&pt, 1).unwrap();
     let mut secrets: Vec<Vec<u8>> = Vec::new();
