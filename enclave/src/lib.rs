@@ -21,6 +21,7 @@ pub mod keyring;
 pub mod nsm;
 pub mod seal;
 pub mod server;
+pub mod sigv4;
 pub mod transform;
 pub mod transform_api;
 pub mod transit;
