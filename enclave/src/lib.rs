@@ -15,6 +15,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod b64;
+pub mod cms;
 pub mod config;
 pub mod error;
 pub mod keyring;
