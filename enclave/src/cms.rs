@@ -176,8 +176,19 @@ fn check_oaep_params(params: El<'_>, depth: usize) -> Result<(), CmsError> {
     }
 }
 
-/// Decrypt a CMS EnvelopedData addressed to `key`.
-pub fn open(cms: &[u8], key: &PrivateDecryptingKey) -> Result<Zeroizing<Vec<u8>>, CmsError> {
+/// The parts of an EnvelopedData that decryption needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parts {
+    /// The content-encryption key, RSAES-OAEP-encrypted to the recipient.
+    pub encrypted_key: Vec<u8>,
+    /// AES-256-CBC initialisation vector.
+    pub iv: [u8; 16],
+    /// The encrypted content (chunks joined).
+    pub ciphertext: Vec<u8>,
+}
+
+/// Parse (strictly) without decrypting.
+pub fn parse(cms: &[u8]) -> Result<Parts, CmsError> {
     let (ci, rest) = element(cms, 0)?;
     if !rest.is_empty() {
         return Err(Malformed("trailing bytes after ContentInfo"));
@@ -242,6 +253,20 @@ pub fn open(cms: &[u8], key: &PrivateDecryptingKey) -> Result<Zeroizing<Vec<u8>>
         return Err(Malformed("encrypted content is not whole AES blocks"));
     }
 
+    Ok(Parts {
+        encrypted_key,
+        iv,
+        ciphertext,
+    })
+}
+
+/// Decrypt a CMS EnvelopedData addressed to `key`.
+pub fn open(cms: &[u8], key: &PrivateDecryptingKey) -> Result<Zeroizing<Vec<u8>>, CmsError> {
+    let Parts {
+        encrypted_key,
+        iv,
+        ciphertext,
+    } = parse(cms)?;
     let oaep = OaepPrivateDecryptingKey::new(key.clone()).map_err(|_| CmsError::Decrypt)?;
     let mut cek = Zeroizing::new(vec![0u8; oaep.min_output_size()]);
     let n = oaep
@@ -380,6 +405,33 @@ mod tests {
         ]);
         let err = open(&std::fs::read(&out).unwrap(), &key).unwrap_err();
         assert!(matches!(err, Unsupported(_)), "{err:?}");
+    }
+
+    /// AWS's own vector: a `CiphertextForRecipient` KMS returned, from the
+    /// Nitro Enclaves SDK's CMS test (its parts listed separately there).
+    #[test]
+    fn parses_the_kms_response_from_the_aws_nitro_enclaves_sdk() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let ber = std::fs::read(dir.join("kms_ciphertext_for_recipient.ber")).unwrap();
+        let want: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("kms_ciphertext_for_recipient.json")).unwrap(),
+        )
+        .unwrap();
+        let hex_of = |k: &str| hex::decode(want[k].as_str().unwrap()).unwrap();
+        let parts = parse(&ber).unwrap();
+        assert_eq!(parts.encrypted_key, hex_of("encrypted_key"));
+        assert_eq!(parts.encrypted_key.len(), 256, "RSA-2048");
+        assert_eq!(parts.iv.to_vec(), hex_of("iv"));
+        assert_eq!(parts.ciphertext, hex_of("ciphertext"));
+        // Indefinite lengths throughout, as KMS sends it.
+        assert_eq!(&ber[..2], &[0x30, 0x80]);
+        // Without the enclave's private key it cannot be opened: a clean error.
+        let key = PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        assert_eq!(open(&ber, &key).unwrap_err(), CmsError::Decrypt);
+        // Every truncation is refused without a panic.
+        for cut in 0..ber.len() {
+            assert!(parse(&ber[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
