@@ -58,6 +58,8 @@ pub enum SealConfig {
     DangerousDev { passphrase: String },
     /// Envelope encryption under a Vault/OpenBao Transit key (AppRole).
     VaultTransit(crate::vault_seal::VaultSealConfig),
+    /// Data key from AWS KMS, released only to an attested enclave.
+    AwsKms(crate::kms_seal::KmsSealConfig),
 }
 
 fn default_listen() -> String {

@@ -19,6 +19,7 @@ pub mod cms;
 pub mod config;
 pub mod error;
 pub mod keyring;
+pub mod kms_seal;
 pub mod nsm;
 pub mod seal;
 pub mod server;

@@ -158,6 +158,12 @@ fn serve(args: ServeArgs) {
         SealConfig::VaultTransit(v) => {
             Arc::new(pii_enclave::vault_seal::VaultTransitSeal::new(v.clone()).unwrap_or_else(|e| fail(e)))
         }
+        SealConfig::AwsKms(k) => {
+            let Some(n) = nsm.clone() else {
+                fail("the aws-kms seal needs an NSM for attestation (run in an enclave, or --dangerous-dev-nsm in development)")
+            };
+            Arc::new(pii_enclave::kms_seal::KmsSeal::new(k.clone(), n).unwrap_or_else(|e| fail(e)))
+        }
         SealConfig::None => fail("no seal configured: set [seal] in the config file (or --dangerous-dev-seal-passphrase for development)"),
     };
     let mut auth = Auth::from_config(&cfg.auth).unwrap_or_else(|e| fail(e));

@@ -33,6 +33,8 @@ pub enum SealError {
     Authentication,
     #[error("seal backend unreachable: {0}")]
     Unreachable(String),
+    #[error("seal backend refused: {0}")]
+    Denied(String),
     #[error("random number generator failed")]
     Rng,
 }

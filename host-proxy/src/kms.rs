@@ -4,8 +4,12 @@
 //! The grant to the enclave's instance role is conditioned on
 //! `kms:RecipientAttestation:PCRn` (case-insensitive string equality, as AWS
 //! documents), and an explicit **Deny** covers the same role when a request
-//! carries no attestation (`Null` condition): without it, an IAM policy on the
-//! role could let the *host* call `Decrypt` and get the plaintext key back.
+//! carries no attestation (`Null` condition), and one more per bound PCR
+//! when a request's value differs (`StringNotEqualsIgnoreCase`, which also
+//! matches a missing key). Without the Denies, an IAM policy on the role
+//! (which the account-root statement honours) could let the *host* call
+//! `Decrypt` and get the plaintext key back, or another image unseal. The
+//! KMS emulator in the tests evaluates these exact documents.
 //! Verify the record first (`eif record verify`, `eif compare --record-key`);
 //! this command only reads it.
 
@@ -89,34 +93,50 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
         cond.insert(format!("kms:RecipientAttestation:PCR{n}"), v.clone().into());
     }
     let actions = json!(["kms:Decrypt", "kms:GenerateDataKey"]);
+    let mut statements = vec![
+        json!({
+            "Sid": "KeyAdministration",
+            "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:aws:iam::{}:root", a.account_id)},
+            "Action": "kms:*",
+            "Resource": "*"
+        }),
+        json!({
+            "Sid": "EnclaveWithTheseMeasurementsOnly",
+            "Effect": "Allow",
+            "Principal": {"AWS": a.role_arn},
+            "Action": actions,
+            "Resource": "*",
+            "Condition": {"StringEqualsIgnoreCase": Value::Object(cond.clone())}
+        }),
+        json!({
+            "Sid": "DenyWithoutAttestation",
+            "Effect": "Deny",
+            "Principal": {"AWS": a.role_arn},
+            "Action": actions,
+            "Resource": "*",
+            "Condition": {"Null": {"kms:RecipientAttestation:PCR0": "true"}}
+        }),
+    ];
+    // The account-root statement lets IAM policies grant the role
+    // kms:Decrypt too; the Allow above does not stop that. One explicit Deny
+    // per PCR does: a request whose PCRn differs (or is absent — negated
+    // operators match a missing key) is refused whatever IAM says.
+    for (k, v) in &cond {
+        let n = k.rsplit(':').next().unwrap_or_default();
+        statements.push(json!({
+            "Sid": format!("DenyOther{n}"),
+            "Effect": "Deny",
+            "Principal": {"AWS": a.role_arn},
+            "Action": actions,
+            "Resource": "*",
+            "Condition": {"StringNotEqualsIgnoreCase": {k.clone(): v.clone()}}
+        }));
+    }
     Ok(json!({
         "Version": "2012-10-17",
         "Id": "pii-enclave-keyring-seal",
-        "Statement": [
-            {
-                "Sid": "KeyAdministration",
-                "Effect": "Allow",
-                "Principal": {"AWS": format!("arn:aws:iam::{}:root", a.account_id)},
-                "Action": "kms:*",
-                "Resource": "*"
-            },
-            {
-                "Sid": "EnclaveWithTheseMeasurementsOnly",
-                "Effect": "Allow",
-                "Principal": {"AWS": a.role_arn},
-                "Action": actions,
-                "Resource": "*",
-                "Condition": {"StringEqualsIgnoreCase": Value::Object(cond)}
-            },
-            {
-                "Sid": "DenyWithoutAttestation",
-                "Effect": "Deny",
-                "Principal": {"AWS": a.role_arn},
-                "Action": actions,
-                "Resource": "*",
-                "Condition": {"Null": {"kms:RecipientAttestation:PCR0": "true"}}
-            }
-        ]
+        "Statement": statements
     }))
 }
 
@@ -154,6 +174,19 @@ mod tests {
         assert_eq!(
             p["Statement"][2]["Condition"]["Null"]["kms:RecipientAttestation:PCR0"],
             "true"
+        );
+        // One explicit Deny per bound PCR, so IAM grants cannot bypass them.
+        let denies: Vec<&Value> = p["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["Condition"].get("StringNotEqualsIgnoreCase").is_some())
+            .collect();
+        assert_eq!(denies.len(), 3);
+        assert!(denies.iter().all(|s| s["Effect"] == "Deny"));
+        assert_eq!(
+            denies[0]["Condition"]["StringNotEqualsIgnoreCase"]["kms:RecipientAttestation:PCR0"],
+            "a".repeat(96)
         );
     }
 

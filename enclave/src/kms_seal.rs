@@ -1,0 +1,593 @@
+//! AWS KMS seal with attestation: the keyring's data key is released only to
+//! an enclave whose measurements the key policy names.
+//!
+//! `wrap` asks KMS for a data key (`GenerateDataKey`) with a `Recipient`: the
+//! enclave's attestation document carrying a fresh RSA-2048 public key. KMS
+//! checks the document, applies the key policy's
+//! `kms:RecipientAttestation:*` conditions, and returns the data key twice —
+//! encrypted under the KMS key (`CiphertextBlob`, stored with the keyring) and
+//! as a CMS EnvelopedData to the enclave's public key
+//! (`CiphertextForRecipient`), which only this enclave can open. `unwrap`
+//! sends the stored `CiphertextBlob` to `Decrypt`, again with a `Recipient`.
+//! KMS never returns the plaintext data key to anyone else, and the host,
+//! which relays the TLS bytes, sees neither.
+//!
+//! Why a small client rather than the AWS SDK: the enclave needs four things
+//! — SigV4 ([`crate::sigv4`], checked against AWS's test suite), two JSON
+//! calls, IMDSv2 credentials, and CMS ([`crate::cms`]). The SDK would add a
+//! large dependency tree to the measured image, and still leave CMS parsing
+//! and the response checks below to us.
+//!
+//! What a response must satisfy (a forged or replayed one fails here):
+//! - `CiphertextForRecipient` present and `Plaintext` absent: a plaintext data
+//!   key means the attestation was stripped on the way;
+//! - the CMS opens with *this call's* ephemeral private key (a replayed
+//!   response was encrypted to an earlier, discarded key);
+//! - `KeyId` is the configured key.
+//!
+//! Inner blob: `0x01 ‖ len:u16be ‖ CiphertextBlob ‖ nonce ‖ AES-256-GCM(keyring)`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::nsm::{AttestRequest, Nsm};
+use crate::seal::{gcm_open, gcm_seal, Seal, SealError, SealFuture};
+use crate::sigv4::{self, Credentials};
+
+const INNER_VERSION: u8 = 1;
+/// Largest KMS or IMDS response read.
+const MAX_RESPONSE: usize = 1 << 20;
+/// Bound into every KMS call; KMS refuses a blob with another context.
+const CONTEXT_KEY: &str = "pii-enclave";
+const CONTEXT_VALUE: &str = "keyring-v1";
+
+/// `[seal] type = "aws-kms"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsSealConfig {
+    /// The KMS key: its ARN (recommended: responses are checked against it),
+    /// key id, or alias.
+    pub key_id: String,
+    pub region: String,
+    /// Default `https://kms.<region>.amazonaws.com`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// An HTTP CONNECT proxy inside the enclave (the `[egress]
+    /// connect_proxy`), so TLS to KMS terminates here while the host relays.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Extra PEM CA files (an enclave image has no system trust store).
+    #[serde(default)]
+    pub ca_certs: Vec<String>,
+    #[serde(default)]
+    pub credentials: CredentialSource,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_timeout_secs() -> u64 {
+    10
+}
+
+/// Where AWS credentials come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "source", rename_all = "kebab-case")]
+pub enum CredentialSource {
+    /// IMDSv2 of the parent instance, reached through an egress port
+    /// (`{listen = "127.0.0.1:8169", upstream = "169.254.169.254:80"}`).
+    Imds {
+        #[serde(default = "default_imds")]
+        endpoint: String,
+    },
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`
+    /// injected into the enclave's environment at boot.
+    Env,
+}
+
+fn default_imds() -> String {
+    "http://169.254.169.254".into()
+}
+
+impl Default for CredentialSource {
+    fn default() -> Self {
+        CredentialSource::Imds {
+            endpoint: default_imds(),
+        }
+    }
+}
+
+struct Cached {
+    creds: Credentials,
+    /// Unix seconds after which the credentials are fetched again.
+    refresh_at: i64,
+}
+
+/// The seal.
+pub struct KmsSeal {
+    cfg: KmsSealConfig,
+    endpoint: url::Url,
+    host: String,
+    http: reqwest::Client,
+    nsm: Arc<dyn Nsm>,
+    creds: Mutex<Option<Cached>>,
+}
+
+impl std::fmt::Debug for KmsSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsSeal")
+            .field("key_id", &self.cfg.key_id)
+            .field("endpoint", &self.endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unreachable(what: impl std::fmt::Display) -> SealError {
+    SealError::Unreachable(what.to_string().chars().take(300).collect())
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `2026-11-22T21:00:00Z` (IMDS `Expiration`) → Unix seconds.
+fn parse_rfc3339_utc(s: &str) -> Option<i64> {
+    let compact: String = s
+        .split('.')
+        .next()?
+        .trim_end_matches('Z')
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    sigv4::parse_amz_date(&format!("{compact}Z"))
+}
+
+async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, SealError> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE as u64)
+    {
+        return Err(unreachable("response too large"));
+    }
+    let mut resp = resp;
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+        if out.len() + chunk.len() > MAX_RESPONSE {
+            return Err(unreachable("response too large"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+impl KmsSeal {
+    pub const ID: &'static str = "aws-kms";
+
+    pub fn new(cfg: KmsSealConfig, nsm: Arc<dyn Nsm>) -> Result<KmsSeal, String> {
+        if cfg.key_id.is_empty() {
+            return Err("seal.key_id is empty".into());
+        }
+        if cfg.region.is_empty() || !cfg.region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(format!("seal.region {:?} is not an AWS region", cfg.region));
+        }
+        let endpoint = cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://kms.{}.amazonaws.com", cfg.region));
+        let endpoint = url::Url::parse(&endpoint)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| format!("seal.endpoint {endpoint:?} is not an http(s) URL"))?;
+        let host = match endpoint.port() {
+            Some(p) => format!("{}:{p}", endpoint.host_str().unwrap_or_default()),
+            None => endpoint.host_str().unwrap_or_default().to_owned(),
+        };
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(cfg.timeout_secs))
+            .connect_timeout(Duration::from_secs(cfg.timeout_secs))
+            .redirect(reqwest::redirect::Policy::none());
+        b = match &cfg.proxy {
+            Some(p) => b.proxy(reqwest::Proxy::all(p).map_err(|e| format!("seal.proxy: {e}"))?),
+            None => b.no_proxy(),
+        };
+        for path in &cfg.ca_certs {
+            let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{path}: {e}"))?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(KmsSeal {
+            cfg,
+            endpoint,
+            host,
+            http,
+            nsm,
+            creds: Mutex::new(None),
+        })
+    }
+
+    async fn credentials(&self) -> Result<Credentials, SealError> {
+        let mut g = self.creds.lock().await;
+        if let Some(c) = g.as_ref() {
+            if now_unix() < c.refresh_at {
+                return Ok(c.creds.clone());
+            }
+        }
+        let (creds, refresh_at) = match &self.cfg.credentials {
+            CredentialSource::Env => {
+                let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+                let (Some(id), Some(secret)) =
+                    (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+                else {
+                    return Err(unreachable(
+                        "no AWS credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not set",
+                    ));
+                };
+                let c = Credentials {
+                    access_key_id: id,
+                    secret_access_key: Zeroizing::new(secret),
+                    session_token: var("AWS_SESSION_TOKEN"),
+                };
+                (c, i64::MAX)
+            }
+            CredentialSource::Imds { endpoint } => self.imds(endpoint).await?,
+        };
+        *g = Some(Cached {
+            creds: creds.clone(),
+            refresh_at,
+        });
+        Ok(creds)
+    }
+
+    /// IMDSv2: a session token, the role name, then the role's credentials.
+    async fn imds(&self, endpoint: &str) -> Result<(Credentials, i64), SealError> {
+        let base = endpoint.trim_end_matches('/');
+        let get = |r: reqwest::RequestBuilder| async move {
+            let resp = r.send().await.map_err(|e| unreachable(format!("IMDS: {e}")))?;
+            let status = resp.status();
+            let body = read_limited(resp).await?;
+            if !status.is_success() {
+                return Err(unreachable(format!("IMDS answered {status}")));
+            }
+            String::from_utf8(body).map_err(|_| unreachable("IMDS: not UTF-8"))
+        };
+        let token = Zeroizing::new(
+            get(self
+                .http
+                .put(format!("{base}/latest/api/token"))
+                .header("x-aws-ec2-metadata-token-ttl-seconds", "21600"))
+            .await?,
+        );
+        let path = format!("{base}/latest/meta-data/iam/security-credentials/");
+        let role = get(self
+            .http
+            .get(&path)
+            .header("x-aws-ec2-metadata-token", token.as_str()))
+        .await?;
+        let role = role.lines().next().unwrap_or_default().trim().to_owned();
+        if role.is_empty() || role.contains('/') {
+            return Err(unreachable("IMDS: the instance has no IAM role"));
+        }
+        let body = Zeroizing::new(
+            get(self
+                .http
+                .get(format!("{path}{role}"))
+                .header("x-aws-ec2-metadata-token", token.as_str()))
+            .await?,
+        );
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct ImdsCreds {
+            access_key_id: String,
+            secret_access_key: String,
+            token: Option<String>,
+            expiration: String,
+        }
+        let c: ImdsCreds = serde_json::from_str(&body)
+            .map_err(|_| unreachable("IMDS: malformed credentials document"))?;
+        let expires = parse_rfc3339_utc(&c.expiration)
+            .ok_or_else(|| unreachable("IMDS: malformed Expiration"))?;
+        tracing::info!(role = %role, "AWS credentials from IMDSv2");
+        Ok((
+            Credentials {
+                access_key_id: c.access_key_id,
+                secret_access_key: Zeroizing::new(c.secret_access_key),
+                session_token: c.token,
+            },
+            // Refresh five minutes early (and never cache an expired set).
+            expires - 300,
+        ))
+    }
+
+    /// One signed KMS JSON call. Retries throttling and 5xx twice.
+    async fn call(&self, action: &str, body: &Value) -> Result<Value, SealError> {
+        let body = serde_json::to_vec(body).map_err(|_| SealError::Malformed)?;
+        let mut delay = Duration::from_millis(100);
+        for attempt in 0..3 {
+            let creds = self.credentials().await?;
+            let target = format!("TrentService.{action}");
+            let mut req = sigv4::Request {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: vec![
+                    ("host".into(), self.host.clone()),
+                    ("content-type".into(), "application/x-amz-json-1.1".into()),
+                    ("x-amz-target".into(), target),
+                ],
+                body: &body,
+            };
+            let auth = sigv4::sign(
+                &mut req,
+                &creds,
+                &self.cfg.region,
+                "kms",
+                &sigv4::amz_date(now_unix()),
+            );
+            let mut rb = self.http.post(self.endpoint.clone());
+            for (k, v) in &req.headers {
+                if k != "host" {
+                    rb = rb.header(k.as_str(), v.as_str());
+                }
+            }
+            let resp = rb
+                .header("authorization", auth)
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| unreachable(format!("KMS {action}: {e}")))?;
+            let status = resp.status();
+            let bytes = read_limited(resp).await?;
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|_| unreachable(format!("KMS {action}: answered {status} with non-JSON")))?;
+            if status.is_success() {
+                return Ok(v);
+            }
+            let kind = v
+                .get("__type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .rsplit('#')
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            let msg: String = v
+                .get("message")
+                .or_else(|| v.get("Message"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect();
+            let retry = status.is_server_error()
+                || kind.contains("Throttling")
+                || kind == "KMSInternalException";
+            if retry && attempt < 2 {
+                tracing::warn!(action, %status, kind = %kind, "KMS call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+                continue;
+            }
+            if kind == "ExpiredTokenException" || kind == "UnrecognizedClientException" {
+                *self.creds.lock().await = None;
+            }
+            return Err(match kind.as_str() {
+                "AccessDeniedException" | "KMSInvalidStateException" | "DisabledException"
+                | "NotFoundException" | "IncorrectKeyException" | "InvalidCiphertextException"
+                | "ValidationException" => SealError::Denied(format!("KMS {action}: {kind}: {msg}")),
+                _ => unreachable(format!("KMS {action}: {status} {kind}: {msg}")),
+            });
+        }
+        Err(unreachable(format!("KMS {action}: gave up after retries")))
+    }
+
+    /// A fresh RSA-2048 key and an attestation document carrying its public half.
+    fn recipient(&self) -> Result<(PrivateDecryptingKey, Value), SealError> {
+        let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).map_err(|_| SealError::Rng)?;
+        let spki = key
+            .public_key()
+            .as_der()
+            .map_err(|_| SealError::Rng)?
+            .as_ref()
+            .to_vec();
+        let mut nonce = vec![0u8; 32];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Rng)?;
+        let doc = self
+            .nsm
+            .attest(&AttestRequest {
+                nonce: Some(nonce),
+                public_key: Some(spki),
+                user_data: None,
+            })
+            .map_err(|e| unreachable(format!("attestation: {e}")))?;
+        Ok((
+            key,
+            json!({
+                "AttestationDocument": B64.encode(doc),
+                "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+            }),
+        ))
+    }
+
+    fn context() -> BTreeMap<&'static str, &'static str> {
+        BTreeMap::from([(CONTEXT_KEY, CONTEXT_VALUE)])
+    }
+
+    /// Check a `GenerateDataKey`/`Decrypt` answer and open its CMS.
+    fn data_key_from(&self, v: &Value, key: &PrivateDecryptingKey) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        if v.get("Plaintext").is_some_and(|p| !p.is_null()) {
+            tracing::error!(
+                "SECURITY: KMS returned a plaintext data key: the attestation was dropped on the way, \
+                 or the response is forged; refusing it"
+            );
+            return Err(SealError::Denied("KMS response carries a plaintext key (attestation stripped?)".into()));
+        }
+        let key_id = v.get("KeyId").and_then(Value::as_str).unwrap_or("");
+        if !self.is_our_key(key_id) {
+            return Err(SealError::Denied(format!(
+                "KMS answered for key {key_id:?}, not the configured key"
+            )));
+        }
+        let cms = v
+            .get("CiphertextForRecipient")
+            .and_then(Value::as_str)
+            .ok_or_else(|| SealError::Denied("KMS response has no CiphertextForRecipient".into()))?;
+        let cms = B64.decode(cms).map_err(|_| SealError::Malformed)?;
+        let dk = crate::cms::open(&cms, key).map_err(|e| {
+            tracing::warn!(error = %e, "CiphertextForRecipient refused (forged, replayed or corrupted)");
+            SealError::Authentication
+        })?;
+        if dk.len() != 32 {
+            return Err(SealError::Authentication);
+        }
+        Ok(dk)
+    }
+
+    fn is_our_key(&self, returned: &str) -> bool {
+        let want = self.cfg.key_id.as_str();
+        if want.starts_with("arn:") {
+            returned == want
+        } else if want.starts_with("alias/") {
+            returned.starts_with("arn:") // aliases resolve server-side
+        } else {
+            returned == want || returned.ends_with(&format!(":key/{want}"))
+        }
+    }
+
+    async fn generate(&self) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), SealError> {
+        let (key, recipient) = self.recipient()?;
+        let v = self
+            .call(
+                "GenerateDataKey",
+                &json!({
+                    "KeyId": self.cfg.key_id,
+                    "KeySpec": "AES_256",
+                    "EncryptionContext": Self::context(),
+                    "Recipient": recipient,
+                }),
+            )
+            .await?;
+        let dk = self.data_key_from(&v, &key)?;
+        let blob = v
+            .get("CiphertextBlob")
+            .and_then(Value::as_str)
+            .and_then(|s| B64.decode(s).ok())
+            .filter(|b| !b.is_empty() && b.len() <= usize::from(u16::MAX))
+            .ok_or(SealError::Malformed)?;
+        Ok((dk, blob))
+    }
+
+    async fn decrypt(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let (key, recipient) = self.recipient()?;
+        let v = self
+            .call(
+                "Decrypt",
+                &json!({
+                    "KeyId": self.cfg.key_id,
+                    "CiphertextBlob": B64.encode(blob),
+                    "EncryptionContext": Self::context(),
+                    "Recipient": recipient,
+                }),
+            )
+            .await?;
+        self.data_key_from(&v, &key)
+    }
+}
+
+fn aead(dk: &[u8]) -> Result<LessSafeKey, SealError> {
+    Ok(LessSafeKey::new(
+        UnboundKey::new(&AES_256_GCM, dk).map_err(|_| SealError::Malformed)?,
+    ))
+}
+
+impl Seal for KmsSeal {
+    fn id(&self) -> &str {
+        Self::ID
+    }
+
+    fn wrap<'a>(&'a self, plaintext: &'a [u8], aad: &'a [u8]) -> SealFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let (dk, blob) = self.generate().await?;
+            let sealed = gcm_seal(&aead(&dk)?, plaintext, aad)?;
+            let n = u16::try_from(blob.len()).map_err(|_| SealError::Malformed)?;
+            let mut out = Vec::with_capacity(3 + blob.len() + sealed.len());
+            out.push(INNER_VERSION);
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(&blob);
+            out.extend_from_slice(&sealed);
+            Ok(out)
+        })
+    }
+
+    fn unwrap<'a>(
+        &'a self,
+        wrapped: &'a [u8],
+        aad: &'a [u8],
+    ) -> SealFuture<'a, Zeroizing<Vec<u8>>> {
+        Box::pin(async move {
+            let (blob, sealed) = split(wrapped)?;
+            let dk = self.decrypt(blob).await?;
+            gcm_open(&aead(&dk)?, sealed, aad)
+        })
+    }
+}
+
+/// `(CiphertextBlob, sealed keyring)` of an inner blob.
+pub fn split(wrapped: &[u8]) -> Result<(&[u8], &[u8]), SealError> {
+    if wrapped.len() < 3 || wrapped[0] != INNER_VERSION {
+        return Err(SealError::Malformed);
+    }
+    let n = usize::from(u16::from_be_bytes([wrapped[1], wrapped[2]]));
+    let blob = wrapped.get(3..3 + n).ok_or(SealError::Malformed)?;
+    Ok((blob, &wrapped[3 + n..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_with_defaults_and_rejects_typos() {
+        let c: KmsSealConfig = toml::from_str(
+            r#"
+            key_id = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+            region = "eu-west-1"
+            proxy = "http://127.0.0.1:3128"
+            "#,
+        )
+        .unwrap();
+        assert!(matches!(c.credentials, CredentialSource::Imds { ref endpoint } if endpoint == "http://169.254.169.254"));
+        assert!(toml::from_str::<KmsSealConfig>("key_id='k'\nregion='r'\nregoin='x'").is_err());
+        let c: KmsSealConfig =
+            toml::from_str("key_id='k'\nregion='eu-west-1'\n[credentials]\nsource='env'").unwrap();
+        assert!(matches!(c.credentials, CredentialSource::Env));
+    }
+
+    #[test]
+    fn imds_expiration_parses() {
+        assert_eq!(parse_rfc3339_utc("2015-08-30T12:36:00Z"), Some(1_440_938_160));
+        assert_eq!(parse_rfc3339_utc("2015-08-30T12:36:00.123Z"), Some(1_440_938_160));
+        assert_eq!(parse_rfc3339_utc("yesterday"), None);
+    }
+
+    #[test]
+    fn inner_blob_split_is_bounds_checked() {
+        assert_eq!(split(&[]), Err(SealError::Malformed));
+        assert_eq!(split(&[2, 0, 0]), Err(SealError::Malformed));
+        assert_eq!(split(&[1, 0, 5, 1, 2]), Err(SealError::Malformed));
+        assert_eq!(split(&[1, 0, 2, 7, 8, 9]), Ok((&[7u8, 8][..], &[9u8][..])));
+    }
+}
