@@ -180,7 +180,12 @@ impl KmsSeal {
         if cfg.key_id.is_empty() {
             return Err("seal.key_id is empty".into());
         }
-        if cfg.region.is_empty() || !cfg.region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if cfg.region.is_empty()
+            || !cfg
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(format!("seal.region {:?} is not an AWS region", cfg.region));
         }
         let endpoint = cfg
@@ -256,7 +261,10 @@ impl KmsSeal {
     async fn imds(&self, endpoint: &str) -> Result<(Credentials, i64), SealError> {
         let base = endpoint.trim_end_matches('/');
         let get = |r: reqwest::RequestBuilder| async move {
-            let resp = r.send().await.map_err(|e| unreachable(format!("IMDS: {e}")))?;
+            let resp = r
+                .send()
+                .await
+                .map_err(|e| unreachable(format!("IMDS: {e}")))?;
             let status = resp.status();
             let body = read_limited(resp).await?;
             if !status.is_success() {
@@ -351,8 +359,9 @@ impl KmsSeal {
                 .map_err(|e| unreachable(format!("KMS {action}: {e}")))?;
             let status = resp.status();
             let bytes = read_limited(resp).await?;
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|_| unreachable(format!("KMS {action}: answered {status} with non-JSON")))?;
+            let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                unreachable(format!("KMS {action}: answered {status} with non-JSON"))
+            })?;
             if status.is_success() {
                 return Ok(v);
             }
@@ -385,9 +394,15 @@ impl KmsSeal {
                 *self.creds.lock().await = None;
             }
             return Err(match kind.as_str() {
-                "AccessDeniedException" | "KMSInvalidStateException" | "DisabledException"
-                | "NotFoundException" | "IncorrectKeyException" | "InvalidCiphertextException"
-                | "ValidationException" => SealError::Denied(format!("KMS {action}: {kind}: {msg}")),
+                "AccessDeniedException"
+                | "KMSInvalidStateException"
+                | "DisabledException"
+                | "NotFoundException"
+                | "IncorrectKeyException"
+                | "InvalidCiphertextException"
+                | "ValidationException" => {
+                    SealError::Denied(format!("KMS {action}: {kind}: {msg}"))
+                }
                 _ => unreachable(format!("KMS {action}: {status} {kind}: {msg}")),
             });
         }
@@ -427,13 +442,19 @@ impl KmsSeal {
     }
 
     /// Check a `GenerateDataKey`/`Decrypt` answer and open its CMS.
-    fn data_key_from(&self, v: &Value, key: &PrivateDecryptingKey) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    fn data_key_from(
+        &self,
+        v: &Value,
+        key: &PrivateDecryptingKey,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         if v.get("Plaintext").is_some_and(|p| !p.is_null()) {
             tracing::error!(
                 "SECURITY: KMS returned a plaintext data key: the attestation was dropped on the way, \
                  or the response is forged; refusing it"
             );
-            return Err(SealError::Denied("KMS response carries a plaintext key (attestation stripped?)".into()));
+            return Err(SealError::Denied(
+                "KMS response carries a plaintext key (attestation stripped?)".into(),
+            ));
         }
         let key_id = v.get("KeyId").and_then(Value::as_str).unwrap_or("");
         if !self.is_our_key(key_id) {
@@ -444,7 +465,9 @@ impl KmsSeal {
         let cms = v
             .get("CiphertextForRecipient")
             .and_then(Value::as_str)
-            .ok_or_else(|| SealError::Denied("KMS response has no CiphertextForRecipient".into()))?;
+            .ok_or_else(|| {
+                SealError::Denied("KMS response has no CiphertextForRecipient".into())
+            })?;
         let cms = B64.decode(cms).map_err(|_| SealError::Malformed)?;
         let dk = crate::cms::open(&cms, key).map_err(|e| {
             tracing::warn!(error = %e, "CiphertextForRecipient refused (forged, replayed or corrupted)");
@@ -569,7 +592,9 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert!(matches!(c.credentials, CredentialSource::Imds { ref endpoint } if endpoint == "http://169.254.169.254"));
+        assert!(
+            matches!(c.credentials, CredentialSource::Imds { ref endpoint } if endpoint == "http://169.254.169.254")
+        );
         assert!(toml::from_str::<KmsSealConfig>("key_id='k'\nregion='r'\nregoin='x'").is_err());
         let c: KmsSealConfig =
             toml::from_str("key_id='k'\nregion='eu-west-1'\n[credentials]\nsource='env'").unwrap();
@@ -578,8 +603,14 @@ mod tests {
 
     #[test]
     fn imds_expiration_parses() {
-        assert_eq!(parse_rfc3339_utc("2015-08-30T12:36:00Z"), Some(1_440_938_160));
-        assert_eq!(parse_rfc3339_utc("2015-08-30T12:36:00.123Z"), Some(1_440_938_160));
+        assert_eq!(
+            parse_rfc3339_utc("2015-08-30T12:36:00Z"),
+            Some(1_440_938_160)
+        );
+        assert_eq!(
+            parse_rfc3339_utc("2015-08-30T12:36:00.123Z"),
+            Some(1_440_938_160)
+        );
         assert_eq!(parse_rfc3339_utc("yesterday"), None);
     }
 

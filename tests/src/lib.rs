@@ -442,3 +442,106 @@ impl OpenBao {
         }
     }
 }
+
+/// A TCP forwarder (host side of the relay) to `127.0.0.1:to` that records every byte in both directions.
+pub async fn tap(to: u16) -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("tap port");
+    let port = l.local_addr().expect("tap addr").port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((a, _)) = l.accept().await {
+            let Ok(b) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                continue;
+            };
+            let (mut ar, mut aw) = a.into_split();
+            let (mut br, mut bw) = b.into_split();
+            let (s_up, s_down) = (s2.clone(), s2.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = ar.read(&mut buf).await {
+                    if n == 0 || bw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    s_up.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&buf[..n]);
+                }
+                let _ = bw.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = br.read(&mut buf).await {
+                    if n == 0 || aw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    s_down
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&buf[..n]);
+                }
+                let _ = aw.shutdown().await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Every file under `dir`, recursively, as (path, bytes).
+pub fn files_under(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).expect("readable dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p.display().to_string(), b));
+        }
+    }
+}
+
+/// The production egress path, over Unix sockets: an enclave-side local TCP
+/// port → (vsock stand-in) → the host proxy's relay → `127.0.0.1:upstream`.
+/// Returns the enclave-side port.
+pub async fn egress_via_relay(dir: &Path, upstream: u16) -> u16 {
+    use host_proxy::relay::{Relay, RelayConfig, Rule};
+    let relay_addr: Addr = format!("unix:{}", dir.join("relay.sock").display())
+        .parse()
+        .expect("unix address");
+    let relay = Arc::new(
+        Relay::new(
+            &RelayConfig {
+                listen: relay_addr.to_string(),
+                allow: vec![Rule {
+                    host: "127.0.0.1".into(),
+                    port: Some(upstream),
+                    max_connections: None,
+                    allow_private: false,
+                }],
+                deny: vec![],
+                vsock_proxy_allowlist: None,
+                connect_timeout: Duration::from_secs(5),
+                dns_cache_ttl: Duration::from_secs(30),
+                max_connections: 64,
+            },
+            Arc::new(host_proxy::metrics::Metrics::new()),
+        )
+        .expect("relay config"),
+    );
+    tokio::spawn(relay.serve_on(Listener::bind(&relay_addr).expect("relay socket")));
+    let local = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("local port");
+    let port = local.local_addr().expect("local addr").port();
+    let target: pii_transport::relay::Target =
+        format!("127.0.0.1:{upstream}").parse().expect("target");
+    tokio::spawn(pii_transport::relay::serve_fixed(
+        local,
+        relay_addr,
+        target,
+        Duration::from_secs(5),
+    ));
+    port
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use pii_enclave::seal::{seal_blob, unseal_blob, Seal, SealError};
 use pii_enclave::vault_seal::{VaultSealConfig, VaultTransitSeal};
-use pii_tests::{b64, OpenBao, Stack, StackOpts, ROOT_TOKEN};
+use pii_tests::{b64, egress_via_relay, files_under, tap, OpenBao, Stack, StackOpts, ROOT_TOKEN};
 use serde_json::{json, Value};
 
 async fn vault(
@@ -346,62 +346,10 @@ async fn keys_in_memory_keep_serving_when_openbao_goes_down() {
     assert_eq!(r.body["seal_status"], "backend unreachable", "{:?}", r.body);
 }
 
-/// A TCP forwarder that records every byte in both directions.
-async fn tap(to: u16) -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let s2 = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((a, _)) = l.accept().await {
-            let Ok(b) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
-                continue;
-            };
-            let (mut ar, mut aw) = a.into_split();
-            let (mut br, mut bw) = b.into_split();
-            let (s_up, s_down) = (s2.clone(), s2.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16384];
-                while let Ok(n) = ar.read(&mut buf).await {
-                    if n == 0 || bw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    s_up.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-                let _ = bw.shutdown().await;
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16384];
-                while let Ok(n) = br.read(&mut buf).await {
-                    if n == 0 || aw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                    s_down.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-                let _ = aw.shutdown().await;
-            });
-        }
-    });
-    (port, seen)
-}
-
-fn files_under(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, out);
-        } else if let Ok(b) = std::fs::read(&p) {
-            out.push((p.display().to_string(), b));
-        }
-    }
-}
-
 /// Vault over TLS through the egress relay: every byte the relay forwards
 /// and every file the host writes is searched for the keyring's key bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_never_sees_key_material() {
-    use host_proxy::relay::{Relay, RelayConfig, Rule};
     use vaultrs::api::ResponseWrapper as _;
 
     let (bao, ca) = OpenBao::start_tls().await.unwrap();
@@ -445,40 +393,7 @@ async fn the_host_never_sees_key_material() {
     // Host: relay → tap → OpenBao. Enclave: local port → relay.
     let (tap_port, seen) = tap(bao_port).await;
     let dir = tempfile::tempdir().unwrap();
-    let relay_addr: pii_transport::Addr =
-        format!("unix:{}", dir.path().join("relay.sock").display())
-            .parse()
-            .unwrap();
-    let relay = Arc::new(
-        Relay::new(
-            &RelayConfig {
-                listen: relay_addr.to_string(),
-                allow: vec![Rule {
-                    host: "127.0.0.1".into(),
-                    port: Some(tap_port),
-                    max_connections: None,
-                    allow_private: false,
-                }],
-                deny: vec![],
-                vsock_proxy_allowlist: None,
-                connect_timeout: std::time::Duration::from_secs(5),
-                dns_cache_ttl: std::time::Duration::from_secs(30),
-                max_connections: 64,
-            },
-            Arc::new(host_proxy::metrics::Metrics::new()),
-        )
-        .unwrap(),
-    );
-    tokio::spawn(relay.serve_on(pii_transport::Listener::bind(&relay_addr).unwrap()));
-    let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local_port = local.local_addr().unwrap().port();
-    let target: pii_transport::relay::Target = format!("127.0.0.1:{tap_port}").parse().unwrap();
-    tokio::spawn(pii_transport::relay::serve_fixed(
-        local,
-        relay_addr,
-        target,
-        std::time::Duration::from_secs(5),
-    ));
+    let local_port = egress_via_relay(dir.path(), tap_port).await;
     let through_relay = |wrapped: String| -> Arc<dyn Seal> {
         Arc::new(seal_at(
             &format!("https://127.0.0.1:{local_port}"),

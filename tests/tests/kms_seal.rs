@@ -1,0 +1,454 @@
+//! The AWS KMS seal end to end, against the KMS emulator: real SigV4, real
+//! attestation documents (dev NSM), the key policy `host-proxy kms policy`
+//! prints, CMS `CiphertextForRecipient`, IMDSv2 credentials, and the
+//! enclave's traffic through the host's egress relay.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use pii_enclave::kms_seal::{CredentialSource, KmsSeal, KmsSealConfig};
+use pii_enclave::nsm::{DangerousDevNsm, Nsm};
+use pii_enclave::seal::{seal_blob, unseal_blob, Seal, SealError};
+use pii_kms_emulator::{Config, Emulator, Principal};
+use pii_tests::{b64, egress_via_relay, files_under, tap, Stack, StackOpts};
+use serde_json::{json, Value};
+
+const ACCOUNT: &str = "111122223333";
+const ROLE: &str = "arn:aws:iam::111122223333:role/pii-node";
+const ACCESS_KEY: &str = "AKIAPIIENCLAVETEST01";
+const SECRET: &str = "test-secret-for-the-kms-emulator-only";
+const SESSION: &str = "session-token-from-imds";
+
+fn dev_nsm(image: &[u8]) -> Arc<DangerousDevNsm> {
+    Arc::new(DangerousDevNsm::new(image, b"enclave.toml").unwrap())
+}
+
+/// The record an image build would write, from the dev NSM's PCRs.
+fn record_of(nsm: &DangerousDevNsm) -> Value {
+    let mut m = serde_json::Map::new();
+    for n in [0u8, 1, 2] {
+        m.insert(format!("PCR{n}"), hex::encode(&nsm.pcrs()[&n]).into());
+    }
+    json!({ "Measurements": m })
+}
+
+struct Kms {
+    em: Arc<Emulator>,
+    port: u16,
+    key_arn: String,
+}
+
+/// The emulator trusting `trusted` NSMs' roots, with one key whose policy
+/// is what `host-proxy kms policy` prints for `measured`'s record.
+async fn start_kms(trusted: &[&DangerousDevNsm], measured: &DangerousDevNsm) -> Kms {
+    let roots = trusted
+        .iter()
+        .map(|n| verifier::attestation::pem_to_der(&n.dangerous_dev_root_pem().unwrap()).unwrap())
+        .collect();
+    let em = Emulator::new(Config {
+        region: "eu-west-1".into(),
+        account_id: ACCOUNT.into(),
+        principals: vec![Principal {
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: SECRET.into(),
+            session_token: Some(SESSION.into()),
+            arn: ROLE.into(),
+        }],
+        attestation_roots_der: roots,
+        max_document_age_secs: 300,
+        imds_access_key_id: Some(ACCESS_KEY.into()),
+    });
+    let policy = host_proxy::kms::policy_for(
+        &record_of(measured),
+        &host_proxy::kms::PolicyArgs {
+            record: Default::default(),
+            role_arn: ROLE.into(),
+            account_id: ACCOUNT.into(),
+            pcrs: vec![],
+        },
+    )
+    .unwrap();
+    let key_arn = em.create_key(Some(policy)).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(em.clone().serve(l));
+    Kms { em, port, key_arn }
+}
+
+/// A KMS seal reaching KMS and IMDS at `127.0.0.1:port`.
+fn seal_at(port: u16, key_arn: &str, nsm: Arc<dyn Nsm>) -> KmsSeal {
+    let url = format!("http://127.0.0.1:{port}");
+    KmsSeal::new(
+        KmsSealConfig {
+            key_id: key_arn.into(),
+            region: "eu-west-1".into(),
+            endpoint: Some(url.clone()),
+            proxy: None,
+            ca_certs: vec![],
+            credentials: CredentialSource::Imds { endpoint: url },
+            timeout_secs: 5,
+        },
+        nsm,
+    )
+    .unwrap()
+}
+
+/// A KMS call signed with the role's credentials but *without* a Recipient:
+/// what a host holding the instance role could try.
+async fn unattested(port: u16, action: &str, body: Value) -> Value {
+    let body = serde_json::to_vec(&body).unwrap();
+    let host = format!("127.0.0.1:{port}");
+    let mut req = pii_enclave::sigv4::Request {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: vec![
+            ("host".into(), host.clone()),
+            ("content-type".into(), "application/x-amz-json-1.1".into()),
+            ("x-amz-target".into(), format!("TrentService.{action}")),
+        ],
+        body: &body,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let creds = pii_enclave::sigv4::Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: zeroize::Zeroizing::new(SECRET.into()),
+        session_token: Some(SESSION.into()),
+    };
+    let auth = pii_enclave::sigv4::sign(
+        &mut req,
+        &creds,
+        "eu-west-1",
+        "kms",
+        &pii_enclave::sigv4::amz_date(now),
+    );
+    let mut rb = reqwest::Client::new().post(format!("http://{host}/"));
+    for (k, v) in &req.headers {
+        if k != "host" {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+    }
+    let r = rb
+        .header("authorization", auth)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
+fn newest_blob(stack: &Stack) -> Vec<u8> {
+    let mut files = Vec::new();
+    files_under(stack.dir.path(), &mut files);
+    files
+        .into_iter()
+        .filter(|(p, _)| p.contains("keyring-") && p.ends_with(".blob"))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .expect("a stored keyring blob")
+        .1
+}
+
+async fn decrypts(c: &pii_tests::Client, ct: &str) -> bool {
+    for _ in 0..100 {
+        let r = c
+            .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+            .await;
+        if r.status == 200 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_seal_unseals_only_for_the_measured_enclave() {
+    let measured = dev_nsm(b"pii-enclave release image");
+    let other_image = dev_nsm(b"pii-enclave with a backdoor");
+    let untrusted = dev_nsm(b"pii-enclave release image");
+    let kms = start_kms(&[&measured, &other_image], &measured).await;
+    assert_eq!(measured.pcrs()[&0], untrusted.pcrs()[&0]);
+    assert_ne!(measured.pcrs()[&0], other_image.pcrs()[&0]);
+
+    // The enclave's KMS and IMDS traffic crosses the host relay, tapped.
+    let (tap_port, seen) = tap(kms.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let egress = egress_via_relay(dir.path(), tap_port).await;
+    let through_relay = |nsm: &Arc<DangerousDevNsm>| -> Arc<dyn Seal> {
+        Arc::new(seal_at(egress, &kms.key_arn, nsm.clone()))
+    };
+
+    let mut stack = Stack::start_with(StackOpts {
+        seal: Some(through_relay(&measured)),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    for k in ["pii", "cards"] {
+        let r = c.post(&format!("transit/keys/{k}"), json!({})).await;
+        assert_eq!(r.status / 100, 2, "{:?}", r.body);
+    }
+    let r = c
+        .post(
+            "transit/encrypt/pii",
+            json!({"plaintext": b64(b"078-05-1120")}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let ct = r.data("ciphertext").as_str().unwrap().to_owned();
+    let h = c.get("sys/health").await;
+    assert_eq!(h.body["seal_status"], "unsealed", "{:?}", h.body);
+
+    // Every key release went to an attested caller.
+    let calls = kms.em.calls();
+    assert!(calls
+        .iter()
+        .any(|c| c.action == "GenerateDataKey" && c.outcome == "ok"));
+    assert!(calls
+        .iter()
+        .filter(|c| c.outcome == "ok")
+        .all(|c| c.attested && c.principal.as_deref() == Some(ROLE)));
+
+    // Restart with the same measurements: unseals, old ciphertext decrypts.
+    stack.kill_enclave().await;
+    stack.opts.seal = Some(through_relay(&measured));
+    stack.start_enclave().unwrap();
+    assert!(decrypts(&c, &ct).await, "no unseal after restart");
+
+    // The keyring's key bytes, for the search below.
+    let blob = newest_blob(&stack);
+    let direct = seal_at(kms.port, &kms.key_arn, measured.clone());
+    let pt = unseal_blob(&direct, &blob).await.unwrap();
+    let kr = pii_enclave::keyring::Keyring::from_cbor(&pt, 1).unwrap();
+    let secrets: Vec<Vec<u8>> = kr
+        .keys
+        .values()
+        .flat_map(|k| k.doc.versions.values())
+        .flat_map(|v| [v.key.to_vec(), v.hmac_key.to_vec()])
+        .collect();
+    assert!(secrets.len() >= 4);
+
+    // A different image (wrong PCR0), correctly signed: denied by policy.
+    let err = unseal_blob(&seal_at(kms.port, &kms.key_arn, other_image.clone()), &blob)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SealError::Denied(m) if m.contains("AccessDeniedException") && m.contains("DenyOtherPCR0")),
+        "{err:?}"
+    );
+    stack.kill_enclave().await;
+    stack.opts.seal = Some(through_relay(&other_image));
+    stack.start_enclave().unwrap();
+    let r = c
+        .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+        .await;
+    assert_eq!(r.status, 503, "a wrong image stays sealed: {:?}", r.body);
+    assert_eq!(c.get("sys/health").await.body["sealed"], true);
+
+    // Right PCRs but a document from an untrusted root: refused by KMS.
+    let err = unseal_blob(&seal_at(kms.port, &kms.key_arn, untrusted.clone()), &blob)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SealError::Denied(m) if m.contains("invalid attestation document")),
+        "{err:?}"
+    );
+
+    // The role without attestation (a host with the instance's credentials).
+    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len()..]).unwrap();
+    for (action, body) in [
+        (
+            "Decrypt",
+            json!({"CiphertextBlob": B64.encode(kms_blob), "KeyId": kms.key_arn,
+                   "EncryptionContext": {"pii-enclave": "keyring-v1"}}),
+        ),
+        (
+            "GenerateDataKey",
+            json!({"KeyId": kms.key_arn, "KeySpec": "AES_256"}),
+        ),
+    ] {
+        let v = unattested(kms.port, action, body).await;
+        assert_eq!(v["__type"], "AccessDeniedException", "{action}: {v}");
+        assert!(v.get("Plaintext").is_none());
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("DenyWithoutAttestation"),
+            "{v}"
+        );
+    }
+
+    // Nothing the host relayed or stored holds a key.
+    let captured = seen.lock().unwrap().clone();
+    assert!(
+        captured
+            .windows(28)
+            .any(|w| w == b"TrentService.GenerateDataKey"),
+        "the KMS traffic went through the relay"
+    );
+    assert!(
+        captured.windows(16).any(|w| w == b"/latest/api/toke"),
+        "IMDS too"
+    );
+    let hit = |hay: &[u8]| {
+        secrets
+            .iter()
+            .any(|s| hay.windows(16).any(|w| w == &s[..16]))
+    };
+    assert!(!hit(&captured), "key bytes crossed the relay");
+    let mut files = Vec::new();
+    files_under(stack.dir.path(), &mut files);
+    for (p, bytes) in &files {
+        assert!(!hit(bytes), "key bytes in a host file: {p}");
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Pass,
+    /// Answer with the Decrypt response captured earlier.
+    Replay,
+    FlipCms,
+    /// Drop the CMS and return a plaintext key, as for an unattested call.
+    Plaintext,
+    WrongKeyId,
+    /// A well-formed CMS to the enclave's (public) key with a key of the
+    /// attacker's choosing.
+    ForgedKey,
+}
+
+/// An HTTP man-in-the-middle between the seal and KMS. (In production TLS
+/// terminates in the enclave, so the host cannot even read the calls.)
+async fn mitm(upstream: u16, mode: Arc<Mutex<Mode>>) -> u16 {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+    #[derive(Clone)]
+    struct St {
+        upstream: u16,
+        mode: Arc<Mutex<Mode>>,
+        last_decrypt: Arc<Mutex<Option<String>>>,
+    }
+    async fn handle(
+        axum::extract::State(st): axum::extract::State<St>,
+        method: axum::http::Method,
+        uri: axum::http::Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> (axum::http::StatusCode, String) {
+        let mode = *st.mode.lock().unwrap();
+        let target = headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if mode == Mode::Replay && target.ends_with("Decrypt") {
+            let old = st.last_decrypt.lock().unwrap().clone().unwrap();
+            return (axum::http::StatusCode::OK, old);
+        }
+        let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap();
+        let url = format!("http://127.0.0.1:{}{uri}", st.upstream);
+        let mut rb = reqwest::Client::new().request(method, url);
+        for (k, v) in &headers {
+            if k != "content-length" {
+                rb = rb.header(k.as_str(), v.as_bytes());
+            }
+        }
+        let r = rb.body(body.clone()).send().await.unwrap();
+        let status = axum::http::StatusCode::from_u16(r.status().as_u16()).unwrap();
+        let text = r.text().await.unwrap();
+        if status != 200 || target.is_empty() {
+            return (status, text); // errors and IMDS pass through
+        }
+        let mut v: Value = serde_json::from_str(&text).unwrap();
+        if mode == Mode::Pass && target.ends_with("Decrypt") {
+            *st.last_decrypt.lock().unwrap() = Some(text.clone());
+        }
+        match mode {
+            Mode::FlipCms => {
+                let mut cms = B64
+                    .decode(v["CiphertextForRecipient"].as_str().unwrap())
+                    .unwrap();
+                let n = cms.len();
+                cms[n - 20] ^= 1;
+                v["CiphertextForRecipient"] = B64.encode(cms).into();
+            }
+            Mode::Plaintext => {
+                v.as_object_mut().unwrap().remove("CiphertextForRecipient");
+                v["Plaintext"] = B64.encode([7u8; 32]).into();
+            }
+            Mode::WrongKeyId => {
+                v["KeyId"] = "arn:aws:kms:eu-west-1:999999999999:key/attacker".into();
+            }
+            Mode::ForgedKey => {
+                let req: Value = serde_json::from_slice(&body).unwrap();
+                let doc = B64
+                    .decode(req["Recipient"]["AttestationDocument"].as_str().unwrap())
+                    .unwrap();
+                let spki = verifier::attestation::parse_document_unverified(&doc)
+                    .unwrap()
+                    .public_key
+                    .unwrap();
+                let cms = pii_kms_emulator::cms::envelope(&spki, &[0x41; 32]).unwrap();
+                v["CiphertextForRecipient"] = B64.encode(cms).into();
+            }
+            Mode::Pass | Mode::Replay => {}
+        }
+        (status, v.to_string())
+    }
+    let app = axum::Router::new().fallback(handle).with_state(St {
+        upstream,
+        mode,
+        last_decrypt: Arc::new(Mutex::new(None)),
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_replayed_kms_responses_are_refused() {
+    let nsm = dev_nsm(b"pii-enclave release image");
+    let kms = start_kms(&[&nsm], &nsm).await;
+    let mode = Arc::new(Mutex::new(Mode::Pass));
+    let port = mitm(kms.port, mode.clone()).await;
+    let seal = seal_at(port, &kms.key_arn, nsm.clone());
+    let blob = seal_blob(&seal, b"keyring bytes").await.unwrap();
+    assert_eq!(
+        &unseal_blob(&seal, &blob).await.unwrap()[..],
+        b"keyring bytes"
+    );
+
+    for (m, want) in [
+        (Mode::Replay, "auth"),
+        (Mode::FlipCms, "auth"),
+        (Mode::ForgedKey, "auth"),
+        (Mode::Plaintext, "denied"),
+        (Mode::WrongKeyId, "denied"),
+    ] {
+        *mode.lock().unwrap() = m;
+        let err = unseal_blob(&seal, &blob).await.unwrap_err();
+        match want {
+            "auth" => assert_eq!(err, SealError::Authentication, "{m:?}"),
+            _ => assert!(matches!(err, SealError::Denied(_)), "{m:?}: {err:?}"),
+        }
+    }
+    // Sealing refuses a data key that was not encrypted to the enclave.
+    for m in [Mode::Plaintext, Mode::FlipCms, Mode::WrongKeyId] {
+        *mode.lock().unwrap() = m;
+        assert!(seal_blob(&seal, b"keyring bytes").await.is_err(), "{m:?}");
+    }
+    *mode.lock().unwrap() = Mode::Pass;
+    assert_eq!(
+        &unseal_blob(&seal, &blob).await.unwrap()[..],
+        b"keyring bytes"
+    );
+}
