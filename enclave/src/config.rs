@@ -117,4 +117,21 @@ mod tests {
             .contains("unknown field"));
         assert!(Config::parse("[seal]\ntype = 'magic'").is_err());
     }
+
+    /// The shipped examples (`enclave/config/*.toml`) stay valid.
+    #[test]
+    fn example_configs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let c = Config::load(&p).unwrap();
+                crate::auth::Auth::from_config(&c.auth).unwrap();
+                assert!(!matches!(c.seal, SealConfig::None), "{}", p.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
 }
