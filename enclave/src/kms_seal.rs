@@ -390,11 +390,24 @@ impl KmsSeal {
                 delay *= 4;
                 continue;
             }
-            if kind == "ExpiredTokenException" || kind == "UnrecognizedClientException" {
+            let stale = matches!(
+                kind.as_str(),
+                "ExpiredTokenException"
+                    | "UnrecognizedClientException"
+                    | "InvalidSignatureException"
+            );
+            if stale {
+                // Credentials rotated or expired: fetch them again, once.
                 *self.creds.lock().await = None;
+                if attempt == 0 {
+                    continue;
+                }
             }
             return Err(match kind.as_str() {
-                "AccessDeniedException"
+                "ExpiredTokenException"
+                | "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "AccessDeniedException"
                 | "KMSInvalidStateException"
                 | "DisabledException"
                 | "NotFoundException"

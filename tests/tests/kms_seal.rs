@@ -452,3 +452,46 @@ async fn forged_or_replayed_kms_responses_are_refused() {
         b"keyring bytes"
     );
 }
+
+/// Credentials injected at boot (`source = "env"`); wrong ones are a clear
+/// refusal, not "backend unreachable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_credentials_and_wrong_ones() {
+    let nsm = dev_nsm(b"pii-enclave release image");
+    let kms = start_kms(&[&nsm], &nsm).await;
+    let with_env = || {
+        KmsSeal::new(
+            KmsSealConfig {
+                key_id: kms.key_arn.clone(),
+                region: "eu-west-1".into(),
+                endpoint: Some(format!("http://127.0.0.1:{}", kms.port)),
+                proxy: None,
+                ca_certs: vec![],
+                credentials: CredentialSource::Env,
+                timeout_secs: 5,
+            },
+            nsm.clone(),
+        )
+        .unwrap()
+    };
+    // No other test in this binary reads the AWS_* variables.
+    std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    std::env::set_var("AWS_SESSION_TOKEN", SESSION);
+    let seal = with_env();
+    let blob = seal_blob(&seal, b"keyring").await.unwrap();
+    assert_eq!(&unseal_blob(&seal, &blob).await.unwrap()[..], b"keyring");
+
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    let err = unseal_blob(&with_env(), &blob).await.unwrap_err();
+    assert!(
+        matches!(&err, SealError::Denied(m) if m.contains("InvalidSignatureException")),
+        "{err:?}"
+    );
+    std::env::remove_var("AWS_SECRET_ACCESS_KEY");
+    let err = unseal_blob(&with_env(), &blob).await.unwrap_err();
+    assert!(
+        matches!(&err, SealError::Unreachable(m) if m.contains("AWS_SECRET_ACCESS_KEY")),
+        "{err:?}"
+    );
+}
