@@ -23,6 +23,12 @@ fmt:
 bench:
     ./ci/bench.sh
     cargo bench -p eif --bench pcr
+    cargo bench -p host-proxy --bench relay
+    cargo bench -p pii-tests --bench seal
+
+# Seal/unseal latency: dev seal, Vault Transit (OpenBao), AWS KMS (emulator).
+bench-seal:
+    cargo bench -p pii-tests --bench seal
 
 # PCR computation on a 256 MiB image vs raw SHA-384 and AWS's EifReader.
 bench-eif:

@@ -121,6 +121,10 @@ pub struct KmsSeal {
     http: reqwest::Client,
     nsm: Arc<dyn Nsm>,
     creds: Mutex<Option<Cached>>,
+    /// RSA keys for the next calls, generated in the background (keygen is
+    /// ~80 ms; each key is still used for one call only).
+    spare: Arc<std::sync::Mutex<Vec<PrivateDecryptingKey>>>,
+    refilling: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for KmsSeal {
@@ -221,6 +225,8 @@ impl KmsSeal {
             http,
             nsm,
             creds: Mutex::new(None),
+            spare: Arc::new(std::sync::Mutex::new(Vec::new())),
+            refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -422,9 +428,39 @@ impl KmsSeal {
         Err(unreachable(format!("KMS {action}: gave up after retries")))
     }
 
+    /// A never-used RSA-2048 key: a spare if there is one; then the spares
+    /// are topped up off the async threads. A keyring write makes two calls
+    /// in a row (seal, then the verifying unseal), hence two spares.
+    async fn fresh_key(&self) -> Result<PrivateDecryptingKey, SealError> {
+        use std::sync::atomic::Ordering;
+        const SPARES: usize = 2;
+        let generate =
+            || PrivateDecryptingKey::generate(KeySize::Rsa2048).map_err(|_| SealError::Rng);
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let key = match spare {
+            Some(k) => k,
+            None => tokio::task::spawn_blocking(generate)
+                .await
+                .map_err(|_| SealError::Rng)??,
+        };
+        if !self.refilling.swap(true, Ordering::AcqRel) {
+            let (pool, flag) = (self.spare.clone(), self.refilling.clone());
+            tokio::task::spawn_blocking(move || {
+                while pool.lock().unwrap_or_else(|e| e.into_inner()).len() < SPARES {
+                    match generate() {
+                        Ok(k) => pool.lock().unwrap_or_else(|e| e.into_inner()).push(k),
+                        Err(_) => break,
+                    }
+                }
+                flag.store(false, Ordering::Release);
+            });
+        }
+        Ok(key)
+    }
+
     /// A fresh RSA-2048 key and an attestation document carrying its public half.
-    fn recipient(&self) -> Result<(PrivateDecryptingKey, Value), SealError> {
-        let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).map_err(|_| SealError::Rng)?;
+    async fn recipient(&self) -> Result<(PrivateDecryptingKey, Value), SealError> {
+        let key = self.fresh_key().await?;
         let spki = key
             .public_key()
             .as_der()
@@ -504,7 +540,7 @@ impl KmsSeal {
     }
 
     async fn generate(&self) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), SealError> {
-        let (key, recipient) = self.recipient()?;
+        let (key, recipient) = self.recipient().await?;
         let v = self
             .call(
                 "GenerateDataKey",
@@ -527,7 +563,7 @@ impl KmsSeal {
     }
 
     async fn decrypt(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let (key, recipient) = self.recipient()?;
+        let (key, recipient) = self.recipient().await?;
         let v = self
             .call(
                 "Decrypt",
