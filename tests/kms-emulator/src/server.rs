@@ -520,7 +520,11 @@ impl Emulator {
                         Some(k) => Some(k.to_owned()),
                         None => {
                             let blob = b64_field(req, "CiphertextBlob")?;
-                            blob_key_id(&blob).map(str::to_owned)
+                            Some(
+                                blob_key_id(&blob)
+                                    .ok_or_else(|| err("InvalidCiphertextException", ""))?
+                                    .to_owned(),
+                            )
                         }
                     },
                     _ => req.get("KeyId").and_then(Value::as_str).map(str::to_owned),
@@ -640,6 +644,7 @@ fn resolve(keys: &BTreeMap<String, Key>, r: &str) -> Option<String> {
 fn metadata(k: &Key, account: &str) -> Value {
     json!({"KeyId": k.id, "Arn": k.arn, "AWSAccountId": account, "Enabled": true,
         "KeyState": "Enabled", "KeyUsage": "ENCRYPT_DECRYPT", "KeySpec": "SYMMETRIC_DEFAULT",
+        "CustomerMasterKeySpec": "SYMMETRIC_DEFAULT",
         "Description": k.description, "CreationDate": k.created, "Origin": "AWS_KMS",
         "KeyManager": "CUSTOMER", "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"]})
 }
