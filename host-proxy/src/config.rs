@@ -145,4 +145,19 @@ mod tests {
         c.validate().unwrap();
         assert!(Config::parse("[relay]\nlisten = \"x\"\nbogus = 1").is_err());
     }
+
+    /// The Kubernetes manifest's proxy.toml is a valid configuration.
+    #[test]
+    fn k8s_configmap_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/configmap.yaml");
+        let y: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let toml = y["data"]["proxy.toml"].as_str().unwrap();
+        let c = Config::parse(toml).unwrap();
+        c.validate().unwrap();
+        let relay = c.relay.unwrap();
+        crate::relay::Relay::new(&relay, std::sync::Arc::new(crate::metrics::Metrics::new()))
+            .unwrap();
+        assert!(relay.allow.iter().any(|r| r.host == "169.254.169.254"));
+    }
 }
