@@ -70,7 +70,8 @@ fn default_timeout_secs() -> u64 {
 }
 
 struct Session {
-    client: VaultClient,
+    /// Reused for every call of the session (one connection pool).
+    client: std::sync::Arc<VaultClient>,
     renew_at: Instant,
     expires: Instant,
 }
@@ -222,7 +223,7 @@ impl VaultTransitSeal {
         client.set_token(&info.client_token);
         tracing::info!(ttl_secs = ttl.as_secs(), "logged in to Vault with AppRole");
         st.session = Some(Session {
-            client,
+            client: std::sync::Arc::new(client),
             renew_at: now + ttl * 2 / 3,
             expires: now + ttl,
         });
@@ -232,14 +233,14 @@ impl VaultTransitSeal {
     /// Run a Transit call with a valid session; on 403 log in once more.
     async fn with_client<T, F, Fut>(&self, f: F) -> Result<T, SealError>
     where
-        F: Fn(VaultClient) -> Fut,
+        F: Fn(std::sync::Arc<VaultClient>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let mut st = self.state.lock().await;
         for attempt in 0..2 {
             self.session(&mut st).await?;
             let client = match &st.session {
-                Some(s) => self.client(s.client.settings.token.as_str())?,
+                Some(s) => s.client.clone(),
                 None => return Err(SealError::Unreachable("no Vault session".into())),
             };
             match f(client).await {
@@ -259,7 +260,7 @@ impl VaultTransitSeal {
         let (mount, key) = (self.cfg.mount.clone(), self.cfg.key.clone());
         self.with_client(|c| {
             let (mount, key, b64) = (mount.clone(), key.clone(), b64.to_string());
-            async move { vaultrs::transit::data::encrypt(&c, &mount, &key, &b64, None).await }
+            async move { vaultrs::transit::data::encrypt(c.as_ref(), &mount, &key, &b64, None).await }
         })
         .await
         .map(|r| r.ciphertext)
@@ -270,7 +271,7 @@ impl VaultTransitSeal {
         let r = self
             .with_client(|c| {
                 let (mount, key, ct) = (mount.clone(), key.clone(), ct.to_owned());
-                async move { vaultrs::transit::data::decrypt(&c, &mount, &key, &ct, None).await }
+                async move { vaultrs::transit::data::decrypt(c.as_ref(), &mount, &key, &ct, None).await }
             })
             .await?;
         let dek = Zeroizing::new(
@@ -292,7 +293,7 @@ impl VaultTransitSeal {
         let r = self
             .with_client(|c| {
                 let (mount, key, ct) = (mount.clone(), key.clone(), ct.to_owned());
-                async move { vaultrs::transit::data::rewrap(&c, &mount, &key, &ct, None).await }
+                async move { vaultrs::transit::data::rewrap(c.as_ref(), &mount, &key, &ct, None).await }
             })
             .await?;
         Ok(join(&r.ciphertext, rest))
