@@ -461,3 +461,42 @@ async fn injected_credentials_and_wrong_ones() {
         "{err:?}"
     );
 }
+
+/// `kms:RecipientAttestation:ImageSha384` (AWS's alias for PCR0) works as a
+/// policy condition too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_sha384_condition() {
+    let measured = dev_nsm(b"pii-enclave release image");
+    let other = dev_nsm(b"another image");
+    let kms = start_kms(&[&measured, &other], &measured).await;
+    let image = hex::encode(&measured.pcrs()[&0]);
+    kms.em
+        .put_key_policy(
+            &kms.key_arn,
+            json!({"Version": "2012-10-17", "Statement": [{
+                "Sid": "ImageOnly", "Effect": "Allow", "Principal": {"AWS": ROLE},
+                "Action": ["kms:GenerateDataKey", "kms:Decrypt"], "Resource": "*",
+                "Condition": {"StringEqualsIgnoreCase": {
+                    "kms:RecipientAttestation:ImageSha384": image.to_uppercase()}}}]}),
+        )
+        .unwrap();
+    let ok = seal_at(kms.port, &kms.key_arn, measured.clone());
+    let blob = seal_blob(&ok, b"keyring").await.unwrap();
+    assert_eq!(&unseal_blob(&ok, &blob).await.unwrap()[..], b"keyring");
+    let err = unseal_blob(&seal_at(kms.port, &kms.key_arn, other.clone()), &blob)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SealError::Denied(m) if m.contains("AccessDeniedException")),
+        "{err:?}"
+    );
+    // A typo'd operator is refused when the policy is set, not ignored.
+    assert!(kms
+        .em
+        .put_key_policy(
+            &kms.key_arn,
+            json!({"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*",
+                "Condition": {"StringEqualsIgnoreCas": {"kms:RecipientAttestation:PCR0": image}}}]}),
+        )
+        .is_err());
+}
