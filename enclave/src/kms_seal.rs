@@ -65,6 +65,7 @@ pub struct KmsSealConfig {
     pub endpoint: Option<String>,
     /// An HTTP CONNECT proxy inside the enclave (the `[egress]
     /// connect_proxy`), so TLS to KMS terminates here while the host relays.
+    /// Used for `https` URLs only (IMDS is plain HTTP on a fixed egress port).
     #[serde(default)]
     pub proxy: Option<String>,
     /// Extra PEM CA files (an enclave image has no system trust store).
@@ -209,7 +210,8 @@ impl KmsSeal {
             .connect_timeout(Duration::from_secs(cfg.timeout_secs))
             .redirect(reqwest::redirect::Policy::none());
         b = match &cfg.proxy {
-            Some(p) => b.proxy(reqwest::Proxy::all(p).map_err(|e| format!("seal.proxy: {e}"))?),
+            // https only: plain-http IMDS goes to its own egress port directly.
+            Some(p) => b.proxy(reqwest::Proxy::https(p).map_err(|e| format!("seal.proxy: {e}"))?),
             None => b.no_proxy(),
         };
         for path in &cfg.ca_certs {

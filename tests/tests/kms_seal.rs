@@ -500,3 +500,134 @@ async fn image_sha384_condition() {
         )
         .is_err());
 }
+
+/// The production path: KMS over TLS that terminates in the enclave's own
+/// client, reached through the enclave's HTTP CONNECT proxy and the host
+/// relay; IMDS over plain HTTP on its own egress port (not the proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_over_tls_through_the_connect_proxy() {
+    use host_proxy::relay::{Relay, RelayConfig, Rule};
+    use tokio_rustls::rustls;
+    use tower::ServiceExt as _;
+
+    let nsm = dev_nsm(b"pii-enclave release image");
+    let kms = start_kms(&[&nsm], &nsm).await;
+
+    // The same emulator behind TLS for "localhost" (a test CA).
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![ck.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let router = kms.em.clone().router();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_port = l.local_addr().unwrap().port();
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hs = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, router, hs) = (acceptor.clone(), router.clone(), hs.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                hs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let svc = hyper::service::service_fn(move |req| router.clone().oneshot(req));
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+
+    // Host: the relay allows exactly KMS (by name) and IMDS (by IP).
+    let (tap_port, seen) = tap(tls_port).await;
+    let relay_addr: pii_transport::Addr =
+        format!("unix:{}", dir.path().join("relay.sock").display())
+            .parse()
+            .unwrap();
+    let rule = |host: &str, port: u16, private: bool| Rule {
+        host: host.into(),
+        port: Some(port),
+        max_connections: None,
+        allow_private: private,
+    };
+    let relay = Arc::new(
+        Relay::new(
+            &RelayConfig {
+                listen: relay_addr.to_string(),
+                allow: vec![
+                    rule("localhost", tap_port, true),
+                    rule("127.0.0.1", kms.port, false),
+                ],
+                deny: vec![],
+                vsock_proxy_allowlist: None,
+                connect_timeout: std::time::Duration::from_secs(5),
+                dns_cache_ttl: std::time::Duration::from_secs(30),
+                max_connections: 64,
+            },
+            Arc::new(host_proxy::metrics::Metrics::new()),
+        )
+        .unwrap(),
+    );
+    tokio::spawn(relay.serve_on(pii_transport::Listener::bind(&relay_addr).unwrap()));
+    // Enclave: a CONNECT proxy and a fixed IMDS port, both into the relay.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = proxy.local_addr().unwrap().port();
+    tokio::spawn(pii_transport::relay::serve_connect_proxy(
+        proxy,
+        relay_addr.clone(),
+        std::time::Duration::from_secs(5),
+    ));
+    let imds = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let imds_port = imds.local_addr().unwrap().port();
+    tokio::spawn(pii_transport::relay::serve_fixed(
+        imds,
+        relay_addr,
+        format!("127.0.0.1:{}", kms.port).parse().unwrap(),
+        std::time::Duration::from_secs(5),
+    ));
+
+    let seal = KmsSeal::new(
+        KmsSealConfig {
+            key_id: kms.key_arn.clone(),
+            region: "eu-west-1".into(),
+            endpoint: Some(format!("https://localhost:{tap_port}")),
+            proxy: Some(format!("http://127.0.0.1:{proxy_port}")),
+            ca_certs: vec![ca.display().to_string()],
+            credentials: CredentialSource::Imds {
+                endpoint: format!("http://127.0.0.1:{imds_port}"),
+            },
+            timeout_secs: 5,
+        },
+        nsm.clone(),
+    )
+    .unwrap();
+    let blob = seal_blob(&seal, b"keyring bytes").await.unwrap();
+    assert_eq!(
+        &unseal_blob(&seal, &blob).await.unwrap()[..],
+        b"keyring bytes"
+    );
+    assert!(handshakes.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    let calls = kms.em.calls();
+    assert!(calls
+        .iter()
+        .any(|c| c.action == "Decrypt" && c.outcome == "ok" && c.attested));
+    // What the relay carried to KMS was TLS: no KMS JSON in the clear.
+    let captured = seen.lock().unwrap().clone();
+    assert!(captured.len() > 1000, "{} bytes relayed", captured.len());
+    assert!(!captured.windows(12).any(|w| w == b"TrentService"));
+    assert!(!captured.windows(22).any(|w| w == b"CiphertextForRecipient"));
+}
