@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use pii_proto::{ApiRequest, ApiResponse, Method};
 use serde_json::{Map, Value};
 
+use crate::attest::{AttestError, Attestor};
 use crate::auth::{Auth, Capability, Identity};
 use crate::error::{Error, Result};
 use crate::transit::{BlobStore, Engine};
@@ -20,6 +21,9 @@ pub type Params = Map<String, Value>;
 pub struct Ctx<'a> {
     pub engine: &'a Engine,
     pub store: &'a dyn BlobStore,
+    pub attestor: &'a Attestor,
+    /// The raw query string (GET parameters of `sys/attestation`).
+    pub query: &'a str,
     pub identity: &'a Identity,
     pub method: Method,
     pub path: &'a str,
@@ -195,6 +199,7 @@ fn is_reveal(path: &str) -> bool {
 pub async fn handle(
     engine: &Engine,
     auth: &Auth,
+    attestor: &Attestor,
     store: &dyn BlobStore,
     req: ApiRequest,
 ) -> ApiResponse {
@@ -245,6 +250,8 @@ pub async fn handle(
     let mut ctx = Ctx {
         engine,
         store,
+        attestor,
+        query: &req.query,
         identity: &identity,
         method,
         path,
@@ -454,6 +461,10 @@ async fn route(ctx: &mut Ctx<'_>) -> Result<Reply> {
             }
             _ => Err(unsupported_operation()),
         },
+        ["sys", "attestation"] => match ctx.method {
+            Method::Get => attestation(ctx).await,
+            _ => Err(unsupported_operation()),
+        },
         ["auth", "token", "lookup-self"] => match ctx.method {
             Method::Get | Method::Post | Method::Put => Ok(Reply::Data(serde_json::json!({
                 "display_name": ctx.identity.display_name,
@@ -466,6 +477,67 @@ async fn route(ctx: &mut Ctx<'_>) -> Result<Reply> {
         },
         _ => Err(unsupported_path()),
     }
+}
+
+/// `GET sys/attestation?nonce=HEX[&user_data=HEX]`: a document with the
+/// caller's nonce, no public key, and the enclave's own `user_data` (which
+/// binds only the SHA-256 of the caller's data). See [`crate::attest`].
+async fn attestation(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let hex_param = |name: &str| -> Result<Option<Vec<u8>>> {
+        match query_param(ctx.query, name) {
+            None => Ok(None),
+            Some(v) => hex::decode(v)
+                .map(Some)
+                .map_err(|_| Error::bad(format!("{name} must be hex"))),
+        }
+    };
+    for (k, _) in ctx
+        .query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+    {
+        if !matches!(k, "nonce" | "user_data" | "format") {
+            return Err(Error::bad(format!(
+                "unknown parameter {k:?}: a document binds only nonce and user_data \
+                 (the enclave never binds a caller's public key)"
+            )));
+        }
+    }
+    let nonce = hex_param("nonce")?.ok_or_else(|| Error::bad("nonce is required"))?;
+    let caller_data = hex_param("user_data")?;
+    let audit_pub = if ctx.engine.is_unsealed() {
+        use aws_lc_rs::signature::KeyPair as _;
+        Some(
+            ctx.engine
+                .audit_key(ctx.store)
+                .await?
+                .public_key()
+                .as_ref()
+                .to_vec(),
+        )
+    } else {
+        None
+    };
+    let attestor = ctx.attestor.clone();
+    let doc = tokio::task::spawn_blocking(move || {
+        attestor.report(&nonce, caller_data.as_deref(), audit_pub.as_deref())
+    })
+    .await
+    .map_err(|_| Error::internal("attestation task failed"))?;
+    let doc = doc.map_err(|e| match e {
+        AttestError::BadNonce | AttestError::CallerDataTooLong => Error::bad(e.to_string()),
+        AttestError::NoNsm => Error::new(503, e.to_string()),
+        AttestError::Nsm(err) => {
+            tracing::error!(error = %err, "attestation failed");
+            Error::new(503, "attestation failed")
+        }
+    })?;
+    use base64::Engine as _;
+    Ok(Reply::Data(serde_json::json!({
+        "document": base64::engine::general_purpose::STANDARD.encode(&doc),
+        "dangerous_dev_root_pem": ctx.attestor.dangerous_dev_root_pem(),
+    })))
 }
 
 #[cfg(test)]

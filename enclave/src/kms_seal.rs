@@ -41,7 +41,8 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::nsm::{AttestRequest, Nsm};
+use crate::attest::Attestor;
+use crate::nsm::Nsm;
 use crate::seal::{gcm_open, gcm_seal, Seal, SealError, SealFuture};
 use crate::sigv4::{self, Credentials};
 
@@ -120,7 +121,7 @@ pub struct KmsSeal {
     endpoint: url::Url,
     host: String,
     http: reqwest::Client,
-    nsm: Arc<dyn Nsm>,
+    attestor: Attestor,
     creds: Mutex<Option<Cached>>,
     /// RSA keys for the next calls, generated in the background (keygen is
     /// ~80 ms; each key is still used for one call only).
@@ -225,7 +226,7 @@ impl KmsSeal {
             endpoint,
             host,
             http,
-            nsm,
+            attestor: Attestor::new(Some(nsm)),
             creds: Mutex::new(None),
             spare: Arc::new(std::sync::Mutex::new(Vec::new())),
             refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -469,15 +470,9 @@ impl KmsSeal {
             .map_err(|_| SealError::Rng)?
             .as_ref()
             .to_vec();
-        let mut nonce = vec![0u8; 32];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Rng)?;
         let doc = self
-            .nsm
-            .attest(&AttestRequest {
-                nonce: Some(nonce),
-                public_key: Some(spki),
-                user_data: None,
-            })
+            .attestor
+            .bind_own_key(pii_proto::attest::Purpose::KmsRecipient, spki)
             .map_err(|e| unreachable(format!("attestation: {e}")))?;
         Ok((
             key,

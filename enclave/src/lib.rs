@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod attest;
 pub mod audit;
 pub mod auth;
 pub mod b64;

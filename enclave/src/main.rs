@@ -186,7 +186,7 @@ fn serve(args: ServeArgs) {
         let server = Arc::new(Server {
             engine: Engine::new(seal),
             auth,
-            nsm,
+            attestor: pii_enclave::attest::Attestor::new(nsm),
         });
         let peer_cfg = PeerConfig {
             max_frame: cfg.max_frame_bytes,

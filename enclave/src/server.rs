@@ -17,8 +17,8 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Server {
     pub engine: Engine,
     pub auth: Auth,
-    /// The NSM, when there is one (inside an enclave, or the dev emulator).
-    pub nsm: Option<Arc<dyn crate::nsm::Nsm>>,
+    /// Attestation documents (the NSM, when there is one).
+    pub attestor: crate::attest::Attestor,
 }
 
 /// How often keys are checked for auto-rotation.
@@ -147,7 +147,14 @@ impl Handler for Server {
                     }
                 }
                 let before = self.engine.store_version();
-                let resp = crate::api::handle(&self.engine, &self.auth, &store, api.clone()).await;
+                let resp = crate::api::handle(
+                    &self.engine,
+                    &self.auth,
+                    &self.attestor,
+                    &store,
+                    api.clone(),
+                )
+                .await;
                 // Another replica may have written a key or version this one
                 // has not loaded yet: reload once and retry.
                 if resp.status == 400
@@ -157,7 +164,14 @@ impl Handler for Server {
                 {
                     {
                         return Response::Api(
-                            crate::api::handle(&self.engine, &self.auth, &store, api).await,
+                            crate::api::handle(
+                                &self.engine,
+                                &self.auth,
+                                &self.attestor,
+                                &store,
+                                api,
+                            )
+                            .await,
                         );
                     }
                 }
@@ -172,41 +186,8 @@ impl Handler for Server {
                 }
                 Response::Ack
             }
-            Request::Attest {
-                nonce,
-                public_key,
-                user_data,
-            } => {
-                let Some(nsm) = self.nsm.clone() else {
-                    tracing::warn!("attestation requested but there is no NSM");
-                    return Response::Error(ErrorCode::Unavailable);
-                };
-                let req = crate::nsm::AttestRequest {
-                    nonce: nonce.map(|b| b.into_vec()),
-                    public_key: public_key.map(|b| b.into_vec()),
-                    user_data: user_data.map(|b| b.into_vec()),
-                };
-                if let Err(e) = crate::nsm::check_request(&req) {
-                    tracing::warn!(error = %e, "attestation request refused");
-                    return Response::Error(ErrorCode::BadRequest);
-                }
-                match tokio::task::spawn_blocking(move || {
-                    (nsm.attest(&req), nsm.dangerous_dev_root_pem())
-                })
-                .await
-                {
-                    Ok((Ok(document), dangerous_dev_root_pem)) => Response::Attestation {
-                        document,
-                        dangerous_dev_root_pem,
-                    },
-                    Ok((Err(e), _)) => {
-                        tracing::error!(error = %e, "attestation failed");
-                        Response::Error(ErrorCode::Unavailable)
-                    }
-                    Err(_) => Response::Error(ErrorCode::Internal),
-                }
-            }
-            // Requests only the enclave sends.
+            // Requests only the enclave sends. (There is no attestation
+            // request: documents are API calls, `sys/attestation`.)
             _ => Response::Error(ErrorCode::BadRequest),
         }
     }

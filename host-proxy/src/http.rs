@@ -136,56 +136,64 @@ async fn sys_health(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /v1/attestation?nonce=HEX[&public_key=HEX][&user_data=HEX][&format=json]`:
-/// a fresh attestation document from the enclave's NSM, raw
-/// (`application/cbor`) or as a JSON view of its fields. The proxy only
-/// relays: verify the document (`verifier verify`), never this view.
-async fn attestation(State(st): State<AppState>, uri: Uri) -> Response {
+/// `GET /v1/attestation?nonce=HEX[&user_data=HEX][&format=json]`: a fresh
+/// attestation document from the enclave, raw (`application/cbor`) or as a
+/// JSON view of its fields. The same as the API call `GET /v1/sys/attestation`
+/// (a token whose policy grants `read` on `sys/attestation` is needed), in the
+/// shapes the verifier and curl want. The enclave decides every field: the
+/// caller's nonce, no public key, and the enclave's own `user_data` (only the
+/// SHA-256 of the caller's `user_data`). The proxy only relays: verify the
+/// document (`verifier verify`), never this view.
+async fn attestation(State(st): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let q = uri.query().unwrap_or("");
-    let param = |k: &str| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(a, _)| *a == k)
-            .map(|(_, v)| v.to_owned())
-    };
-    let mut fields = vec![];
-    for name in ["nonce", "public_key", "user_data"] {
-        match param(name).map(hex::decode) {
-            None => fields.push(None),
-            Some(Ok(b)) => fields.push(Some(serde_bytes::ByteBuf::from(b))),
-            Some(Err(_)) => {
-                return vault_error(StatusCode::BAD_REQUEST, &format!("{name} must be hex"))
-            }
-        }
+    let json_view = q.split('&').any(|kv| kv == "format=json");
+    let resp = forward(
+        &st,
+        HttpMethod::GET,
+        "sys/attestation",
+        q,
+        &headers,
+        Body::empty(),
+    )
+    .await;
+    if resp.status() != StatusCode::OK {
+        return resp;
     }
-    let (nonce, public_key, user_data) = (fields[0].take(), fields[1].take(), fields[2].take());
-    let req = Request::Attest {
-        nonce,
-        public_key,
-        user_data,
+    let Ok(body) = read_body(resp.into_body(), 1 << 20).await else {
+        return vault_error(
+            StatusCode::BAD_GATEWAY,
+            "unreadable answer from the enclave",
+        );
     };
-    let (document, dev_root) = match st.pool.call(req, Duration::from_secs(10)).await {
-        Ok(EnclaveResponse::Attestation {
-            document,
-            dangerous_dev_root_pem,
-        }) => (document, dangerous_dev_root_pem),
-        Ok(EnclaveResponse::Error(ErrorCode::BadRequest)) => {
-            return vault_error(
-                StatusCode::BAD_REQUEST,
-                "nonce and user_data are limited to 512 bytes, public_key to 1024",
-            )
-        }
-        Ok(_) | Err(_) => {
-            return vault_error(StatusCode::SERVICE_UNAVAILABLE, "attestation unavailable")
-        }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    use base64::Engine as _;
+    let Some(document) = v["data"]["document"]
+        .as_str()
+        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+    else {
+        return vault_error(
+            StatusCode::BAD_GATEWAY,
+            "unexpected answer from the enclave",
+        );
     };
-    if param("format").as_deref() != Some("json") {
+    if !json_view {
         return ([(header::CONTENT_TYPE, "application/cbor")], document).into_response();
     }
     let mut view = attestation_view(&document).unwrap_or_else(|| json!({}));
-    use base64::Engine as _;
     view["document"] = json!(base64::engine::general_purpose::STANDARD.encode(&document));
-    if let Some(p) = dev_root {
+    if let Some(ud) = view["user_data"]
+        .as_str()
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| pii_proto::attest::UserData::decode(&b).ok())
+    {
+        view["enclave_user_data"] = json!({
+            "v": ud.v,
+            "purpose": ud.purpose.as_str(),
+            "audit_key_sha256": ud.audit_key_sha256.map(hex::encode),
+            "caller_data_sha256": ud.caller_data_sha256.map(hex::encode),
+        });
+    }
+    if let Some(p) = v["data"]["dangerous_dev_root_pem"].as_str() {
         view["dangerous_dev_root_pem"] = json!(p);
     }
     (

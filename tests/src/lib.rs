@@ -41,12 +41,23 @@ impl Enclave {
         auth: Auth,
         seal: Arc<dyn pii_enclave::seal::Seal>,
     ) -> anyhow::Result<Enclave> {
+        let nsm = Arc::new(pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?);
+        Enclave::start_with_nsm(socket, auth, seal, nsm)
+    }
+
+    /// As [`Enclave::start_sealed`], with this NSM (the one its seal uses,
+    /// as inside a real enclave, where there is only one).
+    pub fn start_with_nsm(
+        socket: &Path,
+        auth: Auth,
+        seal: Arc<dyn pii_enclave::seal::Seal>,
+        nsm: Arc<dyn pii_enclave::nsm::Nsm>,
+    ) -> anyhow::Result<Enclave> {
         let listener = Listener::bind(&Addr::Unix(socket.to_path_buf()))?;
-        let nsm = pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?;
         let server = Arc::new(Server {
             engine: Engine::new(seal),
             auth,
-            nsm: Some(Arc::new(nsm)),
+            attestor: pii_enclave::attest::Attestor::new(Some(nsm)),
         });
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -84,6 +95,8 @@ pub struct StackOpts {
     pub token_store: Option<String>,
     /// `None`: the dangerous development seal.
     pub seal: Option<Arc<dyn pii_enclave::seal::Seal>>,
+    /// `None`: a fresh development NSM measuring [`TEST_IMAGE`].
+    pub nsm: Option<Arc<dyn pii_enclave::nsm::Nsm>>,
 }
 
 impl Default for StackOpts {
@@ -97,6 +110,7 @@ impl Default for StackOpts {
             listen_unix: false,
             token_store: None,
             seal: None,
+            nsm: None,
         }
     }
 }
@@ -120,6 +134,13 @@ fn auth_for(opts: &StackOpts) -> anyhow::Result<Auth> {
     Ok(auth)
 }
 
+fn enclave_for(socket: &Path, opts: &StackOpts) -> anyhow::Result<Enclave> {
+    match &opts.nsm {
+        Some(n) => Enclave::start_with_nsm(socket, auth_for(opts)?, seal_for(opts), n.clone()),
+        None => Enclave::start_sealed(socket, auth_for(opts)?, seal_for(opts)),
+    }
+}
+
 fn seal_for(opts: &StackOpts) -> Arc<dyn pii_enclave::seal::Seal> {
     opts.seal
         .clone()
@@ -136,7 +157,7 @@ impl Stack {
     pub async fn start_with(opts: StackOpts) -> anyhow::Result<Stack> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("enclave.sock");
-        let enclave = Enclave::start_sealed(&socket, auth_for(&opts)?, seal_for(&opts))?;
+        let enclave = enclave_for(&socket, &opts)?;
         let unix_api = opts.listen_unix.then(|| dir.path().join("api.sock"));
         let cfg = host_proxy::Config {
             listen: "127.0.0.1:0".into(),
@@ -192,11 +213,7 @@ impl Stack {
 
     /// Start a fresh enclave (empty memory) on the same socket.
     pub fn start_enclave(&mut self) -> anyhow::Result<()> {
-        self.enclave = Some(Enclave::start_sealed(
-            &self.socket,
-            auth_for(&self.opts)?,
-            seal_for(&self.opts),
-        )?);
+        self.enclave = Some(enclave_for(&self.socket, &self.opts)?);
         Ok(())
     }
 

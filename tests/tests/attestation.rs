@@ -17,32 +17,35 @@ fn now() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_attestation_verifies_with_the_dev_root() {
+    use pii_proto::attest::{Purpose, UserData};
     let stack = Stack::start().await;
     let nonce = "5eed".repeat(8);
     let http = reqwest::Client::new();
-    let view: serde_json::Value = http
-        .get(format!(
-            "{}/v1/attestation?nonce={nonce}&user_data=abcd&format=json",
-            stack.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |q: String, token: Option<&str>| {
+        let mut rb = http.get(format!("{}/v1/attestation?{q}", stack.url));
+        if let Some(t) = token {
+            rb = rb.header("X-Vault-Token", t);
+        }
+        rb.send()
+    };
+    let root_token = Some(pii_tests::ROOT_TOKEN);
+    let view: serde_json::Value = get(
+        format!("nonce={nonce}&user_data=abcd&format=json"),
+        root_token,
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(view["nonce"], nonce);
     assert_eq!(
         view["verified"], false,
         "the JSON view is never a verification"
     );
+    assert_eq!(view["enclave_user_data"]["purpose"], "report", "{view}");
     let root = pem_to_der(view["dangerous_dev_root_pem"].as_str().unwrap()).unwrap();
-    let raw = http
-        .get(format!(
-            "{}/v1/attestation?nonce={nonce}&user_data=abcd",
-            stack.url
-        ))
-        .send()
+    let raw = get(format!("nonce={nonce}&user_data=abcd"), root_token)
         .await
         .unwrap();
     assert_eq!(raw.headers()["content-type"], "application/cbor");
@@ -50,11 +53,25 @@ async fn sidecar_attestation_verifies_with_the_dev_root() {
 
     let mut p = Policy::dangerous_with_root(now(), root.clone());
     p.nonce = Some(hex::decode(&nonce).unwrap());
-    p.user_data = Some(vec![0xab, 0xcd]);
     p.expected_pcrs.insert(0, measure(TEST_IMAGE));
     let v = verify(&doc, &p).unwrap();
     assert_eq!(v.chain.len(), 3, "root, intermediate, leaf");
     assert!(!v.debug_mode);
+    // The enclave's own user_data: its purpose, the audit key's hash (pinnable
+    // from a verified document), and only the hash of the caller's bytes.
+    assert_eq!(v.doc.public_key, None, "never a caller-chosen key");
+    let ud = UserData::decode(v.doc.user_data.as_deref().unwrap()).unwrap();
+    assert_eq!(ud.purpose, Purpose::Report);
+    assert_eq!(
+        ud.caller_data_sha256,
+        Some(pii_enclave::attest::sha256(&[0xab, 0xcd]))
+    );
+    let audit_key = stack.client().get("sys/audit-key").await;
+    let audit_pub = hex::decode(audit_key.data("public_key").as_str().unwrap()).unwrap();
+    assert_eq!(
+        ud.audit_key_sha256,
+        Some(pii_enclave::attest::sha256(&audit_pub))
+    );
 
     // Wrong nonce, wrong PCR0, and the real AWS root: all rejected.
     let mut wrong = p.clone();
@@ -71,23 +88,53 @@ async fn sidecar_attestation_verifies_with_the_dev_root() {
     let later = Policy::dangerous_with_root(now() + 4 * 3600, root);
     assert_eq!(verify(&doc, &later).unwrap_err().step(), Step::Validity);
 
-    // Oversized fields are refused with a clear 400.
-    let r = http
-        .get(format!(
-            "{}/v1/attestation?nonce={}",
-            stack.url,
-            "00".repeat(513)
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = http
-        .get(format!("{}/v1/attestation?nonce=xyz", stack.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    // Bad requests get a clear 400; no token or a token without the path, 403.
+    let spki = "30".repeat(40);
+    for (q, token, status, msg) in [
+        (
+            format!("nonce={}", "00".repeat(65)),
+            root_token,
+            400,
+            "nonce must be",
+        ),
+        (
+            format!("nonce={}", "00".repeat(7)),
+            root_token,
+            400,
+            "nonce must be",
+        ),
+        (
+            "user_data=abcd".to_string(),
+            root_token,
+            400,
+            "nonce is required",
+        ),
+        ("nonce=xyz".to_string(), root_token, 400, "must be hex"),
+        (
+            format!("nonce={nonce}&user_data={}", "00".repeat(1025)),
+            root_token,
+            400,
+            "user_data must be",
+        ),
+        (
+            format!("nonce={nonce}&public_key={spki}"),
+            root_token,
+            400,
+            "never binds a caller's public key",
+        ),
+        (format!("nonce={nonce}"), None, 403, "permission denied"),
+        (
+            format!("nonce={nonce}"),
+            Some("not-a-token"),
+            403,
+            "permission denied",
+        ),
+    ] {
+        let r = get(q.clone(), token).await.unwrap();
+        assert_eq!(r.status(), status, "{q}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(msg), "{q}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +148,7 @@ async fn boot_check_against_the_running_enclave() {
         policy_template: template.clone(),
         dangerous_trust_sidecar_root: true,
         timeout: std::time::Duration::from_secs(5),
+        token: Some(pii_tests::ROOT_TOKEN.into()),
     };
     let c = check.sidecar.clone();
     let ok = tokio::task::spawn_blocking(move || run(&check, now()))
@@ -113,6 +161,7 @@ async fn boot_check_against_the_running_enclave() {
         policy_template: template.clone(),
         dangerous_trust_sidecar_root: false,
         timeout: std::time::Duration::from_secs(5),
+        token: Some(pii_tests::ROOT_TOKEN.into()),
     };
     let r = tokio::task::spawn_blocking(move || run(&strict, now()))
         .await
@@ -137,6 +186,7 @@ async fn boot_check_against_the_running_enclave() {
         policy_template: wrong,
         dangerous_trust_sidecar_root: true,
         timeout: std::time::Duration::from_secs(5),
+        token: Some(pii_tests::ROOT_TOKEN.into()),
     };
     let r = tokio::task::spawn_blocking(move || run(&bad, now()))
         .await
@@ -157,6 +207,7 @@ async fn boot_check_against_the_running_enclave() {
         policy_template: template,
         dangerous_trust_sidecar_root: true,
         timeout: std::time::Duration::from_secs(2),
+        token: None,
     };
     let r = tokio::task::spawn_blocking(move || run(&gone, now()))
         .await

@@ -631,3 +631,102 @@ async fn kms_over_tls_through_the_connect_proxy() {
     assert!(!captured.windows(12).any(|w| w == b"TrentService"));
     assert!(!captured.windows(22).any(|w| w == b"CiphertextForRecipient"));
 }
+
+/// The attestation oracle, played by the host: with every document it can
+/// get from the sidecar (with and without a token, with its own public key,
+/// its own user_data), the stored keyring blob and the instance role's
+/// credentials, it asks KMS to release the keyring's data key to itself.
+/// Every attempt must fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_cannot_unseal_with_any_document_it_can_request() {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
+    let nsm = dev_nsm(b"pii-enclave release image");
+    let kms = start_kms(&[&nsm], &nsm).await;
+    let stack = Stack::start_with(StackOpts {
+        seal: Some(Arc::new(seal_at(kms.port, &kms.key_arn, nsm.clone()))),
+        nsm: Some(nsm.clone()),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    let r = c.post("transit/keys/pii", json!({})).await;
+    assert_eq!(r.status / 100, 2, "{:?}", r.body);
+    let blob = newest_blob(&stack);
+    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len()..]).unwrap();
+
+    let host_key = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+    let spki = hex::encode(host_key.public_key().as_der().unwrap().as_ref());
+    let nonce = "ab".repeat(32);
+    let http = reqwest::Client::new();
+    let mut documents = 0;
+    let mut released = vec![];
+    for token in [None, Some(pii_tests::ROOT_TOKEN)] {
+        for q in [
+            format!("nonce={nonce}&public_key={spki}"),
+            format!(
+                "nonce={nonce}&public_key={spki}&user_data={}",
+                "00".repeat(32)
+            ),
+            format!("nonce={nonce}"),
+            format!("public_key={spki}"),
+        ] {
+            for path in ["attestation", "sys/attestation"] {
+                let mut rb = http.get(format!("{}/v1/{path}?{q}", stack.url));
+                if let Some(t) = token {
+                    rb = rb.header("X-Vault-Token", t);
+                }
+                let resp = rb.send().await.unwrap();
+                if resp.status() != 200 {
+                    continue;
+                }
+                let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+                let body = resp.bytes().await.unwrap().to_vec();
+                let doc = if ct.contains("cbor") {
+                    body
+                } else {
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    match v["data"]["document"].as_str().or(v["document"].as_str()) {
+                        Some(d) => B64.decode(d).unwrap(),
+                        None => continue,
+                    }
+                };
+                documents += 1;
+                let (status, v) = kms_call(
+                    &format!("127.0.0.1:{}", kms.port),
+                    &pii_enclave::sigv4::Credentials {
+                        access_key_id: ACCESS_KEY.into(),
+                        secret_access_key: zeroize::Zeroizing::new(SECRET.into()),
+                        session_token: Some(SESSION.into()),
+                    },
+                    "Decrypt",
+                    &json!({
+                        "CiphertextBlob": B64.encode(kms_blob),
+                        "KeyId": kms.key_arn,
+                        "EncryptionContext": {"pii-enclave": "keyring-v1"},
+                        "Recipient": {
+                            "AttestationDocument": B64.encode(&doc),
+                            "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+                        },
+                    }),
+                )
+                .await;
+                if let Some(cms) = v["CiphertextForRecipient"].as_str() {
+                    if let Ok(dk) = pii_enclave::cms::open(&B64.decode(cms).unwrap(), &host_key) {
+                        let q = q.replace(&spki, "<host SPKI>");
+                        released.push((path, q, token.is_some(), dk.len()));
+                    }
+                }
+                assert!(status != 200 || v["Plaintext"].is_null(), "{v}");
+            }
+        }
+    }
+    assert!(
+        released.is_empty(),
+        "EXPLOIT: the host opened the keyring's data key with documents from {released:?}"
+    );
+    // The sidecar still serves documents to an authorized caller (so the
+    // loop above exercised KMS with real documents).
+    assert!(documents > 0, "no document was served at all");
+}

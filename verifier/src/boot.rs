@@ -23,7 +23,12 @@ pub enum BootError {
 }
 
 /// Minimal HTTP/1.1 GET against the local sidecar (plain HTTP on loopback).
-fn get(base: &str, path_query: &str, timeout: Duration) -> Result<Vec<u8>, BootError> {
+fn get(
+    base: &str,
+    path_query: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<u8>, BootError> {
     let hostport = base
         .strip_prefix("http://")
         .ok_or_else(|| {
@@ -38,9 +43,16 @@ fn get(base: &str, path_query: &str, timeout: Duration) -> Result<Vec<u8>, BootE
         .map_err(|e| BootError::Unreachable(e.to_string()))?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
+    let auth = match token {
+        Some(t) if !t.bytes().any(|b| b == b'\r' || b == b'\n') => {
+            format!("X-Vault-Token: {t}\r\n")
+        }
+        Some(_) => return Err(BootError::Unreachable("the token has a line break".into())),
+        None => String::new(),
+    };
     write!(
         s,
-        "GET {path_query} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        "GET {path_query} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(|e| BootError::Unreachable(e.to_string()))?;
     let mut buf = vec![];
@@ -75,6 +87,8 @@ pub struct BootCheck {
     /// DANGEROUS: take the root from the sidecar (development NSM only).
     pub dangerous_trust_sidecar_root: bool,
     pub timeout: Duration,
+    /// A token whose policy grants `read` on `sys/attestation`.
+    pub token: Option<String>,
 }
 
 /// Run the check at time `now` (Unix seconds).
@@ -83,12 +97,18 @@ pub fn run(check: &BootCheck, now: i64) -> Result<Verified, BootError> {
     aws_lc_rs::rand::fill(&mut nonce)
         .map_err(|_| BootError::Unreachable("no randomness".into()))?;
     let q = format!("/v1/attestation?nonce={}", hex::encode(nonce));
-    let doc = get(&check.sidecar, &q, check.timeout)?;
+    let token = check.token.as_deref();
+    let doc = get(&check.sidecar, &q, token, check.timeout)?;
     let mut policy = check.policy_template.clone();
     policy.at = now;
     policy.nonce = Some(nonce.to_vec());
     if check.dangerous_trust_sidecar_root {
-        let view = get(&check.sidecar, &format!("{q}&format=json"), check.timeout)?;
+        let view = get(
+            &check.sidecar,
+            &format!("{q}&format=json"),
+            token,
+            check.timeout,
+        )?;
         let v: serde_json::Value =
             serde_json::from_slice(&view).map_err(|e| BootError::Http(e.to_string()))?;
         let pem = v["dangerous_dev_root_pem"]
@@ -101,8 +121,31 @@ pub fn run(check: &BootCheck, now: i64) -> Result<Verified, BootError> {
         p.nonce = policy.nonce.clone();
         policy = p;
     }
-    verify(&doc, &policy).map_err(|e| BootError::Rejected {
+    let v = verify(&doc, &policy).map_err(|e| BootError::Rejected {
         step: e.step(),
         reason: e.to_string(),
-    })
+    })?;
+    // A document made on request carries the enclave's own user_data and no
+    // public key; anything else was not made for us.
+    let ud = v
+        .doc
+        .user_data
+        .as_deref()
+        .map(pii_proto::attest::UserData::decode);
+    match ud {
+        Some(Ok(u)) if u.purpose == pii_proto::attest::Purpose::Report => {}
+        other => {
+            return Err(BootError::Rejected {
+                step: crate::attestation::Step::Policy,
+                reason: format!("user_data is not the enclave's report structure: {other:?}"),
+            })
+        }
+    }
+    if v.doc.public_key.is_some() {
+        return Err(BootError::Rejected {
+            step: crate::attestation::Step::Policy,
+            reason: "a report document must not carry a public key".into(),
+        });
+    }
+    Ok(v)
 }

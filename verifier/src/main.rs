@@ -73,6 +73,9 @@ enum Cmd {
         /// Seconds to wait for the sidecar.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// A token whose policy grants `read` on `sys/attestation`.
+        #[arg(long, env = "VAULT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Write an attestation audit report: OUT/evidence.json (document, chain,
     /// decision, hashes) and OUT/report.html (self-contained page). Exit 0 if
@@ -247,6 +250,7 @@ fn main() -> ExitCode {
             allow_debug,
             dangerous_trust_sidecar_root,
             timeout,
+            token,
         } => {
             let pcrs = match std::fs::read_to_string(&expected)
                 .map_err(|e| e.to_string())
@@ -270,6 +274,7 @@ fn main() -> ExitCode {
                 policy_template: template,
                 dangerous_trust_sidecar_root,
                 timeout: std::time::Duration::from_secs(timeout),
+                token,
             };
             match verifier::boot::run(&check, now) {
                 Ok(v) => {

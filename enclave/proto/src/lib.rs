@@ -26,6 +26,7 @@
 //! matter are sealed end-to-end), or interpret API bodies.
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod audit;
 mod frame;
 mod hello;

@@ -135,13 +135,9 @@ pub enum Request {
     TokenGet { keys: Vec<String> },
     /// enclave → host: delete mappings that expired before `now` (unix s).
     TokenTidy { now: u64 },
-    /// host → enclave: an attestation document from the NSM with these
-    /// fields (each at most 512 bytes; public_key 1024).
-    Attest {
-        nonce: Option<serde_bytes::ByteBuf>,
-        public_key: Option<serde_bytes::ByteBuf>,
-        user_data: Option<serde_bytes::ByteBuf>,
-    },
+    // There is deliberately no attestation request: a host that could ask the
+    // NSM for documents with fields of its choice would hold an attestation
+    // oracle. Documents are API calls (`sys/attestation`), built by the enclave.
 }
 
 /// One stored token mapping. `key` is a keyed hash of the token id, `value`
@@ -207,13 +203,6 @@ pub enum Response {
     /// Answer to `TokenTidy`: mappings deleted.
     Tidied {
         deleted: u64,
-    },
-    /// Answer to `Attest`: the raw COSE_Sign1 document, and (development NSM
-    /// only) the PEM root it chains to.
-    Attestation {
-        #[serde(with = "serde_bytes")]
-        document: Vec<u8>,
-        dangerous_dev_root_pem: Option<String>,
     },
     Error(ErrorCode),
 }
