@@ -51,12 +51,16 @@ const INNER_VERSION: u8 = 1;
 const MAX_RESPONSE: usize = 1 << 20;
 /// Bound into every KMS call; KMS refuses a blob with another context.
 const CONTEXT_KEY: &str = "pii-enclave";
-const CONTEXT_VALUE: &str = "keyring-v1";
+const CONTEXT_VALUE: &str = "keyring-v2";
+const CONTEXT_DEPLOYMENT: &str = "pii-enclave:deployment";
 
 /// `[seal] type = "aws-kms"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KmsSealConfig {
+    /// Names this deployment; bound into every sealed keyring and every KMS
+    /// call's EncryptionContext.
+    pub deployment_id: String,
     /// The KMS key: its ARN (recommended: responses are checked against it),
     /// key id, or alias.
     pub key_id: String,
@@ -76,6 +80,11 @@ pub struct KmsSealConfig {
     pub credentials: CredentialSource,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// DANGEROUS, tests only: allow an `http://` KMS endpoint. Without TLS
+    /// ending in the enclave, the host can forge `CiphertextForRecipient`
+    /// (CMS is not authenticated) and choose the keyring's data key.
+    #[serde(default)]
+    pub dangerous_allow_http: bool,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -186,6 +195,7 @@ impl KmsSeal {
         if cfg.key_id.is_empty() {
             return Err("seal.key_id is empty".into());
         }
+        crate::seal::check_deployment_id(&cfg.deployment_id)?;
         if cfg.region.is_empty()
             || !cfg
                 .region
@@ -202,6 +212,13 @@ impl KmsSeal {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
             .ok_or_else(|| format!("seal.endpoint {endpoint:?} is not an http(s) URL"))?;
+        if endpoint.scheme() == "http" && !cfg.dangerous_allow_http {
+            return Err(format!(
+                "seal.endpoint {:?} is plain http: the host relaying it could forge KMS answers; \
+                 use https (TLS ends in the enclave)",
+                endpoint.as_str()
+            ));
+        }
         let host = match endpoint.port() {
             Some(p) => format!("{}:{p}", endpoint.host_str().unwrap_or_default()),
             None => endpoint.host_str().unwrap_or_default().to_owned(),
@@ -483,8 +500,17 @@ impl KmsSeal {
         ))
     }
 
-    fn context() -> BTreeMap<&'static str, &'static str> {
-        BTreeMap::from([(CONTEXT_KEY, CONTEXT_VALUE)])
+    /// The EncryptionContext of every call: KMS refuses a `CiphertextBlob`
+    /// under any other, so a data key does not move between deployments.
+    pub fn encryption_context(deployment_id: &str) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            (CONTEXT_KEY, CONTEXT_VALUE.to_owned()),
+            (CONTEXT_DEPLOYMENT, deployment_id.to_owned()),
+        ])
+    }
+
+    fn context(&self) -> BTreeMap<&'static str, String> {
+        Self::encryption_context(&self.cfg.deployment_id)
     }
 
     /// Check a `GenerateDataKey`/`Decrypt` answer and open its CMS.
@@ -544,7 +570,7 @@ impl KmsSeal {
                 &json!({
                     "KeyId": self.cfg.key_id,
                     "KeySpec": "AES_256",
-                    "EncryptionContext": Self::context(),
+                    "EncryptionContext": self.context(),
                     "Recipient": recipient,
                 }),
             )
@@ -567,7 +593,7 @@ impl KmsSeal {
                 &json!({
                     "KeyId": self.cfg.key_id,
                     "CiphertextBlob": B64.encode(blob),
-                    "EncryptionContext": Self::context(),
+                    "EncryptionContext": self.context(),
                     "Recipient": recipient,
                 }),
             )
@@ -585,6 +611,13 @@ fn aead(dk: &[u8]) -> Result<LessSafeKey, SealError> {
 impl Seal for KmsSeal {
     fn id(&self) -> &str {
         Self::ID
+    }
+
+    fn binding(&self) -> String {
+        format!(
+            "deployment={};kms-key={}",
+            self.cfg.deployment_id, self.cfg.key_id
+        )
     }
 
     fn wrap<'a>(&'a self, plaintext: &'a [u8], aad: &'a [u8]) -> SealFuture<'a, Vec<u8>> {
@@ -632,6 +665,7 @@ mod tests {
     fn config_parses_with_defaults_and_rejects_typos() {
         let c: KmsSealConfig = toml::from_str(
             r#"
+            deployment_id = "pii-prod-eu-west-1"
             key_id = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
             region = "eu-west-1"
             proxy = "http://127.0.0.1:3128"
@@ -641,10 +675,51 @@ mod tests {
         assert!(
             matches!(c.credentials, CredentialSource::Imds { ref endpoint } if endpoint == "http://169.254.169.254")
         );
-        assert!(toml::from_str::<KmsSealConfig>("key_id='k'\nregion='r'\nregoin='x'").is_err());
-        let c: KmsSealConfig =
-            toml::from_str("key_id='k'\nregion='eu-west-1'\n[credentials]\nsource='env'").unwrap();
+        assert!(toml::from_str::<KmsSealConfig>(
+            "deployment_id='d'\nkey_id='k'\nregion='r'\nregoin='x'"
+        )
+        .is_err());
+        let c: KmsSealConfig = toml::from_str(
+            "deployment_id='d'\nkey_id='k'\nregion='eu-west-1'\n[credentials]\nsource='env'",
+        )
+        .unwrap();
         assert!(matches!(c.credentials, CredentialSource::Env));
+    }
+
+    struct NoNsm;
+    impl Nsm for NoNsm {
+        fn attest(&self, _: &crate::nsm::AttestRequest) -> Result<Vec<u8>, crate::nsm::NsmError> {
+            Err(crate::nsm::NsmError("none".into()))
+        }
+        fn random(&self, _: usize) -> Result<Vec<u8>, crate::nsm::NsmError> {
+            Err(crate::nsm::NsmError("none".into()))
+        }
+        fn describe_pcr(&self, _: u16) -> Result<Vec<u8>, crate::nsm::NsmError> {
+            Err(crate::nsm::NsmError("none".into()))
+        }
+    }
+
+    #[test]
+    fn plain_http_kms_needs_the_dangerous_switch() {
+        let cfg = |endpoint: &str, dangerous_allow_http| KmsSealConfig {
+            deployment_id: "d".into(),
+            key_id: "k".into(),
+            region: "eu-west-1".into(),
+            endpoint: Some(endpoint.into()),
+            proxy: None,
+            ca_certs: vec![],
+            credentials: CredentialSource::Env,
+            timeout_secs: 1,
+            dangerous_allow_http,
+        };
+        let e = KmsSeal::new(cfg("http://127.0.0.1:1", false), Arc::new(NoNsm)).unwrap_err();
+        assert!(e.contains("plain http"), "{e}");
+        assert!(KmsSeal::new(cfg("http://127.0.0.1:1", true), Arc::new(NoNsm)).is_ok());
+        assert!(KmsSeal::new(cfg("https://127.0.0.1:1", false), Arc::new(NoNsm)).is_ok());
+        // The default endpoint is AWS's https one.
+        let mut c = cfg("https://x", false);
+        c.endpoint = None;
+        assert!(KmsSeal::new(c, Arc::new(NoNsm)).is_ok());
     }
 
     #[test]

@@ -7,9 +7,17 @@
 //! Transit and AWS KMS seals plug into the same trait.
 //!
 //! Blob layout (all seals):
-//! `"PIIKR" ‖ 0x01 ‖ len:u8 ‖ seal-id ‖ seal-specific bytes`.
-//! The seal id is bound as associated data, so a blob cannot be replayed
-//! through a different seal.
+//! `"PIIKR" ‖ 0x02 ‖ len:u8 ‖ seal-id ‖ generation:u64be ‖ prev:[u8;32] ‖ seal-specific bytes`.
+//!
+//! The associated data of the keyring's encryption binds the seal id, the
+//! seal's [`Seal::binding`] (the deployment id from the measured config and
+//! the key-encryption key's name), the keyring generation and the SHA-256 of
+//! the blob this one replaces ([`Lineage`]). So a blob cannot be replayed
+//! through another seal, moved to another deployment that shares the KEK and
+//! the image, or relabelled with another generation; the engine refuses an
+//! older generation, an equal generation with other bytes, and a successor
+//! that does not name the blob it replaces (`transit::Engine`). Version-1
+//! blobs (no lineage) are refused.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,8 +26,43 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use zeroize::Zeroizing;
 
 const BLOB_MAGIC: &[u8; 5] = b"PIIKR";
-const BLOB_VERSION: u8 = 1;
-const AAD_LABEL: &[u8] = b"pii-enclave/keyring/v1";
+const BLOB_VERSION: u8 = 2;
+const AAD_LABEL: &[u8] = b"pii-enclave/keyring/v2";
+
+/// Where a blob sits in the keyring's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lineage {
+    /// The keyring generation inside the blob.
+    pub generation: u64,
+    /// SHA-256 of the blob this one replaces (zero for the first).
+    pub prev: [u8; 32],
+}
+
+/// A deployment id: 1–64 of `[A-Za-z0-9._-]`.
+pub fn check_deployment_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "seal.deployment_id {id:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+/// SHA-256 of a whole sealed blob (what the next blob's [`Lineage::prev`] names).
+pub fn blob_hash(blob: &[u8]) -> [u8; 32] {
+    crate::attest::sha256(blob)
+}
+
+/// A blob opened by [`open_blob`].
+pub struct Opened {
+    pub lineage: Lineage,
+    pub plaintext: Zeroizing<Vec<u8>>,
+}
 
 /// Why sealing or unsealing failed. Deliberately coarse.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -29,8 +72,10 @@ pub enum SealError {
     Malformed,
     #[error("sealed keyring was sealed by {found:?}, this enclave uses {ours:?}")]
     WrongSeal { found: String, ours: String },
-    #[error("sealed keyring failed authentication (wrong seal key or tampered blob)")]
+    #[error("sealed keyring failed authentication (wrong seal key, another deployment, or a tampered blob)")]
     Authentication,
+    #[error("sealed keyring has format version {0}; this enclave reads version 2 only (v1 blobs carry no rollback protection)")]
+    OldFormat(u8),
     #[error("seal backend unreachable: {0}")]
     Unreachable(String),
     #[error("seal backend refused: {0}")]
@@ -45,6 +90,9 @@ pub type SealFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SealError>> +
 pub trait Seal: Send + Sync + 'static {
     /// Short stable identifier, stored in every blob (`dangerous-dev`, …).
     fn id(&self) -> &str;
+    /// What else every blob is bound to: the deployment id from the measured
+    /// configuration and the key-encryption key's name.
+    fn binding(&self) -> String;
     /// Encrypt `plaintext` with `aad` bound; output is backend-specific.
     fn wrap<'a>(&'a self, plaintext: &'a [u8], aad: &'a [u8]) -> SealFuture<'a, Vec<u8>>;
     /// Inverse of `wrap`.
@@ -52,31 +100,53 @@ pub trait Seal: Send + Sync + 'static {
         -> SealFuture<'a, Zeroizing<Vec<u8>>>;
 }
 
-fn aad_for(id: &str) -> Vec<u8> {
-    let mut a = AAD_LABEL.to_vec();
-    a.push(0);
-    a.extend_from_slice(id.as_bytes());
+fn aad_for(seal: &dyn Seal, lineage: &Lineage) -> Vec<u8> {
+    let id = seal.id();
+    let binding = seal.binding();
+    let mut a = Vec::with_capacity(AAD_LABEL.len() + id.len() + binding.len() + 52);
+    a.extend_from_slice(AAD_LABEL);
+    for part in [id.as_bytes(), binding.as_bytes()] {
+        a.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        a.extend_from_slice(part);
+    }
+    a.extend_from_slice(&lineage.generation.to_be_bytes());
+    a.extend_from_slice(&lineage.prev);
     a
 }
 
-/// Seal `plaintext` into a self-describing blob.
-pub async fn seal_blob(seal: &dyn Seal, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+/// Seal `plaintext` into a self-describing blob at `lineage`.
+pub async fn seal_blob_at(
+    seal: &dyn Seal,
+    plaintext: &[u8],
+    lineage: Lineage,
+) -> Result<Vec<u8>, SealError> {
     let id = seal.id();
     let id_len = u8::try_from(id.len()).map_err(|_| SealError::Malformed)?;
-    let inner = seal.wrap(plaintext, &aad_for(id)).await?;
-    let mut out = Vec::with_capacity(7 + id.len() + inner.len());
+    let inner = seal.wrap(plaintext, &aad_for(seal, &lineage)).await?;
+    let mut out = Vec::with_capacity(7 + id.len() + 40 + inner.len());
     out.extend_from_slice(BLOB_MAGIC);
     out.push(BLOB_VERSION);
     out.push(id_len);
     out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(&lineage.generation.to_be_bytes());
+    out.extend_from_slice(&lineage.prev);
     out.extend_from_slice(&inner);
     Ok(out)
 }
 
-/// Open a blob produced by [`seal_blob`].
-pub async fn unseal_blob(seal: &dyn Seal, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-    if blob.len() < 7 || &blob[..5] != BLOB_MAGIC || blob[5] != BLOB_VERSION {
+/// Seal `plaintext` as a first blob (generation 0): for seal round-trip
+/// checks; the engine seals with [`seal_blob_at`].
+pub async fn seal_blob(seal: &dyn Seal, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    seal_blob_at(seal, plaintext, Lineage::default()).await
+}
+
+/// Open a blob produced by [`seal_blob_at`]: its lineage (authenticated) and plaintext.
+pub async fn open_blob(seal: &dyn Seal, blob: &[u8]) -> Result<Opened, SealError> {
+    if blob.len() < 7 || &blob[..5] != BLOB_MAGIC {
         return Err(SealError::Malformed);
+    }
+    if blob[5] != BLOB_VERSION {
+        return Err(SealError::OldFormat(blob[5]));
     }
     let id_len = usize::from(blob[6]);
     let id = blob.get(7..7 + id_len).ok_or(SealError::Malformed)?;
@@ -87,7 +157,20 @@ pub async fn unseal_blob(seal: &dyn Seal, blob: &[u8]) -> Result<Zeroizing<Vec<u
             ours: seal.id().to_owned(),
         });
     }
-    seal.unwrap(&blob[7 + id_len..], &aad_for(id)).await
+    let rest = &blob[7 + id_len..];
+    let (gen, rest) = rest.split_at_checked(8).ok_or(SealError::Malformed)?;
+    let (prev, inner) = rest.split_at_checked(32).ok_or(SealError::Malformed)?;
+    let lineage = Lineage {
+        generation: u64::from_be_bytes(gen.try_into().map_err(|_| SealError::Malformed)?),
+        prev: prev.try_into().map_err(|_| SealError::Malformed)?,
+    };
+    let plaintext = seal.unwrap(inner, &aad_for(seal, &lineage)).await?;
+    Ok(Opened { lineage, plaintext })
+}
+
+/// The plaintext of a blob (lineage checked by the caller, if it cares).
+pub async fn unseal_blob(seal: &dyn Seal, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    Ok(open_blob(seal, blob).await?.plaintext)
 }
 
 /// AES-256-GCM with a random nonce: `nonce ‖ ciphertext ‖ tag`.
@@ -139,6 +222,7 @@ pub(crate) fn gcm_open(
 /// data; production uses the Vault or KMS seal.
 pub struct DangerousDevSeal {
     key: LessSafeKey,
+    deployment_id: String,
 }
 
 impl std::fmt::Debug for DangerousDevSeal {
@@ -165,13 +249,24 @@ impl DangerousDevSeal {
             UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!("32-byte key"));
         DangerousDevSeal {
             key: LessSafeKey::new(unbound),
+            deployment_id: "dev".into(),
         }
+    }
+
+    /// The same seal bound to another deployment id (blobs do not move between them).
+    pub fn with_deployment(mut self, deployment_id: &str) -> DangerousDevSeal {
+        self.deployment_id = deployment_id.to_owned();
+        self
     }
 }
 
 impl Seal for DangerousDevSeal {
     fn id(&self) -> &str {
         Self::ID
+    }
+
+    fn binding(&self) -> String {
+        format!("deployment={}", self.deployment_id)
     }
 
     fn wrap<'a>(&'a self, plaintext: &'a [u8], aad: &'a [u8]) -> SealFuture<'a, Vec<u8>> {
@@ -216,5 +311,43 @@ mod tests {
             unseal_blob(&s, &renamed).await,
             Err(SealError::WrongSeal { .. })
         ));
+        // Another deployment with the same KEK cannot open it.
+        let elsewhere = DangerousDevSeal::from_passphrase("dev").with_deployment("other");
+        assert_eq!(
+            unseal_blob(&elsewhere, &blob).await,
+            Err(SealError::Authentication)
+        );
+        // A v1 blob is refused by name.
+        let mut v1 = blob.clone();
+        v1[5] = 1;
+        assert_eq!(unseal_blob(&s, &v1).await, Err(SealError::OldFormat(1)));
+    }
+
+    #[tokio::test]
+    async fn lineage_is_authenticated() {
+        let s = DangerousDevSeal::from_passphrase("dev");
+        let l = Lineage {
+            generation: 7,
+            prev: [9; 32],
+        };
+        let blob = seal_blob_at(&s, b"kr", l).await.unwrap();
+        let o = open_blob(&s, &blob).await.unwrap();
+        assert_eq!(o.lineage, l);
+        assert_eq!(&o.plaintext[..], b"kr");
+        let off = 7 + DangerousDevSeal::ID.len();
+        // Relabel the generation or the previous hash: refused.
+        for i in [off + 7, off + 8, off + 39] {
+            let mut t = blob.clone();
+            t[i] ^= 1;
+            assert_eq!(
+                open_blob(&s, &t).await.err(),
+                Some(SealError::Authentication),
+                "byte {i}"
+            );
+        }
+        // Truncated anywhere in the header: malformed, never a panic.
+        for n in 0..off + 40 {
+            assert!(open_blob(&s, &blob[..n]).await.is_err());
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::auth::Capability;
 use crate::b64;
 use crate::error::{Error, Result};
 use crate::keyring::{HmacAlg, Key, KeyDoc, KeyType, Keyring};
-use crate::seal::{seal_blob, unseal_blob, Seal, SealError};
+use crate::seal::{blob_hash, open_blob, seal_blob_at, unseal_blob, Lineage, Seal, SealError};
 
 // ---------------------------------------------------------------------------
 // Keyring storage seam
@@ -154,8 +154,12 @@ pub struct Engine {
     keyring: ArcSwapOption<Keyring>,
     write: tokio::sync::Mutex<()>,
     seal: Arc<dyn Seal>,
-    /// Highest generation ever loaded: older blobs are refused (rollback).
-    high_water: std::sync::atomic::AtomicU64,
+    /// Generation and SHA-256 of the newest blob accepted: an older
+    /// generation, the same generation with other bytes, or a successor that
+    /// names another predecessor are refused (rollback and forks).
+    head: std::sync::Mutex<Option<(u64, [u8; 32])>>,
+    /// Why the store's answer was last refused as a rollback or fork.
+    rollback: std::sync::Mutex<Option<String>>,
     audit: crate::audit::AuditLog,
     /// The seal backend's last failure, cleared by the next success.
     seal_error: std::sync::Mutex<Option<String>>,
@@ -184,7 +188,8 @@ impl Engine {
             keyring: ArcSwapOption::empty(),
             write: tokio::sync::Mutex::new(()),
             seal,
-            high_water: std::sync::atomic::AtomicU64::new(0),
+            head: std::sync::Mutex::new(None),
+            rollback: std::sync::Mutex::new(None),
             audit: crate::audit::AuditLog::default(),
             seal_error: std::sync::Mutex::new(None),
         }
@@ -260,33 +265,69 @@ impl Engine {
             .unwrap_or(0)
     }
 
-    fn install(&self, kr: Keyring) -> Result<()> {
-        use std::sync::atomic::Ordering;
-        let hw = self.high_water.load(Ordering::Acquire);
-        if kr.generation < hw {
-            tracing::error!(
-                generation = kr.generation,
-                high_water = hw,
-                "refusing keyring rollback"
-            );
-            return Err(Error::new(
-                503,
-                "keyring store returned an older keyring than already seen",
-            ));
-        }
-        self.high_water.store(kr.generation, Ordering::Release);
-        self.keyring.store(Some(Arc::new(kr)));
-        Ok(())
+    /// Why the store's last answer was refused as a rollback or fork, if it was.
+    pub fn rollback_detected(&self) -> Option<String> {
+        self.rollback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    async fn open(&self, blob: &SealedBlob) -> Result<Keyring> {
-        let pt = unseal_blob(self.seal.as_ref(), &blob.bytes).await;
-        self.note_seal(&pt);
-        let pt = pt.map_err(|e| {
+    fn head(&self) -> Option<(u64, [u8; 32])> {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuse a blob that would take the keyring back or sideways.
+    fn check_lineage(&self, l: &Lineage, hash: &[u8; 32]) -> Result<()> {
+        let Some((gen, head)) = self.head() else {
+            return Ok(());
+        };
+        let why = if l.generation < gen {
+            format!(
+                "the store returned keyring generation {}, older than generation {gen} already seen",
+                l.generation
+            )
+        } else if l.generation == gen && *hash != head {
+            format!("the store returned a different keyring for generation {gen}")
+        } else if l.generation == gen + 1 && l.prev != head {
+            format!(
+                "keyring generation {} does not follow the generation {gen} in memory (forked history)",
+                l.generation
+            )
+        } else {
+            return Ok(());
+        };
+        tracing::error!(reason = %why, "SECURITY: refusing keyring rollback");
+        *self.rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        Err(Error::new(
+            503,
+            "rollback detected: the keyring store returned an older or forked keyring",
+        ))
+    }
+
+    fn install(&self, kr: Keyring, head: Option<(u64, [u8; 32])>) {
+        if let Some(h) = head {
+            *self.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+        }
+        self.keyring.store(Some(Arc::new(kr)));
+    }
+
+    /// Open, authenticate and check a stored blob: the keyring and its head.
+    async fn open(&self, blob: &SealedBlob) -> Result<(Keyring, (u64, [u8; 32]))> {
+        let opened = open_blob(self.seal.as_ref(), &blob.bytes).await;
+        self.note_seal(&opened);
+        let opened = opened.map_err(|e| {
             tracing::error!(error = %e, version = blob.version, "cannot unseal keyring");
             Error::sealed()
         })?;
-        Keyring::from_cbor(&pt, blob.version)
+        let kr = Keyring::from_cbor(&opened.plaintext, blob.version)?;
+        if kr.generation != opened.lineage.generation {
+            tracing::error!("SECURITY: keyring generation differs from its blob's lineage");
+            return Err(Error::sealed());
+        }
+        let hash = blob_hash(&blob.bytes);
+        self.check_lineage(&opened.lineage, &hash)?;
+        Ok((kr, (opened.lineage.generation, hash)))
     }
 
     /// Load the newest blob from the store (or start empty if there is none).
@@ -300,20 +341,21 @@ impl Engine {
             None => {
                 if self.keyring.load().is_none() {
                     tracing::info!("no keyring stored yet; starting with an empty one");
-                    self.install(Keyring::default())?;
+                    self.install(Keyring::default(), None);
                 }
             }
             Some(blob) => {
                 if blob.version <= self.store_version() && self.is_unsealed() {
                     return Ok(());
                 }
-                let kr = self.open(&blob).await?;
+                let (kr, head) = self.open(&blob).await?;
                 tracing::info!(
                     version = blob.version,
+                    generation = kr.generation,
                     keys = kr.keys.len(),
                     "keyring loaded"
                 );
-                self.install(kr)?;
+                self.install(kr, Some(head));
             }
         }
         Ok(())
@@ -334,7 +376,11 @@ impl Engine {
                 Change::Changed(k, r) => (k, r),
             };
             let pt: Zeroizing<Vec<u8>> = next.to_cbor()?;
-            let blob = seal_blob(self.seal.as_ref(), &pt).await;
+            let lineage = Lineage {
+                generation: next.generation,
+                prev: self.head().map(|(_, h)| h).unwrap_or_default(),
+            };
+            let blob = seal_blob_at(self.seal.as_ref(), &pt, lineage).await;
             self.note_seal(&blob);
             let blob = blob.map_err(|e| {
                 tracing::error!(error = %e, "sealing the keyring failed");
@@ -359,10 +405,11 @@ impl Engine {
                     return Err(Error::new(503, "seal backend unavailable"));
                 }
             }
+            let hash = blob_hash(&blob);
             match store.store(cur.store_version, blob).await {
                 Ok(StoreOutcome::Stored(v)) => {
                     next.store_version = v;
-                    self.install(next)?;
+                    self.install(next, Some((lineage.generation, hash)));
                     return Ok(r);
                 }
                 Ok(StoreOutcome::Conflict(newer)) => {
@@ -370,8 +417,8 @@ impl Engine {
                         version = newer.version,
                         "keyring changed elsewhere; reloading and retrying"
                     );
-                    let kr = self.open(&newer).await?;
-                    self.install(kr)?;
+                    let (kr, head) = self.open(&newer).await?;
+                    self.install(kr, Some(head));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "keyring store unavailable; change not applied");

@@ -36,6 +36,9 @@ use crate::seal::{gcm_open, gcm_seal, Seal, SealError, SealFuture};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultSealConfig {
+    /// Names this deployment; bound into every sealed keyring, so a keyring
+    /// does not move between deployments that share a KEK and an image.
+    pub deployment_id: String,
     /// Vault's address as seen from the enclave (an egress tunnel port).
     pub address: String,
     #[serde(default = "default_mount")]
@@ -54,6 +57,11 @@ pub struct VaultSealConfig {
     pub ca_certs: Vec<String>,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// DANGEROUS, tests only: allow `http://` Vault. Without TLS ending in the
+    /// enclave, the host that relays the bytes reads the secret_id, the token
+    /// and every data key.
+    #[serde(default)]
+    pub dangerous_allow_http: bool,
 }
 
 fn default_mount() -> String {
@@ -122,9 +130,17 @@ impl VaultTransitSeal {
                 cfg.address
             ));
         }
+        if cfg.address.starts_with("http://") && !cfg.dangerous_allow_http {
+            return Err(format!(
+                "seal.address {:?} is plain http: the host relaying it would read the secret_id, \
+                 the Vault token and every data key; use https (TLS ends in the enclave)",
+                cfg.address
+            ));
+        }
         if cfg.role_id.is_empty() {
             return Err("seal.role_id is empty".into());
         }
+        crate::seal::check_deployment_id(&cfg.deployment_id)?;
         let wrapped = cfg
             .wrapped_secret_id
             .clone()
@@ -340,6 +356,13 @@ impl Seal for VaultTransitSeal {
         Self::ID
     }
 
+    fn binding(&self) -> String {
+        format!(
+            "deployment={};vault-kek={}/{}",
+            self.cfg.deployment_id, self.cfg.mount, self.cfg.key
+        )
+    }
+
     fn wrap<'a>(&'a self, plaintext: &'a [u8], aad: &'a [u8]) -> SealFuture<'a, Vec<u8>> {
         Box::pin(async move {
             let mut dek = Zeroizing::new([0u8; 32]);
@@ -395,12 +418,19 @@ mod tests {
             mount: default_mount(),
             key: default_key(),
             approle_mount: default_approle(),
+            deployment_id: "d".into(),
             role_id: "r".into(),
             wrapped_secret_id: wrapped.map(str::to_owned),
             ca_certs: vec![],
             timeout_secs: 1,
+            dangerous_allow_http: false,
         };
         assert!(VaultTransitSeal::new(cfg("ftp://x", Some("w"))).is_err());
-        assert!(VaultTransitSeal::new(cfg("http://127.0.0.1:8200", Some("w"))).is_ok());
+        let e = VaultTransitSeal::new(cfg("http://127.0.0.1:8200", Some("w"))).unwrap_err();
+        assert!(e.contains("plain http"), "{e}");
+        assert!(VaultTransitSeal::new(cfg("https://127.0.0.1:8200", Some("w"))).is_ok());
+        let mut c = cfg("http://127.0.0.1:8200", Some("w"));
+        c.dangerous_allow_http = true;
+        assert!(VaultTransitSeal::new(c).is_ok());
     }
 }

@@ -106,8 +106,10 @@ async fn sys_health(State(st): State<AppState>) -> Response {
     let seal_error = status.as_ref().and_then(|s| s.seal_error.clone());
     // `backend unreachable`: the seal backend's last call failed. Keys in
     // memory still serve (200); a sealed enclave waits for the backend (503).
+    let rollback = status.as_ref().and_then(|s| s.rollback_detected.clone());
     let seal_status = match (&status, &seal_error) {
         (None, _) => "enclave unreachable",
+        (Some(_), _) if rollback.is_some() => "rollback detected",
         (Some(_), Some(_)) => "backend unreachable",
         (Some(s), None) if s.seal == SealState::Unsealed => "unsealed",
         (Some(_), None) => "sealed",
@@ -126,6 +128,7 @@ async fn sys_health(State(st): State<AppState>) -> Response {
         "seal_backend": backend,
         "seal_status": seal_status,
         "seal_error": seal_error,
+        "rollback_detected": rollback,
         "keyring_version": version,
     });
     (

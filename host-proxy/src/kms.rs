@@ -93,6 +93,17 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
         cond.insert(format!("kms:RecipientAttestation:PCR{n}"), v.clone().into());
     }
     let actions = json!(["kms:Decrypt", "kms:GenerateDataKey"]);
+    // Every action that yields or moves key material, for every principal
+    // (admins included): none may happen without the attestation below.
+    // ReEncrypt* and CreateGrant never carry a Recipient, so they are always
+    // denied; they would otherwise move the data key to a key, or a grantee,
+    // the host controls.
+    let guarded = json!([
+        "kms:Decrypt",
+        "kms:GenerateDataKey*",
+        "kms:ReEncrypt*",
+        "kms:CreateGrant"
+    ]);
     let mut statements = vec![
         json!({
             "Sid": "KeyAdministration",
@@ -112,23 +123,24 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
         json!({
             "Sid": "DenyWithoutAttestation",
             "Effect": "Deny",
-            "Principal": {"AWS": a.role_arn},
-            "Action": actions,
+            "Principal": {"AWS": "*"},
+            "Action": guarded,
             "Resource": "*",
             "Condition": {"Null": {"kms:RecipientAttestation:PCR0": "true"}}
         }),
     ];
-    // The account-root statement lets IAM policies grant the role
-    // kms:Decrypt too; the Allow above does not stop that. One explicit Deny
-    // per PCR does: a request whose PCRn differs (or is absent — negated
-    // operators match a missing key) is refused whatever IAM says.
+    // The account-root statement lets IAM policies grant any principal
+    // kms:Decrypt (or ReEncrypt, CreateGrant) too; the Allow above does not
+    // stop that. One explicit Deny per PCR does: a request whose PCRn differs
+    // (or is absent — negated operators match a missing key) is refused
+    // whatever IAM says, for every principal.
     for (k, v) in &cond {
         let n = k.rsplit(':').next().unwrap_or_default();
         statements.push(json!({
             "Sid": format!("DenyOther{n}"),
             "Effect": "Deny",
-            "Principal": {"AWS": a.role_arn},
-            "Action": actions,
+            "Principal": {"AWS": "*"},
+            "Action": guarded,
             "Resource": "*",
             "Condition": {"StringNotEqualsIgnoreCase": {k.clone(): v.clone()}}
         }));
@@ -184,6 +196,24 @@ mod tests {
             .collect();
         assert_eq!(denies.len(), 3);
         assert!(denies.iter().all(|s| s["Effect"] == "Deny"));
+        // Every principal, and every action that yields or moves key material.
+        for d in denies.iter().copied().chain([&p["Statement"][2]]) {
+            assert_eq!(d["Principal"]["AWS"], "*", "{d}");
+            let acts: Vec<&str> = d["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            for a in [
+                "kms:Decrypt",
+                "kms:GenerateDataKey*",
+                "kms:ReEncrypt*",
+                "kms:CreateGrant",
+            ] {
+                assert!(acts.contains(&a), "{a} in {d}");
+            }
+        }
         assert_eq!(
             denies[0]["Condition"]["StringNotEqualsIgnoreCase"]["kms:RecipientAttestation:PCR0"],
             "a".repeat(96)

@@ -125,7 +125,7 @@ pub async fn bootstrap(a: &BootstrapArgs) -> anyhow::Result<serde_json::Value> {
         "wrapped_secret_id_ttl_secs": wrapped.info.ttl,
         "policy": policy_name,
         "enclave_seal_config": format!(
-            "[seal]\ntype = \"vault-transit\"\naddress = \"<Vault address as seen from the enclave>\"\nmount = \"{}\"\nkey = \"{}\"\napprole_mount = \"{}\"\nrole_id = \"{}\"\n# wrapped secret_id: PII_ENCLAVE_VAULT_WRAPPED_SECRET_ID at boot\n",
+            "[seal]\ntype = \"vault-transit\"\ndeployment_id = \"<a name for this deployment>\"\naddress = \"<Vault address as seen from the enclave>\"\nmount = \"{}\"\nkey = \"{}\"\napprole_mount = \"{}\"\nrole_id = \"{}\"\n# wrapped secret_id: PII_ENCLAVE_VAULT_WRAPPED_SECRET_ID at boot\n",
             a.mount, a.key, a.approle_mount, role_id
         ),
     }))

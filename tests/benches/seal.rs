@@ -82,6 +82,7 @@ fn main() {
         .await
         .unwrap();
         let vault = VaultTransitSeal::new(VaultSealConfig {
+            deployment_id: "pii-tests".into(),
             address: bao.url.clone(),
             mount: "transit".into(),
             key: "pii-enclave-kek".into(),
@@ -90,6 +91,7 @@ fn main() {
             wrapped_secret_id: Some(boot["wrapped_secret_id"].as_str().unwrap().into()),
             ca_certs: vec![],
             timeout_secs: 5,
+            dangerous_allow_http: true,
         })
         .unwrap();
         time_seal(
@@ -122,6 +124,7 @@ fn main() {
         tokio::spawn(em.clone().serve(l));
         let kms = KmsSeal::new(
             KmsSealConfig {
+                deployment_id: "pii-tests".into(),
                 key_id: key,
                 region: "eu-west-1".into(),
                 endpoint: Some(url.clone()),
@@ -129,6 +132,7 @@ fn main() {
                 ca_certs: vec![],
                 credentials: CredentialSource::Imds { endpoint: url },
                 timeout_secs: 5,
+                dangerous_allow_http: true,
             },
             nsm.clone(),
         )

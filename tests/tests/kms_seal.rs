@@ -83,6 +83,7 @@ fn seal_at(port: u16, key_arn: &str, nsm: Arc<dyn Nsm>) -> KmsSeal {
     let url = format!("http://127.0.0.1:{port}");
     KmsSeal::new(
         KmsSealConfig {
+            deployment_id: "pii-tests".into(),
             key_id: key_arn.into(),
             region: "eu-west-1".into(),
             endpoint: Some(url.clone()),
@@ -90,6 +91,7 @@ fn seal_at(port: u16, key_arn: &str, nsm: Arc<dyn Nsm>) -> KmsSeal {
             ca_certs: vec![],
             credentials: CredentialSource::Imds { endpoint: url },
             timeout_secs: 5,
+            dangerous_allow_http: true,
         },
         nsm,
     )
@@ -99,14 +101,7 @@ fn seal_at(port: u16, key_arn: &str, nsm: Arc<dyn Nsm>) -> KmsSeal {
 /// A KMS call signed with the role's credentials but *without* a Recipient:
 /// what a host holding the instance role could try.
 async fn unattested(port: u16, action: &str, body: Value) -> Value {
-    let creds = pii_enclave::sigv4::Credentials {
-        access_key_id: ACCESS_KEY.into(),
-        secret_access_key: zeroize::Zeroizing::new(SECRET.into()),
-        session_token: Some(SESSION.into()),
-    };
-    kms_call(&format!("127.0.0.1:{port}"), &creds, action, &body)
-        .await
-        .1
+    role_call(port, action, body).await.1
 }
 
 fn newest_blob(stack: &Stack) -> Vec<u8> {
@@ -228,12 +223,12 @@ async fn kms_seal_unseals_only_for_the_measured_enclave() {
     );
 
     // The role without attestation (a host with the instance's credentials).
-    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len()..]).unwrap();
+    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
     for (action, body) in [
         (
             "Decrypt",
             json!({"CiphertextBlob": B64.encode(kms_blob), "KeyId": kms.key_arn,
-                   "EncryptionContext": {"pii-enclave": "keyring-v1"}}),
+                   "EncryptionContext": KmsSeal::encryption_context("pii-tests")}),
         ),
         (
             "GenerateDataKey",
@@ -428,6 +423,7 @@ async fn injected_credentials_and_wrong_ones() {
     let with_env = || {
         KmsSeal::new(
             KmsSealConfig {
+                deployment_id: "pii-tests".into(),
                 key_id: kms.key_arn.clone(),
                 region: "eu-west-1".into(),
                 endpoint: Some(format!("http://127.0.0.1:{}", kms.port)),
@@ -435,6 +431,7 @@ async fn injected_credentials_and_wrong_ones() {
                 ca_certs: vec![],
                 credentials: CredentialSource::Env,
                 timeout_secs: 5,
+                dangerous_allow_http: true,
             },
             nsm.clone(),
         )
@@ -602,6 +599,7 @@ async fn kms_over_tls_through_the_connect_proxy() {
 
     let seal = KmsSeal::new(
         KmsSealConfig {
+            deployment_id: "pii-tests".into(),
             key_id: kms.key_arn.clone(),
             region: "eu-west-1".into(),
             endpoint: Some(format!("https://localhost:{tap_port}")),
@@ -611,6 +609,8 @@ async fn kms_over_tls_through_the_connect_proxy() {
                 endpoint: format!("http://127.0.0.1:{imds_port}"),
             },
             timeout_secs: 5,
+            // TLS to KMS: the production setting (IMDS is plain HTTP by design).
+            dangerous_allow_http: false,
         },
         nsm.clone(),
     )
@@ -641,20 +641,8 @@ async fn kms_over_tls_through_the_connect_proxy() {
 async fn host_cannot_unseal_with_any_document_it_can_request() {
     use aws_lc_rs::encoding::AsDer as _;
     use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
-    let nsm = dev_nsm(b"pii-enclave release image");
-    let kms = start_kms(&[&nsm], &nsm).await;
-    let stack = Stack::start_with(StackOpts {
-        seal: Some(Arc::new(seal_at(kms.port, &kms.key_arn, nsm.clone()))),
-        nsm: Some(nsm.clone()),
-        ..StackOpts::default()
-    })
-    .await
-    .unwrap();
-    let c = stack.client();
-    let r = c.post("transit/keys/pii", json!({})).await;
-    assert_eq!(r.status / 100, 2, "{:?}", r.body);
-    let blob = newest_blob(&stack);
-    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len()..]).unwrap();
+    let (kms, stack, blob) = kms_stack_with_a_key().await;
+    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
 
     let host_key = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
     let spki = hex::encode(host_key.public_key().as_der().unwrap().as_ref());
@@ -693,18 +681,13 @@ async fn host_cannot_unseal_with_any_document_it_can_request() {
                     }
                 };
                 documents += 1;
-                let (status, v) = kms_call(
-                    &format!("127.0.0.1:{}", kms.port),
-                    &pii_enclave::sigv4::Credentials {
-                        access_key_id: ACCESS_KEY.into(),
-                        secret_access_key: zeroize::Zeroizing::new(SECRET.into()),
-                        session_token: Some(SESSION.into()),
-                    },
+                let (status, v) = role_call(
+                    kms.port,
                     "Decrypt",
-                    &json!({
+                    json!({
                         "CiphertextBlob": B64.encode(kms_blob),
                         "KeyId": kms.key_arn,
-                        "EncryptionContext": {"pii-enclave": "keyring-v1"},
+                        "EncryptionContext": KmsSeal::encryption_context("pii-tests"),
                         "Recipient": {
                             "AttestationDocument": B64.encode(&doc),
                             "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
@@ -729,4 +712,101 @@ async fn host_cannot_unseal_with_any_document_it_can_request() {
     // The sidecar still serves documents to an authorized caller (so the
     // loop above exercised KMS with real documents).
     assert!(documents > 0, "no document was served at all");
+}
+
+/// A host whose instance role IAM lets do anything the key policy's
+/// account-root statement permits (the emulator treats that statement as IAM
+/// granting the account's principals everything, the worst case) tries every
+/// KMS path to the keyring's data key that needs no attestation: ReEncrypt
+/// to a key it controls (then Decrypt there), CreateGrant, and
+/// GenerateDataKeyWithoutPlaintext. Each must be an explicit deny.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_grants_cannot_reencrypt_or_grant_around_the_attestation() {
+    let (kms, _stack, blob) = kms_stack_with_a_key().await;
+    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
+    // The host's own key, which it may use freely.
+    let own = kms
+        .em
+        .create_key(Some(json!({"Version": "2012-10-17", "Statement": [{
+            "Sid": "Mine", "Effect": "Allow", "Principal": {"AWS": ROLE},
+            "Action": "kms:*", "Resource": "*"}]})))
+        .unwrap();
+    let ctx = KmsSeal::encryption_context("pii-tests");
+    let mut opened = vec![];
+    let (s, v) = role_call(
+        kms.port,
+        "ReEncrypt",
+        json!({"CiphertextBlob": B64.encode(kms_blob), "SourceKeyId": kms.key_arn,
+                "SourceEncryptionContext": ctx, "DestinationKeyId": own}),
+    )
+    .await;
+    if s == 200 {
+        let body = json!({"CiphertextBlob": v["CiphertextBlob"], "KeyId": own});
+        let (s2, v2) = role_call(kms.port, "Decrypt", body).await;
+        if s2 == 200 && v2["Plaintext"].is_string() {
+            opened.push("ReEncrypt to the host's key, then Decrypt there");
+        }
+    } else {
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("explicit deny"),
+            "{v}"
+        );
+    }
+    for (label, action, body) in [
+        (
+            "CreateGrant for Decrypt",
+            "CreateGrant",
+            json!({"KeyId": kms.key_arn, "GranteePrincipal": ROLE, "Operations": ["Decrypt"]}),
+        ),
+        (
+            "GenerateDataKeyWithoutPlaintext without attestation",
+            "GenerateDataKeyWithoutPlaintext",
+            json!({"KeyId": kms.key_arn, "KeySpec": "AES_256", "EncryptionContext": ctx}),
+        ),
+    ] {
+        let (s, v) = role_call(kms.port, action, body).await;
+        if s == 200 {
+            opened.push(label);
+        } else {
+            assert!(
+                v["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("explicit deny"),
+                "{v}"
+            );
+        }
+    }
+    assert!(opened.is_empty(), "EXPLOIT: {opened:?}");
+}
+
+/// The measured enclave (its one NSM serving both the seal and the API)
+/// sealed to the emulator, with one key created; and the stored blob.
+async fn kms_stack_with_a_key() -> (Kms, Stack, Vec<u8>) {
+    let nsm = dev_nsm(b"pii-enclave release image");
+    let kms = start_kms(&[&nsm], &nsm).await;
+    let stack = Stack::start_with(StackOpts {
+        seal: Some(Arc::new(seal_at(kms.port, &kms.key_arn, nsm.clone()))),
+        nsm: Some(nsm),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let r = stack.client().post("transit/keys/pii", json!({})).await;
+    assert_eq!(r.status / 100, 2, "{:?}", r.body);
+    let blob = newest_blob(&stack);
+    (kms, stack, blob)
+}
+
+/// A KMS call signed with the instance role's credentials (what the host holds).
+async fn role_call(port: u16, action: &str, body: Value) -> (u16, Value) {
+    let creds = pii_enclave::sigv4::Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: zeroize::Zeroizing::new(SECRET.into()),
+        session_token: Some(SESSION.into()),
+    };
+    kms_call(&format!("127.0.0.1:{port}"), &creds, action, &body).await
 }

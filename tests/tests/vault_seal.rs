@@ -139,6 +139,7 @@ fn seal_at(
     ca: Option<&std::path::Path>,
 ) -> VaultTransitSeal {
     VaultTransitSeal::new(VaultSealConfig {
+        deployment_id: "pii-tests".into(),
         address: address.into(),
         mount: "transit".into(),
         key: "pii-enclave-kek".into(),
@@ -149,6 +150,7 @@ fn seal_at(
             .map(|c| vec![c.display().to_string()])
             .unwrap_or_default(),
         timeout_secs: 5,
+        dangerous_allow_http: !address.starts_with("https://"),
     })
     .unwrap()
 }
@@ -158,7 +160,8 @@ fn seal(bao: &OpenBao, role_id: &str, wrapped: String) -> VaultTransitSeal {
 }
 
 fn inner(blob: &[u8]) -> (&[u8], &[u8]) {
-    let n = 7 + usize::from(blob[6]);
+    // magic, version, id length, id, generation (8), previous hash (32).
+    let n = 7 + usize::from(blob[6]) + 40;
     (&blob[..n], &blob[n..])
 }
 

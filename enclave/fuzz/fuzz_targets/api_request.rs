@@ -15,6 +15,7 @@ struct World {
     engine: Engine,
     auth: Auth,
     store: MemoryStore,
+    attestor: pii_enclave::attest::Attestor,
 }
 
 fn world() -> &'static World {
@@ -26,7 +27,7 @@ fn world() -> &'static World {
         rt.block_on(engine.load(&store)).expect("empty keyring");
         let mut auth = Auth::default();
         auth.add_root_token("root");
-        World { rt, engine, auth, store }
+        World { rt, engine, auth, store, attestor: pii_enclave::attest::Attestor::new(None) }
     })
 }
 
@@ -39,6 +40,7 @@ const PATHS: &[&str] = &[
     "transform/transformations/masking/m", "transform/role/r", "transform/encode/r", "transform/decode/r",
     "transform/document/encode/r", "transform/document/decode/r", "transform/template/tp",
     "transform/alphabet/a", "transform/tokenized/r", "transform/metadata/r", "sys/audit-key",
+    "sys/attestation",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -53,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
         token: Some("root".into()),
         body: body.to_vec(),
     };
-    let resp = w.rt.block_on(pii_enclave::api::handle(&w.engine, &w.auth, &w.store, req));
+    let resp = w.rt.block_on(pii_enclave::api::handle(&w.engine, &w.auth, &w.attestor, &w.store, req));
     assert!((200..600).contains(&resp.status));
     if !resp.body.is_empty() {
         assert_json_object(&resp.body);

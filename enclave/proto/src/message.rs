@@ -99,6 +99,10 @@ pub struct EnclaveStatus {
     /// memory keep serving; changes and cold starts wait for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal_error: Option<String>,
+    /// Why the enclave last refused the store's keyring as a rollback or a
+    /// fork (it keeps serving the keyring it has, and adopts no older state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_detected: Option<String>,
     /// Version of the keyring blob in memory (0 = none).
     pub keyring_version: u64,
     pub enclave_version: String,

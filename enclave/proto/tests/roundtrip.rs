@@ -146,6 +146,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
             EnclaveStatus {
                 seal: SealState::Sealed,
                 seal_backend: s.clone(),
+                rollback_detected: e.clone(),
                 seal_error: e,
                 keyring_version: v,
                 enclave_version: s

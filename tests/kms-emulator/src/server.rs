@@ -134,7 +134,11 @@ fn context_aad(ctx: &BTreeMap<String, String>) -> Vec<u8> {
 }
 
 fn parse_context(v: &Value) -> Result<BTreeMap<String, String>, KmsError> {
-    match v.get("EncryptionContext") {
+    parse_named_context(v, "EncryptionContext")
+}
+
+fn parse_named_context(v: &Value, field: &str) -> Result<BTreeMap<String, String>, KmsError> {
+    match v.get(field) {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
         Some(Value::Object(m)) => m
             .iter()
@@ -516,7 +520,14 @@ impl Emulator {
             _ => {
                 let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
                 let key_ref = match action {
-                    "Decrypt" => match req.get("KeyId").and_then(Value::as_str) {
+                    "Decrypt" | "ReEncrypt" => match req
+                        .get(if action == "Decrypt" {
+                            "KeyId"
+                        } else {
+                            "SourceKeyId"
+                        })
+                        .and_then(Value::as_str)
+                    {
                         Some(k) => Some(k.to_owned()),
                         None => {
                             let blob = b64_field(req, "CiphertextBlob")?;
@@ -539,9 +550,43 @@ impl Emulator {
                 let key = keys
                     .get(&id)
                     .ok_or_else(|| err("NotFoundException", "no such key"))?;
-                let ctx = parse_context(req)?;
+                let ctx = if action == "ReEncrypt" {
+                    parse_named_context(req, "SourceEncryptionContext")?
+                } else {
+                    parse_context(req)?
+                };
                 let recipient = self.recipient(req)?;
                 *attested = recipient.is_some();
+                if action == "ReEncrypt" {
+                    // Two permissions, as in AWS: ReEncryptFrom on the source
+                    // key, ReEncryptTo on the destination key.
+                    self.authorize(key, who, "ReEncryptFrom", &ctx, None)?;
+                    let dst_ref = req
+                        .get("DestinationKeyId")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| {
+                            err("ValidationException", "DestinationKeyId is required")
+                        })?;
+                    let dst_id = resolve(&keys, dst_ref).ok_or_else(|| {
+                        err(
+                            "NotFoundException",
+                            format!("Key '{dst_ref}' does not exist"),
+                        )
+                    })?;
+                    let dst = keys
+                        .get(&dst_id)
+                        .ok_or_else(|| err("NotFoundException", "no such key"))?;
+                    let dst_ctx = parse_named_context(req, "DestinationEncryptionContext")?;
+                    self.authorize(dst, who, "ReEncryptTo", &dst_ctx, None)?;
+                    let blob = b64_field(req, "CiphertextBlob")?;
+                    if blob_key_id(&blob) != Some(key.id.as_str()) {
+                        return Err(err("IncorrectKeyException", "The key ID in the request does not identify a CMK that can perform this operation."));
+                    }
+                    let pt = Self::open_blob(key, &blob, &ctx)?;
+                    let out = Self::seal_blob(dst, &pt, &dst_ctx)?;
+                    return Ok(json!({"CiphertextBlob": B64.encode(out), "KeyId": dst.arn,
+                                     "SourceKeyId": key.arn}));
+                }
                 self.authorize(key, who, action, &ctx, recipient.as_ref())?;
                 if action == "PutKeyPolicy" {
                     let text = req
@@ -597,7 +642,14 @@ impl Emulator {
                 Self::deliver(&mut out, &pt, recipient)?;
                 Ok(out)
             }
-            "GenerateDataKey" => {
+            "CreateGrant" => {
+                let mut id = [0u8; 16];
+                aws_lc_rs::rand::fill(&mut id).map_err(|_| err("KMSInternalException", "rng"))?;
+                // Recorded only: the emulator does not honour grants, so a
+                // test can see that the policy refused one, never rely on one.
+                Ok(json!({"GrantId": hex::encode(id), "GrantToken": hex::encode(id)}))
+            }
+            "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" => {
                 let n = match (
                     req.get("KeySpec").and_then(Value::as_str),
                     req.get("NumberOfBytes").and_then(Value::as_u64),
@@ -616,7 +668,9 @@ impl Emulator {
                 aws_lc_rs::rand::fill(&mut dk).map_err(|_| err("KMSInternalException", "rng"))?;
                 let blob = Self::seal_blob(key, &dk, ctx)?;
                 let mut out = json!({"CiphertextBlob": B64.encode(blob), "KeyId": key.arn});
-                Self::deliver(&mut out, &dk, recipient)?;
+                if action == "GenerateDataKey" {
+                    Self::deliver(&mut out, &dk, recipient)?;
+                }
                 Ok(out)
             }
             other => Err(err(
