@@ -5,15 +5,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.cargo/bin:$PATH"
 
-ci/setup.sh
-echo "== fmt";    cargo fmt --all -- --check
-echo "== clippy"; cargo clippy --workspace --all-targets -q -- -D warnings
-echo "== build";  cargo build --workspace --bins -q
-echo "== test";   cargo test --workspace -q 2>&1 | tee target/test-output.txt
+# Each stage prints the seconds since the start, so a slow stage shows.
+t0=$SECONDS
+stage() { echo "== $1 (at $((SECONDS - t0)) s)"; }
+stage setup;  ci/setup.sh
+stage fmt;    cargo fmt --all -- --check
+stage clippy; cargo clippy --workspace --all-targets -q -- -D warnings
+stage build;  cargo build --workspace --bins -q
+mkdir -p target
+stage test;   cargo test --workspace -q --no-fail-fast 2>&1 | tee target/test-output.txt
 grep -q "test result: FAILED" target/test-output.txt && exit 1
+# A pii-enclave built on its own (as an image build does) contains no
+# development seal at all: its key-derivation label is not in the binary.
+stage "production build has no development seal"
+cargo build -q -p pii-enclave --bin pii-enclave
+if grep -q "pii-enclave/dangerous-dev-seal/v1" target/debug/pii-enclave; then
+  echo "ci/test.sh: target/debug/pii-enclave contains the development seal" >&2; exit 1
+fi
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
-  echo "== fuzz smoke"; ci/fuzz-smoke.sh
+  stage "fuzz smoke"; ci/fuzz-smoke.sh
 fi
 passed=$(grep -o '[0-9]* passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 failed=$(grep -o '[0-9]* failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed (total $((SECONDS - t0)) s)"

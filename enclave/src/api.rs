@@ -506,19 +506,17 @@ async fn attestation(ctx: &mut Ctx<'_>) -> Result<Reply> {
     }
     let nonce = hex_param("nonce")?.ok_or_else(|| Error::bad("nonce is required"))?;
     let caller_data = hex_param("user_data")?;
-    let audit_pub = if ctx.engine.is_unsealed() {
-        use aws_lc_rs::signature::KeyPair as _;
-        Some(
-            ctx.engine
-                .audit_key(ctx.store)
-                .await?
-                .public_key()
-                .as_ref()
-                .to_vec(),
-        )
-    } else {
-        None
-    };
+    // Only an existing audit key (made when the host connects): a `read` on
+    // this path never causes a keyring write.
+    let audit_pub = ctx
+        .engine
+        .current()
+        .ok()
+        .and_then(|kr| kr.audit_key.clone())
+        .map(|k| {
+            use aws_lc_rs::signature::KeyPair as _;
+            k.public_key().as_ref().to_vec()
+        });
     let attestor = ctx.attestor.clone();
     let doc = tokio::task::spawn_blocking(move || {
         attestor.report(&nonce, caller_data.as_deref(), audit_pub.as_deref())

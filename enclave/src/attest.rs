@@ -7,8 +7,7 @@
 //!
 //! - `public_key` is absent on documents made on request ([`Purpose::Report`]);
 //!   only seal code inside the enclave binds a key, and only one whose private
-//!   half never leaves the enclave (the KMS seal's per-call RSA key, the Vault
-//!   bootstrap key);
+//!   half never leaves the enclave (today: the KMS seal's per-call RSA key);
 //! - `user_data` is always the enclave-built [`UserData`] structure: its purpose,
 //!   the SHA-256 of the audit public key, and only the *hash* of any caller data;
 //! - `nonce` is the caller's, bounded to [`NONCE_MIN`]..=[`NONCE_MAX`] bytes

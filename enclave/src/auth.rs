@@ -140,7 +140,9 @@ impl Auth {
         Ok(Auth { tokens })
     }
 
-    /// Add a token by its plaintext (dev mode's root token).
+    /// Add a token by its plaintext (dev mode's root token). Development
+    /// builds only (feature `dangerous-dev`).
+    #[cfg(feature = "dangerous-dev")]
     pub fn add_root_token(&mut self, token: &str) {
         let hash = token_hash(token);
         self.tokens.insert(
@@ -293,6 +295,7 @@ mod tests {
         ));
     }
 
+    #[cfg(feature = "dangerous-dev")]
     #[test]
     fn root_token() {
         let mut a = Auth::default();

@@ -461,7 +461,9 @@ impl Keyring {
     /// A copy with the generation bumped, for several edits at once.
     pub fn next_generation(&self) -> Keyring {
         Keyring {
-            generation: self.generation + 1,
+            // Saturates: a blob at u64::MAX (only forgeable) then fails the
+            // lineage check instead of wrapping to an old generation.
+            generation: self.generation.saturating_add(1),
             store_version: self.store_version,
             keys: self.keys.clone(),
             transform: self.transform.clone(),
@@ -497,7 +499,7 @@ impl Keyring {
             }
         }
         Keyring {
-            generation: self.generation + 1,
+            generation: self.generation.saturating_add(1),
             store_version: self.store_version,
             keys,
             transform: self.transform.clone(),

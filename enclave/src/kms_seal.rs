@@ -61,8 +61,8 @@ pub struct KmsSealConfig {
     /// Names this deployment; bound into every sealed keyring and every KMS
     /// call's EncryptionContext.
     pub deployment_id: String,
-    /// The KMS key: its ARN (recommended: responses are checked against it),
-    /// key id, or alias.
+    /// The KMS key's full ARN (responses are checked against it; an alias or
+    /// bare key id is refused, since the host could repoint an alias).
     pub key_id: String,
     pub region: String,
     /// Default `https://kms.<region>.amazonaws.com`.
@@ -192,8 +192,12 @@ impl KmsSeal {
     pub const ID: &'static str = "aws-kms";
 
     pub fn new(cfg: KmsSealConfig, nsm: Arc<dyn Nsm>) -> Result<KmsSeal, String> {
-        if cfg.key_id.is_empty() {
-            return Err("seal.key_id is empty".into());
+        if !is_key_arn(&cfg.key_id) {
+            return Err(format!(
+                "seal.key_id {:?} must be a full KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>): \
+                 a key id or alias could be made to name another key",
+                cfg.key_id
+            ));
         }
         crate::seal::check_deployment_id(&cfg.deployment_id)?;
         if cfg.region.is_empty()
@@ -552,14 +556,9 @@ impl KmsSeal {
     }
 
     fn is_our_key(&self, returned: &str) -> bool {
-        let want = self.cfg.key_id.as_str();
-        if want.starts_with("arn:") {
-            returned == want
-        } else if want.starts_with("alias/") {
-            returned.starts_with("arn:") // aliases resolve server-side
-        } else {
-            returned == want || returned.ends_with(&format!(":key/{want}"))
-        }
+        // `new` accepts only a full key ARN: an alias could be repointed by
+        // the host (kms:UpdateAlias) at a key it can decrypt with.
+        returned == self.cfg.key_id
     }
 
     async fn generate(&self) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), SealError> {
@@ -647,6 +646,21 @@ impl Seal for KmsSeal {
     }
 }
 
+/// `arn:<partition>:kms:<region>:<account>:key/<id>`.
+fn is_key_arn(s: &str) -> bool {
+    let p: Vec<&str> = s.split(':').collect();
+    p.len() == 6
+        && p[0] == "arn"
+        && p[1].starts_with("aws")
+        && p[2] == "kms"
+        && !p[3].is_empty()
+        && p[4].len() == 12
+        && p[4].bytes().all(|b| b.is_ascii_digit())
+        && p[5].strip_prefix("key/").is_some_and(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// `(CiphertextBlob, sealed keyring)` of an inner blob.
 pub fn split(wrapped: &[u8]) -> Result<(&[u8], &[u8]), SealError> {
     if wrapped.len() < 3 || wrapped[0] != INNER_VERSION {
@@ -703,7 +717,7 @@ mod tests {
     fn plain_http_kms_needs_the_dangerous_switch() {
         let cfg = |endpoint: &str, dangerous_allow_http| KmsSealConfig {
             deployment_id: "d".into(),
-            key_id: "k".into(),
+            key_id: "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab".into(),
             region: "eu-west-1".into(),
             endpoint: Some(endpoint.into()),
             proxy: None,
@@ -720,6 +734,18 @@ mod tests {
         let mut c = cfg("https://x", false);
         c.endpoint = None;
         assert!(KmsSeal::new(c, Arc::new(NoNsm)).is_ok());
+        // Only a full key ARN: an alias or bare id could be made to name another key.
+        for k in [
+            "alias/pii",
+            "1234abcd-12ab",
+            "arn:aws:kms:eu-west-1:111122223333:alias/pii",
+            "",
+        ] {
+            let mut c = cfg("https://x", false);
+            c.key_id = k.into();
+            let e = KmsSeal::new(c, Arc::new(NoNsm)).unwrap_err();
+            assert!(e.contains("full KMS key ARN"), "{k}: {e}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod attest;
 pub mod audit;
 pub mod auth;
 pub mod b64;
+pub mod cli;
 pub mod cms;
 pub mod config;
 pub mod error;

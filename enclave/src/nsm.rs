@@ -3,7 +3,7 @@
 //! [`Nsm`] is what the enclave needs from the NSM: attestation documents with
 //! a nonce, public key and user data. [`RealNsm`] talks to `/dev/nsm` through
 //! `aws-nitro-enclaves-nsm-api`. [`DangerousDevNsm`] (feature
-//! `dangerous-dev-nsm`, never in release images) signs documents in exactly
+//! `dangerous-dev`, never in release images) signs documents in exactly
 //! AWS's format — COSE_Sign1, ES384, the same CBOR payload fields — with a
 //! self-made P-384 PKI (root → intermediate → three-hour leaf), so the real
 //! verification path can be tested without Nitro hardware.
@@ -119,10 +119,10 @@ impl Nsm for RealNsm {
     }
 }
 
-#[cfg(feature = "dangerous-dev-nsm")]
+#[cfg(feature = "dangerous-dev")]
 pub use dev::{measure, DangerousDevNsm};
 
-#[cfg(feature = "dangerous-dev-nsm")]
+#[cfg(feature = "dangerous-dev")]
 mod dev {
     use std::collections::BTreeMap;
     use std::sync::Mutex;

@@ -1,10 +1,10 @@
 //! Sealing: turning the keyring into bytes the host may store but not read.
 //!
-//! [`Seal`] is the seam. This build ships one implementation,
-//! [`DangerousDevSeal`], whose key-encryption key comes from a passphrase on
-//! the command line — anyone with the passphrase and the blob has the keys, so
-//! it exists for development and tests only and says so in its name. Vault
-//! Transit and AWS KMS seals plug into the same trait.
+//! [`Seal`] is the seam: the Vault Transit and AWS KMS seals, and the
+//! development seal `DangerousDevSeal` (feature `dangerous-dev` only), whose
+//! key-encryption key comes from a passphrase — anyone with the passphrase and
+//! the blob has the keys, so it exists for development and tests only and says
+//! so in its name.
 //!
 //! Blob layout (all seals):
 //! `"PIIKR" ‖ 0x02 ‖ len:u8 ‖ seal-id ‖ generation:u64be ‖ prev:[u8;32] ‖ seal-specific bytes`.
@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 use zeroize::Zeroizing;
 
 const BLOB_MAGIC: &[u8; 5] = b"PIIKR";
@@ -215,22 +215,26 @@ pub(crate) fn gcm_open(
     Ok(buf)
 }
 
-/// **Development only.** AES-256-GCM under a key derived from a passphrase.
+/// **Development only** (feature `dangerous-dev`). AES-256-GCM under a key
+/// derived from a passphrase.
 ///
 /// The passphrase travels through the host (command line, environment), so
 /// the host can unseal everything this seal protects. Never use it for real
 /// data; production uses the Vault or KMS seal.
+#[cfg(feature = "dangerous-dev")]
 pub struct DangerousDevSeal {
     key: LessSafeKey,
     deployment_id: String,
 }
 
+#[cfg(feature = "dangerous-dev")]
 impl std::fmt::Debug for DangerousDevSeal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DangerousDevSeal(<redacted>)")
     }
 }
 
+#[cfg(feature = "dangerous-dev")]
 impl DangerousDevSeal {
     pub const ID: &'static str = "dangerous-dev";
 
@@ -244,6 +248,7 @@ impl DangerousDevSeal {
             ]
             .concat(),
         );
+        use aws_lc_rs::aead::{UnboundKey, AES_256_GCM};
         let key = Zeroizing::new(d.as_ref().to_vec());
         let unbound =
             UnboundKey::new(&AES_256_GCM, &key).unwrap_or_else(|_| unreachable!("32-byte key"));
@@ -260,6 +265,7 @@ impl DangerousDevSeal {
     }
 }
 
+#[cfg(feature = "dangerous-dev")]
 impl Seal for DangerousDevSeal {
     fn id(&self) -> &str {
         Self::ID
@@ -282,7 +288,7 @@ impl Seal for DangerousDevSeal {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "dangerous-dev"))]
 mod tests {
     use super::*;
 

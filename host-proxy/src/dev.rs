@@ -1,6 +1,8 @@
 //! `host-proxy dev`: the whole stack on one machine, on embedded defaults.
 //!
-//! Starts the `pii-enclave` binary as a child process listening on a Unix
+//! Starts the `pii-enclave-dangerous-dev` binary (the enclave service built
+//! with the `dangerous-dev` feature, under its own name so a production
+//! `pii-enclave` is never overwritten) as a child process listening on a Unix
 //! socket (restarting it if it dies), with the **dangerous** development seal
 //! and a development root token, then serves the sidecar API. No Vault, no
 //! Kafka, no AWS.
@@ -21,7 +23,11 @@ pub struct DevEnclave {
     pub seal_passphrase: String,
 }
 
-/// Find `pii-enclave`: explicit path, next to this executable, or build it.
+/// The development enclave binary's name.
+pub const DEV_ENCLAVE_BIN: &str = "pii-enclave-dangerous-dev";
+
+/// Find `pii-enclave-dangerous-dev`: explicit path, next to this executable,
+/// or build it.
 pub fn locate_enclave_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         if p.is_file() {
@@ -31,7 +37,7 @@ pub fn locate_enclave_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBu
     }
     let exe = std::env::current_exe().context("locating the host-proxy executable")?;
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let sibling = dir.join("pii-enclave");
+    let sibling = dir.join(DEV_ENCLAVE_BIN);
     // Rebuilding is cheap when nothing changed, and keeps a stale enclave from
     // running against a fresh proxy in a source checkout.
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,31 +48,29 @@ pub fn locate_enclave_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBu
     {
         let release = dir.ends_with("release");
         eprintln!(
-            "host-proxy dev: building pii-enclave ({})…",
+            "host-proxy dev: building {DEV_ENCLAVE_BIN} ({})…",
             if release { "release" } else { "debug" }
         );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
         cmd.current_dir(&ws)
-            .args(["build", "-q", "-p", "pii-enclave", "--bin", "pii-enclave"])
-            // The dev stack attests with the dangerous dev NSM; building
-            // without it would also overwrite a binary that has it.
-            .args(["--features", "dangerous-dev-nsm"]);
+            .args(["build", "-q", "-p", "pii-enclave", "--bin", DEV_ENCLAVE_BIN])
+            .args(["--features", "dangerous-dev"]);
         if release {
             cmd.arg("--release");
         }
         let st = cmd
             .status()
-            .context("running cargo build for pii-enclave")?;
+            .context("running cargo build for the development enclave")?;
         if !st.success() {
-            bail!("building pii-enclave failed");
+            bail!("building {DEV_ENCLAVE_BIN} failed");
         }
     }
     if sibling.is_file() {
         return Ok(sibling);
     }
     bail!(
-        "cannot find the pii-enclave binary next to {} — build it (cargo build --release -p pii-enclave) or pass --enclave-bin",
+        "cannot find {DEV_ENCLAVE_BIN} next to {} — build it (cargo build --release -p pii-enclave --features dangerous-dev --bin {DEV_ENCLAVE_BIN}) or pass --enclave-bin",
         exe.display()
     )
 }

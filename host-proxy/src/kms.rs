@@ -98,8 +98,12 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
     // ReEncrypt* and CreateGrant never carry a Recipient, so they are always
     // denied; they would otherwise move the data key to a key, or a grantee,
     // the host controls.
+    // kms:Encrypt too: with it the host could wrap a data key it chose under
+    // this key and serve a keyring it wrote, which the enclave's attested
+    // Decrypt would then open.
     let guarded = json!([
         "kms:Decrypt",
+        "kms:Encrypt",
         "kms:GenerateDataKey*",
         "kms:ReEncrypt*",
         "kms:CreateGrant"
@@ -119,6 +123,25 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
             "Action": actions,
             "Resource": "*",
             "Condition": {"StringEqualsIgnoreCase": Value::Object(cond.clone())}
+        }),
+        // The instance role is the host's: it may never administer the key
+        // (change this policy, repoint an alias, disable or delete the key).
+        json!({
+            "Sid": "DenyKeyAdministrationToTheRole",
+            "Effect": "Deny",
+            "Principal": {"AWS": a.role_arn},
+            "Action": [
+                "kms:PutKeyPolicy",
+                "kms:CreateAlias",
+                "kms:UpdateAlias",
+                "kms:DeleteAlias",
+                "kms:DisableKey",
+                "kms:ScheduleKeyDeletion",
+                "kms:UpdateKeyDescription",
+                "kms:TagResource",
+                "kms:UntagResource"
+            ],
+            "Resource": "*"
         }),
         json!({
             "Sid": "DenyWithoutAttestation",
@@ -163,10 +186,12 @@ pub fn policy(a: &PolicyArgs) -> Result<Value, String> {
 mod tests {
     use super::*;
 
+    const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/pii-node";
+
     fn args(pcrs: Vec<u8>) -> PolicyArgs {
         PolicyArgs {
             record: PathBuf::new(),
-            role_arn: "arn:aws:iam::123456789012:role/pii-node".into(),
+            role_arn: ROLE_ARN.into(),
             account_id: "123456789012".into(),
             pcrs,
         }
@@ -182,9 +207,12 @@ mod tests {
         assert_eq!(c["kms:RecipientAttestation:PCR0"], "a".repeat(96));
         assert_eq!(c["kms:RecipientAttestation:PCR2"], "c".repeat(96));
         assert!(c.get("kms:RecipientAttestation:PCR8").is_none());
-        assert_eq!(p["Statement"][2]["Effect"], "Deny");
+        assert_eq!(p["Statement"][2]["Sid"], "DenyKeyAdministrationToTheRole");
+        assert_eq!(p["Statement"][2]["Principal"]["AWS"], ROLE_ARN);
+        let null_deny = &p["Statement"][3];
+        assert_eq!(null_deny["Effect"], "Deny");
         assert_eq!(
-            p["Statement"][2]["Condition"]["Null"]["kms:RecipientAttestation:PCR0"],
+            null_deny["Condition"]["Null"]["kms:RecipientAttestation:PCR0"],
             "true"
         );
         // One explicit Deny per bound PCR, so IAM grants cannot bypass them.
@@ -197,7 +225,7 @@ mod tests {
         assert_eq!(denies.len(), 3);
         assert!(denies.iter().all(|s| s["Effect"] == "Deny"));
         // Every principal, and every action that yields or moves key material.
-        for d in denies.iter().copied().chain([&p["Statement"][2]]) {
+        for d in denies.iter().copied().chain([null_deny]) {
             assert_eq!(d["Principal"]["AWS"], "*", "{d}");
             let acts: Vec<&str> = d["Action"]
                 .as_array()
@@ -207,6 +235,7 @@ mod tests {
                 .collect();
             for a in [
                 "kms:Decrypt",
+                "kms:Encrypt",
                 "kms:GenerateDataKey*",
                 "kms:ReEncrypt*",
                 "kms:CreateGrant",

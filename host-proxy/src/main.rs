@@ -107,7 +107,8 @@ struct DevArgs {
         default_value = "pii-enclave-dev"
     )]
     seal_passphrase: String,
-    /// Path of the pii-enclave binary (found or built automatically).
+    /// Path of the development enclave binary, pii-enclave-dangerous-dev
+    /// (found next to host-proxy, or built automatically).
     #[arg(long, env = "PII_DEV_ENCLAVE_BIN")]
     enclave_bin: Option<PathBuf>,
     /// Stored-token mappings [default: sqlite in the data directory].

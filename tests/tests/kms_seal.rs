@@ -718,7 +718,8 @@ async fn host_cannot_unseal_with_any_document_it_can_request() {
 /// account-root statement permits (the emulator treats that statement as IAM
 /// granting the account's principals everything, the worst case) tries every
 /// KMS path to the keyring's data key that needs no attestation: ReEncrypt
-/// to a key it controls (then Decrypt there), CreateGrant, and
+/// to a key it controls (then Decrypt there), CreateGrant, Encrypt of a data
+/// key it chose (to forge a keyring), PutKeyPolicy, and
 /// GenerateDataKeyWithoutPlaintext. Each must be an explicit deny.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_grants_cannot_reencrypt_or_grant_around_the_attestation() {
@@ -760,6 +761,21 @@ async fn iam_grants_cannot_reencrypt_or_grant_around_the_attestation() {
             "CreateGrant for Decrypt",
             "CreateGrant",
             json!({"KeyId": kms.key_arn, "GranteePrincipal": ROLE, "Operations": ["Decrypt"]}),
+        ),
+        (
+            // A data key the host chose, wrapped under the keyring's key: the
+            // host could then write a keyring of its own that the enclave's
+            // attested Decrypt would open.
+            "Encrypt of a host-chosen data key",
+            "Encrypt",
+            json!({"KeyId": kms.key_arn, "Plaintext": B64.encode([7u8; 32]), "EncryptionContext": ctx}),
+        ),
+        (
+            "PutKeyPolicy by the instance role",
+            "PutKeyPolicy",
+            json!({"KeyId": kms.key_arn, "PolicyName": "default",
+                   "Policy": json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                     "Principal": {"AWS": ROLE}, "Action": "kms:*", "Resource": "*"}]}).to_string()}),
         ),
         (
             "GenerateDataKeyWithoutPlaintext without attestation",

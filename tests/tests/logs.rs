@@ -32,9 +32,9 @@ fn ensure_binaries() -> PathBuf {
                 "-p",
                 "pii-enclave",
                 "--bins",
-                // host-proxy dev attests with the dangerous dev NSM.
+                // host-proxy dev runs pii-enclave-dangerous-dev.
                 "--features",
-                "pii-enclave/dangerous-dev-nsm",
+                "pii-enclave/dangerous-dev",
             ])
             .args(release.then_some("--release"))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -68,7 +68,7 @@ async fn no_secrets_in_logs_and_no_panics() {
         .arg("--data-dir")
         .arg(data.path().join("dev"))
         .arg("--enclave-bin")
-        .arg(bins.join("pii-enclave"))
+        .arg(bins.join("pii-enclave-dangerous-dev"))
         .env("PII_DEV_ROOT_TOKEN", token)
         .env("PII_PROXY_LOG", "debug")
         .env("PII_ENCLAVE_LOG", "debug")
@@ -198,4 +198,74 @@ async fn no_secrets_in_logs_and_no_panics() {
         let hits: Vec<&str> = logs.lines().filter(|l| l.contains(n.as_str())).collect();
         assert!(hits.is_empty(), "{what} appears in the logs: {hits:?}");
     }
+}
+
+/// The production binary has no development switch, even when cargo built
+/// its library with the `dangerous-dev` feature (as it does here): a flag is
+/// an unknown argument, an environment variable or a `dangerous-dev` seal in
+/// the config is refused with a clear message and exit code 64.
+#[test]
+fn production_binary_refuses_every_development_switch() {
+    let bins = ensure_binaries();
+    let prod = bins.join("pii-enclave");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix:{}", dir.path().join("e.sock").display());
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(&prod);
+        c.args(args).env_remove("PII_ENCLAVE_CONFIG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    for flag in [
+        "--dangerous-dev-seal-passphrase=x",
+        "--dangerous-dev-root-token=x",
+        "--dangerous-dev-nsm",
+    ] {
+        let (code, err) = run(&["serve", "--listen", &sock, flag], &[]);
+        assert_eq!(code, Some(2), "{flag}: {err}");
+        assert!(err.contains("unexpected argument"), "{flag}: {err}");
+    }
+    for var in [
+        "PII_ENCLAVE_DANGEROUS_DEV_SEAL_PASSPHRASE",
+        "PII_ENCLAVE_DANGEROUS_DEV_ROOT_TOKEN",
+        "PII_ENCLAVE_DANGEROUS_DEV_NSM",
+    ] {
+        let (code, err) = run(&["serve", "--listen", &sock], &[(var, "true")]);
+        assert_eq!(code, Some(64), "{var}: {err}");
+        assert!(
+            err.contains("only in the pii-enclave-dangerous-dev binary"),
+            "{var}: {err}"
+        );
+    }
+    let cfg = dir.path().join("enclave.toml");
+    std::fs::write(
+        &cfg,
+        "[seal]\ntype = \"dangerous-dev\"\npassphrase = \"x\"\n",
+    )
+    .unwrap();
+    let (code, err) = run(
+        &[
+            "serve",
+            "--listen",
+            &sock,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("the development seal exists only"), "{err}");
+    // The development binary has them, under its own name.
+    let out = std::process::Command::new(bins.join("pii-enclave-dangerous-dev"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--dangerous-dev-seal-passphrase"), "{help}");
 }

@@ -73,8 +73,10 @@ enum Cmd {
         /// Seconds to wait for the sidecar.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
-        /// A token whose policy grants `read` on `sys/attestation`.
-        #[arg(long, env = "VAULT_TOKEN", hide_env_values = true)]
+        /// A token whose policy grants `read` on `sys/attestation` (and
+        /// nothing else: the sidecar is on the untrusted host). Deliberately
+        /// not VAULT_TOKEN, which may hold a real Vault token.
+        #[arg(long, env = "PII_ATTESTATION_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
     /// Write an attestation audit report: OUT/evidence.json (document, chain,

@@ -38,9 +38,9 @@ pub enum Purpose {
     /// Made by the KMS seal for one `Recipient` call: `public_key` is an
     /// ephemeral RSA key that exists only inside the enclave, for that call.
     KmsRecipient,
-    /// For `host-proxy vault bootstrap`: `public_key` is the enclave's
-    /// bootstrap key (RSA-OAEP-256 with a fixed label), generated at start and
-    /// never exported; the operator encrypts the Vault secret_id to it.
+    /// Reserved for `host-proxy vault bootstrap` (not issued yet):
+    /// `public_key` will be the enclave's bootstrap key, generated at start
+    /// and never exported, to which the operator encrypts the secret_id.
     VaultBootstrap,
 }
 
