@@ -465,6 +465,11 @@ async fn route(ctx: &mut Ctx<'_>) -> Result<Reply> {
             Method::Get => attestation(ctx).await,
             _ => Err(unsupported_operation()),
         },
+        ["sys", "bootstrap", "vault"] => match ctx.method {
+            Method::Get => bootstrap_document(ctx).await,
+            Method::Post | Method::Put => bootstrap_deliver(ctx).await,
+            _ => Err(unsupported_operation()),
+        },
         ["auth", "token", "lookup-self"] => match ctx.method {
             Method::Get | Method::Post | Method::Put => Ok(Reply::Data(serde_json::json!({
                 "display_name": ctx.identity.display_name,
@@ -483,27 +488,8 @@ async fn route(ctx: &mut Ctx<'_>) -> Result<Reply> {
 /// caller's nonce, no public key, and the enclave's own `user_data` (which
 /// binds only the SHA-256 of the caller's data). See [`crate::attest`].
 async fn attestation(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    let hex_param = |name: &str| -> Result<Option<Vec<u8>>> {
-        match query_param(ctx.query, name) {
-            None => Ok(None),
-            Some(v) => hex::decode(v)
-                .map(Some)
-                .map_err(|_| Error::bad(format!("{name} must be hex"))),
-        }
-    };
-    for (k, _) in ctx
-        .query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-    {
-        if !matches!(k, "nonce" | "user_data" | "format") {
-            return Err(Error::bad(format!(
-                "unknown parameter {k:?}: a document binds only nonce and user_data \
-                 (the enclave never binds a caller's public key)"
-            )));
-        }
-    }
+    only_query_params(ctx.query, &["nonce", "user_data", "format"])?;
+    let hex_param = |name: &str| query_hex(ctx.query, name);
     let nonce = hex_param("nonce")?.ok_or_else(|| Error::bad("nonce is required"))?;
     let caller_data = hex_param("user_data")?;
     // Only an existing audit key (made when the host connects): a `read` on
@@ -523,18 +509,93 @@ async fn attestation(ctx: &mut Ctx<'_>) -> Result<Reply> {
     })
     .await
     .map_err(|_| Error::internal("attestation task failed"))?;
-    let doc = doc.map_err(|e| match e {
+    document_reply(ctx, doc)
+}
+
+fn attest_error(e: AttestError) -> Error {
+    match e {
         AttestError::BadNonce | AttestError::CallerDataTooLong => Error::bad(e.to_string()),
         AttestError::NoNsm => Error::new(503, e.to_string()),
+        AttestError::NotForUs => Error::bad(format!(
+            "{e} (was it encrypted to another enclave's document, or before a restart?)"
+        )),
         AttestError::Nsm(err) => {
             tracing::error!(error = %err, "attestation failed");
             Error::new(503, "attestation failed")
         }
-    })?;
+        AttestError::KeyGeneration => Error::new(503, e.to_string()),
+    }
+}
+
+fn document_reply(ctx: &Ctx<'_>, doc: std::result::Result<Vec<u8>, AttestError>) -> Result<Reply> {
+    let doc = doc.map_err(attest_error)?;
     use base64::Engine as _;
     Ok(Reply::Data(serde_json::json!({
         "document": base64::engine::general_purpose::STANDARD.encode(&doc),
         "dangerous_dev_root_pem": ctx.attestor.dangerous_dev_root_pem(),
+    })))
+}
+
+fn query_hex(query: &str, name: &str) -> Result<Option<Vec<u8>>> {
+    match query_param(query, name) {
+        None => Ok(None),
+        Some(v) => hex::decode(v)
+            .map(Some)
+            .map_err(|_| Error::bad(format!("{name} must be hex"))),
+    }
+}
+
+/// Refuse query parameters outside `allowed` (a document binds nothing else).
+fn only_query_params(query: &str, allowed: &[&str]) -> Result<()> {
+    for (k, _) in query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+    {
+        if !allowed.contains(&k) {
+            return Err(Error::bad(format!(
+                "unknown parameter {k:?}: a document binds only {} \
+                 (the enclave never binds a caller's public key)",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `GET sys/bootstrap/vault?nonce=HEX`: a document binding the enclave's
+/// bootstrap key, for `host-proxy vault bootstrap` to verify.
+async fn bootstrap_document(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    only_query_params(ctx.query, &["nonce"])?;
+    let nonce = query_hex(ctx.query, "nonce")?.ok_or_else(|| Error::bad("nonce is required"))?;
+    let attestor = ctx.attestor.clone();
+    let doc = tokio::task::spawn_blocking(move || attestor.bootstrap_document(&nonce))
+        .await
+        .map_err(|_| Error::internal("attestation task failed"))?;
+    document_reply(ctx, doc)
+}
+
+/// `POST sys/bootstrap/vault {"ciphertext": base64}`: a secret_id encrypted to
+/// the bootstrap key. It is opened here, handed to the seal, and never
+/// returned; the answer says only whether the enclave is now unsealed.
+async fn bootstrap_deliver(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let ct = ctx
+        .str("ciphertext")
+        .ok_or_else(|| Error::bad("missing ciphertext"))?;
+    let ct = crate::b64::decode(&ct).map_err(|_| Error::bad("ciphertext must be base64"))?;
+    let secret = ctx.attestor.open_bootstrap(&ct).map_err(attest_error)?;
+    ctx.engine
+        .provide_seal_credential(secret)
+        .await
+        .map_err(|e| Error::bad(format!("the seal refused the credential: {e}")))?;
+    if !ctx.engine.is_unsealed() {
+        if let Err(e) = ctx.engine.load(ctx.store).await {
+            tracing::warn!(error = %e, "unseal after the Vault bootstrap failed");
+        }
+    }
+    Ok(Reply::Data(serde_json::json!({
+        "sealed": !ctx.engine.is_unsealed(),
+        "seal_error": ctx.engine.seal_error(),
     })))
 }
 

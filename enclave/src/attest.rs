@@ -6,8 +6,10 @@
 //! So no caller outside the enclave chooses the bytes of a document:
 //!
 //! - `public_key` is absent on documents made on request ([`Purpose::Report`]);
-//!   only seal code inside the enclave binds a key, and only one whose private
-//!   half never leaves the enclave (today: the KMS seal's per-call RSA key);
+//!   otherwise it is a key whose private half never leaves the enclave: the KMS
+//!   seal's per-call RSA key, or the Vault bootstrap key ([`BootstrapKey`]),
+//!   which decrypts only with its own OAEP label and only into the seal's
+//!   credential slot (never back to a caller);
 //! - `user_data` is always the enclave-built [`UserData`] structure: its purpose,
 //!   the SHA-256 of the audit public key, and only the *hash* of any caller data;
 //! - `nonce` is the caller's, bounded to [`NONCE_MIN`]..=[`NONCE_MAX`] bytes
@@ -19,7 +21,15 @@
 
 use std::sync::Arc;
 
-use pii_proto::attest::{Purpose, UserData, CALLER_DATA_MAX, NONCE_MAX, NONCE_MIN};
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::rsa::{
+    KeySize, OaepPrivateDecryptingKey, PrivateDecryptingKey, OAEP_SHA256_MGF1SHA256,
+};
+use pii_proto::attest::{
+    Purpose, UserData, CALLER_DATA_MAX, NONCE_MAX, NONCE_MIN, SECRET_ID_MAX,
+    VAULT_BOOTSTRAP_OAEP_LABEL,
+};
+use zeroize::Zeroizing;
 
 use crate::nsm::{AttestRequest, Nsm, NsmError};
 
@@ -35,6 +45,52 @@ pub enum AttestError {
     CallerDataTooLong,
     #[error(transparent)]
     Nsm(#[from] NsmError),
+    #[error("the bootstrap key could not be made")]
+    KeyGeneration,
+    #[error("the ciphertext does not open with this enclave's bootstrap key")]
+    NotForUs,
+}
+
+/// The enclave's Vault bootstrap key: RSA-3072, made on first use inside the
+/// enclave, kept in memory only, used only to open a secret_id sent to it.
+pub struct BootstrapKey {
+    spki: Vec<u8>,
+    key: OaepPrivateDecryptingKey,
+}
+
+impl BootstrapKey {
+    fn generate() -> Result<BootstrapKey, AttestError> {
+        let k = PrivateDecryptingKey::generate(KeySize::Rsa3072)
+            .map_err(|_| AttestError::KeyGeneration)?;
+        let spki = k
+            .public_key()
+            .as_der()
+            .map_err(|_| AttestError::KeyGeneration)?
+            .as_ref()
+            .to_vec();
+        let key = OaepPrivateDecryptingKey::new(k).map_err(|_| AttestError::KeyGeneration)?;
+        Ok(BootstrapKey { spki, key })
+    }
+
+    /// Decrypt a secret_id sent to this key (OAEP-SHA-256, the bootstrap label).
+    fn open(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, AttestError> {
+        let mut out = Zeroizing::new(vec![0u8; self.key.min_output_size()]);
+        let n = self
+            .key
+            .decrypt(
+                &OAEP_SHA256_MGF1SHA256,
+                ciphertext,
+                &mut out,
+                Some(VAULT_BOOTSTRAP_OAEP_LABEL),
+            )
+            .map_err(|_| AttestError::NotForUs)?
+            .len();
+        out.truncate(n);
+        if out.is_empty() || out.len() > SECRET_ID_MAX {
+            return Err(AttestError::NotForUs);
+        }
+        Ok(out)
+    }
 }
 
 /// SHA-256 as a fixed array.
@@ -49,6 +105,7 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 #[derive(Clone, Default)]
 pub struct Attestor {
     nsm: Option<Arc<dyn Nsm>>,
+    bootstrap: Arc<std::sync::OnceLock<Arc<BootstrapKey>>>,
 }
 
 impl std::fmt::Debug for Attestor {
@@ -61,7 +118,44 @@ impl std::fmt::Debug for Attestor {
 
 impl Attestor {
     pub fn new(nsm: Option<Arc<dyn Nsm>>) -> Attestor {
-        Attestor { nsm }
+        Attestor {
+            nsm,
+            bootstrap: Arc::default(),
+        }
+    }
+
+    /// A document binding the bootstrap key (made now if there is none yet),
+    /// with the caller's nonce: what `host-proxy vault bootstrap` verifies
+    /// before it encrypts a secret_id to the key. Blocking (key generation).
+    pub fn bootstrap_document(&self, nonce: &[u8]) -> Result<Vec<u8>, AttestError> {
+        if !(NONCE_MIN..=NONCE_MAX).contains(&nonce.len()) {
+            return Err(AttestError::BadNonce);
+        }
+        if self.nsm.is_none() {
+            return Err(AttestError::NoNsm);
+        }
+        let key = match self.bootstrap.get() {
+            Some(k) => k.clone(),
+            None => {
+                let k = Arc::new(BootstrapKey::generate()?);
+                // Two racing callers: the first key wins, both use it.
+                self.bootstrap.get_or_init(|| k).clone()
+            }
+        };
+        self.document(
+            nonce,
+            Some(key.spki.clone()),
+            UserData::new(Purpose::VaultBootstrap, None, None),
+        )
+    }
+
+    /// Open a secret_id encrypted to the bootstrap key. Only the seal's
+    /// credential slot receives the result; it is never returned to a caller.
+    pub fn open_bootstrap(&self, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, AttestError> {
+        self.bootstrap
+            .get()
+            .ok_or(AttestError::NotForUs)?
+            .open(ciphertext)
     }
 
     pub fn nsm(&self) -> Option<&Arc<dyn Nsm>> {

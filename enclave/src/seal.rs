@@ -98,6 +98,12 @@ pub trait Seal: Send + Sync + 'static {
     /// Inverse of `wrap`.
     fn unwrap<'a>(&'a self, wrapped: &'a [u8], aad: &'a [u8])
         -> SealFuture<'a, Zeroizing<Vec<u8>>>;
+    /// A credential delivered at run time, already decrypted inside the
+    /// enclave (the Vault seal's secret_id). Seals that need none refuse it.
+    fn provide_credential(&self, secret: Zeroizing<Vec<u8>>) -> SealFuture<'_, ()> {
+        drop(secret);
+        Box::pin(async { Err(SealError::Denied("this seal takes no credential".into())) })
+    }
 }
 
 fn aad_for(seal: &dyn Seal, lineage: &Lineage) -> Vec<u8> {

@@ -248,6 +248,15 @@ impl Engine {
         self.seal.id()
     }
 
+    /// Hand the seal a credential decrypted inside the enclave (see
+    /// [`Seal::provide_credential`]).
+    pub async fn provide_seal_credential(
+        &self,
+        secret: Zeroizing<Vec<u8>>,
+    ) -> std::result::Result<(), SealError> {
+        self.seal.provide_credential(secret).await
+    }
+
     /// The keyring, or 503 while sealed.
     pub fn current(&self) -> Result<Arc<Keyring>> {
         self.keyring.load_full().ok_or_else(Error::sealed)

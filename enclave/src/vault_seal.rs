@@ -9,12 +9,18 @@
 //! production its TLS terminates inside the enclave and the host's egress
 //! relay only copies bytes.
 //!
-//! Authentication is AppRole. The operator hands the enclave a
-//! *response-wrapped* secret_id (`host-proxy vault bootstrap`); the enclave
-//! unwraps it itself on first use. A wrapping token works once: if someone
-//! unwrapped it first, the enclave's unwrap fails and it says so loudly
-//! (theft is detectable). Tokens are renewed, and on expiry or a 403 the
-//! enclave logs in again with the secret_id it keeps in memory.
+//! Authentication is AppRole, and the secret_id reaches the enclave only
+//! encrypted to it: `host-proxy vault bootstrap --sidecar …` fetches a
+//! document binding the enclave's bootstrap key (`crate::attest`), verifies
+//! it against the expected measurements, creates a single-use secret_id and
+//! sends it RSA-OAEP-encrypted to that key (`POST sys/bootstrap/vault`). The
+//! host relays only ciphertext, and a secret_id that has been used is worth
+//! nothing. Tokens are renewed; on expiry or a 403 the enclave logs in again
+//! with the secret_id it keeps in memory, if the role allows another use.
+//!
+//! `dangerous_wrapped_secret_id` (tests only) takes a response-wrapped
+//! secret_id from the config instead; whoever reads the config can unwrap it
+//! first, so it proves nothing against a hostile host.
 //!
 //! KEK rotation: rotate the key in Vault; every keyring write seals under the
 //! newest version, and [`VaultTransitSeal::rewrap`] re-encrypts a stored data
@@ -48,10 +54,12 @@ pub struct VaultSealConfig {
     #[serde(default = "default_approle")]
     pub approle_mount: String,
     pub role_id: String,
-    /// The response-wrapping token around the secret_id. Usually given at
-    /// boot through the environment (`PII_ENCLAVE_VAULT_WRAPPED_SECRET_ID`).
+    /// DANGEROUS, tests only: a response-wrapping token around the
+    /// secret_id. The host can read the config and unwrap it first; in
+    /// production the secret_id arrives encrypted to the enclave
+    /// (`host-proxy vault bootstrap --sidecar`).
     #[serde(default)]
-    pub wrapped_secret_id: Option<String>,
+    pub dangerous_wrapped_secret_id: Option<String>,
     /// PEM CA certificate file(s) to trust for Vault's TLS.
     #[serde(default)]
     pub ca_certs: Vec<String>,
@@ -142,16 +150,14 @@ impl VaultTransitSeal {
         }
         crate::seal::check_deployment_id(&cfg.deployment_id)?;
         let wrapped = cfg
-            .wrapped_secret_id
+            .dangerous_wrapped_secret_id
             .clone()
-            .or_else(|| std::env::var("PII_ENCLAVE_VAULT_WRAPPED_SECRET_ID").ok())
             .filter(|s| !s.is_empty())
-            .map(Zeroizing::new)
-            .ok_or("no wrapped secret_id: set seal.wrapped_secret_id or PII_ENCLAVE_VAULT_WRAPPED_SECRET_ID")?;
+            .map(Zeroizing::new);
         Ok(Self {
             cfg,
             state: Mutex::new(State {
-                wrapped: Some(wrapped),
+                wrapped,
                 secret_id: None,
                 session: None,
             }),
@@ -194,7 +200,8 @@ impl VaultTransitSeal {
         if st.secret_id.is_none() {
             let wrapped = st.wrapped.take().ok_or_else(|| {
                 SealError::Unreachable(
-                    "no secret_id: the wrapped secret_id was already used".into(),
+                    "waiting for a secret_id: deliver one with `host-proxy vault bootstrap --sidecar …`"
+                        .into(),
                 )
             })?;
             // The wrapping token is the client token of the unwrap call (it
@@ -356,6 +363,25 @@ impl Seal for VaultTransitSeal {
         Self::ID
     }
 
+    fn provide_credential(&self, secret: Zeroizing<Vec<u8>>) -> SealFuture<'_, ()> {
+        Box::pin(async move {
+            let s = std::str::from_utf8(&secret)
+                .ok()
+                .filter(|s| {
+                    s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+                .ok_or(SealError::Malformed)?;
+            let mut st = self.state.lock().await;
+            st.secret_id = Some(Zeroizing::new(s.to_owned()));
+            st.wrapped = None;
+            st.session = None;
+            drop(st);
+            tracing::info!("Vault secret_id received through the attested bootstrap");
+            Ok(())
+        })
+    }
+
     fn binding(&self) -> String {
         format!(
             "deployment={};vault-kek={}/{}",
@@ -420,7 +446,7 @@ mod tests {
             approle_mount: default_approle(),
             deployment_id: "d".into(),
             role_id: "r".into(),
-            wrapped_secret_id: wrapped.map(str::to_owned),
+            dangerous_wrapped_secret_id: wrapped.map(str::to_owned),
             ca_certs: vec![],
             timeout_secs: 1,
             dangerous_allow_http: false,

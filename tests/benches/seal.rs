@@ -70,14 +70,10 @@ fn main() {
         let bao = OpenBao::start().await.expect("OpenBao (run ci/setup.sh)");
         std::env::set_var("PII_BENCH_BAO_TOKEN", ROOT_TOKEN);
         let boot = host_proxy::vault::bootstrap(&host_proxy::vault::BootstrapArgs {
-            address: bao.url.clone(),
-            token_env: "PII_BENCH_BAO_TOKEN".into(),
             ca_cert: None,
-            mount: "transit".into(),
-            key: "pii-enclave-kek".into(),
-            approle_mount: "approle".into(),
-            role: "pii-enclave".into(),
             token_ttl: "20m".into(),
+            dangerous_wrapped_secret_id: true,
+            ..host_proxy::vault::BootstrapArgs::new(&bao.url, "PII_BENCH_BAO_TOKEN")
         })
         .await
         .unwrap();
@@ -88,7 +84,9 @@ fn main() {
             key: "pii-enclave-kek".into(),
             approle_mount: "approle".into(),
             role_id: boot["role_id"].as_str().unwrap().into(),
-            wrapped_secret_id: Some(boot["wrapped_secret_id"].as_str().unwrap().into()),
+            dangerous_wrapped_secret_id: Some(
+                boot["dangerous_wrapped_secret_id"].as_str().unwrap().into(),
+            ),
             ca_certs: vec![],
             timeout_secs: 5,
             dangerous_allow_http: true,

@@ -315,6 +315,21 @@ impl Client {
         self.call("POST", path, body).await
     }
 
+    /// `transit/encrypt/<key>` that must succeed: the ciphertext.
+    pub async fn encrypt_ok(&self, key: &str, plaintext: &[u8]) -> String {
+        let r = self
+            .post(
+                &format!("transit/encrypt/{key}"),
+                serde_json::json!({ "plaintext": b64(plaintext) }),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.data("ciphertext")
+            .as_str()
+            .expect("a ciphertext")
+            .to_owned()
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.call("GET", path, Value::Null).await
     }

@@ -44,14 +44,10 @@ async fn vault(
 async fn bootstrap(bao: &OpenBao) -> String {
     std::env::set_var("PII_TEST_BAO_TOKEN", ROOT_TOKEN);
     let args = host_proxy::vault::BootstrapArgs {
-        address: bao.url.clone(),
-        token_env: "PII_TEST_BAO_TOKEN".into(),
         ca_cert: None,
-        mount: "transit".into(),
-        key: "pii-enclave-kek".into(),
-        approle_mount: "approle".into(),
-        role: "pii-enclave".into(),
         token_ttl: "20m".into(),
+        dangerous_wrapped_secret_id: true,
+        ..host_proxy::vault::BootstrapArgs::new(&bao.url, "PII_TEST_BAO_TOKEN")
     };
     let out = host_proxy::vault::bootstrap(&args).await.unwrap();
     // Idempotent: a second run succeeds and keeps the role_id.
@@ -61,7 +57,10 @@ async fn bootstrap(bao: &OpenBao) -> String {
     let s = seal(
         bao,
         &role_id,
-        out["wrapped_secret_id"].as_str().unwrap().to_owned(),
+        out["dangerous_wrapped_secret_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
     );
     let blob = seal_blob(&s, b"bootstrap check").await.unwrap();
     assert_eq!(
@@ -145,7 +144,7 @@ fn seal_at(
         key: "pii-enclave-kek".into(),
         approle_mount: "approle".into(),
         role_id: role_id.into(),
-        wrapped_secret_id: Some(wrapped),
+        dangerous_wrapped_secret_id: Some(wrapped),
         ca_certs: ca
             .map(|c| vec![c.display().to_string()])
             .unwrap_or_default(),
@@ -359,14 +358,10 @@ async fn the_host_never_sees_key_material() {
     let bao_port: u16 = bao.url.rsplit(':').next().unwrap().parse().unwrap();
     std::env::set_var("PII_TEST_BAO_TOKEN", ROOT_TOKEN);
     let boot = host_proxy::vault::bootstrap(&host_proxy::vault::BootstrapArgs {
-        address: bao.url.clone(),
-        token_env: "PII_TEST_BAO_TOKEN".into(),
         ca_cert: Some(ca.display().to_string()),
-        mount: "transit".into(),
-        key: "pii-enclave-kek".into(),
-        approle_mount: "approle".into(),
-        role: "pii-enclave".into(),
         token_ttl: "20m".into(),
+        dangerous_wrapped_secret_id: true,
+        ..host_proxy::vault::BootstrapArgs::new(&bao.url, "PII_TEST_BAO_TOKEN")
     })
     .await
     .unwrap();
@@ -408,7 +403,10 @@ async fn the_host_never_sees_key_material() {
 
     let mut stack = Stack::start_with(StackOpts {
         seal: Some(through_relay(
-            boot["wrapped_secret_id"].as_str().unwrap().to_owned(),
+            boot["dangerous_wrapped_secret_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
         )),
         ..StackOpts::default()
     })
@@ -504,4 +502,176 @@ async fn the_host_never_sees_key_material() {
         !captured.windows(9).any(|w| w == b"transit/e"),
         "plaintext HTTP crossed the relay"
     );
+}
+
+/// The secret_id reaches the enclave only encrypted to its attested
+/// bootstrap key (`host-proxy vault bootstrap --sidecar`, the real code path,
+/// against a real OpenBao over TLS). Then the host plays the attacker with
+/// everything it saw: the sidecar traffic of the bootstrap, the enclave's
+/// relayed Vault traffic, the config (role_id) and its own files. No string
+/// in any of it logs in, and the delivered secret_id is used up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attested_bootstrap_gives_the_host_nothing_to_log_in_with() {
+    use pii_enclave::nsm::{measure, DangerousDevNsm};
+    let (bao, ca) = OpenBao::start_tls().await.unwrap();
+    let bao_port: u16 = bao.url.rsplit(':').next().unwrap().parse().unwrap();
+    std::env::set_var("PII_TEST_BAO_TOKEN", ROOT_TOKEN);
+    let base = host_proxy::vault::BootstrapArgs {
+        ca_cert: Some(ca.display().to_string()),
+        token_ttl: "20m".into(),
+        ..host_proxy::vault::BootstrapArgs::new(&bao.url, "PII_TEST_BAO_TOKEN")
+    };
+    let boot = host_proxy::vault::bootstrap(&base).await.unwrap();
+    assert!(boot.get("dangerous_wrapped_secret_id").is_none(), "{boot}");
+    let role_id = boot["role_id"].as_str().unwrap().to_owned();
+
+    // The enclave reaches OpenBao through the host's relay (tapped), with TLS
+    // ending inside it, and has no secret_id yet.
+    let (vault_tap, vault_seen) = tap(bao_port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let local_port = egress_via_relay(dir.path(), vault_tap).await;
+    let nsm =
+        Arc::new(DangerousDevNsm::new(b"pii-enclave release image", b"enclave.toml").unwrap());
+    let seal = VaultTransitSeal::new(VaultSealConfig {
+        deployment_id: "pii-tests".into(),
+        address: format!("https://127.0.0.1:{local_port}"),
+        mount: "transit".into(),
+        key: "pii-enclave-kek".into(),
+        approle_mount: "approle".into(),
+        role_id: role_id.clone(),
+        dangerous_wrapped_secret_id: None,
+        ca_certs: vec![ca.display().to_string()],
+        timeout_secs: 5,
+        dangerous_allow_http: false,
+    })
+    .unwrap();
+    let stack = Stack::start_with(StackOpts {
+        seal: Some(Arc::new(seal)),
+        nsm: Some(nsm.clone()),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    let r = c.post("transit/keys/pii", json!({})).await;
+    assert_eq!(r.status, 503, "sealed until bootstrapped: {:?}", r.body);
+
+    // The operator's bootstrap talks to the sidecar through the host (tapped).
+    let sidecar_port: u16 = stack.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (sidecar_tap, sidecar_seen) = tap(sidecar_port).await;
+    let expected = dir.path().join("expected.json");
+    let pcrs = |pcr0: &[u8]| {
+        json!({"PCR0": hex::encode(pcr0), "PCR1": hex::encode(&nsm.pcrs()[&1]),
+               "PCR2": hex::encode(&nsm.pcrs()[&2])})
+        .to_string()
+    };
+    std::env::set_var("PII_TEST_SIDECAR_TOKEN", ROOT_TOKEN);
+    let args = host_proxy::vault::BootstrapArgs {
+        sidecar: Some(format!("http://127.0.0.1:{sidecar_tap}")),
+        sidecar_token_env: "PII_TEST_SIDECAR_TOKEN".into(),
+        expected: Some(expected.clone()),
+        dangerous_trust_sidecar_root: true,
+        ..base.clone()
+    };
+    // Another image's measurements: refused before any secret_id exists.
+    std::fs::write(&expected, pcrs(&measure(b"someone else's image"))).unwrap();
+    let e = host_proxy::vault::bootstrap(&args).await.unwrap_err();
+    assert!(
+        e.to_string().contains("bootstrap document is refused"),
+        "{e:#}"
+    );
+    // The measured image: delivered, and the enclave unseals.
+    std::fs::write(&expected, pcrs(&nsm.pcrs()[&0])).unwrap();
+    let out = host_proxy::vault::bootstrap(&args).await.unwrap();
+    assert_eq!(out["delivered"]["enclave_sealed"], false, "{out}");
+    let r = c.post("transit/keys/pii", json!({})).await;
+    assert_eq!(r.status / 100, 2, "{:?}", r.body);
+    assert!(c
+        .encrypt_ok("pii", b"078-05-1120")
+        .await
+        .starts_with("vault:v1:"));
+
+    // A ciphertext not made for this enclave's key is refused, clearly.
+    let r = c
+        .post(
+            "sys/bootstrap/vault",
+            json!({"ciphertext": b64(&[7u8; 384])}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(r.error().unwrap().contains("bootstrap key"), "{:?}", r.body);
+
+    // The host's attempt: every token-shaped string it saw, as a secret_id.
+    let mut seen = sidecar_seen.lock().unwrap().clone();
+    seen.extend(vault_seen.lock().unwrap().iter());
+    let mut files = Vec::new();
+    files_under(stack.dir.path(), &mut files);
+    for (_, b) in files {
+        seen.extend(b);
+    }
+    let text = String::from_utf8_lossy(&seen).to_string();
+    let mut candidates: Vec<String> = text
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.'))
+        .filter(|w| w.len() >= 16)
+        .map(str::to_owned)
+        .collect();
+    candidates.push(role_id.clone());
+    candidates.sort();
+    candidates.dedup();
+    candidates.truncate(300);
+    assert!(!candidates.is_empty());
+    let client = |token: &str| {
+        vaultrs::client::VaultClient::new(
+            vaultrs::client::VaultClientSettingsBuilder::default()
+                .address(&bao.url)
+                .token(token)
+                .ca_certs(vec![ca.display().to_string()])
+                .build()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let anon = client("");
+    // Control: the same client does log in with a real, fresh secret_id (so
+    // the refusals below are refusals, not a broken client), and a fresh
+    // secret_id's accessor is found.
+    let fresh = vaultrs::auth::approle::role::secret::generate(
+        &client(ROOT_TOKEN),
+        "approle",
+        "pii-enclave",
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(vaultrs::auth::approle::role::secret::read_accessor(
+        &client(ROOT_TOKEN),
+        "approle",
+        "pii-enclave",
+        &fresh.secret_id_accessor,
+    )
+    .await
+    .is_ok());
+    assert!(
+        vaultrs::auth::approle::login(&anon, "approle", &role_id, &fresh.secret_id)
+            .await
+            .is_ok()
+    );
+    assert!(
+        !candidates.contains(&fresh.secret_id),
+        "the control secret_id was never sent anywhere"
+    );
+    for cand in &candidates {
+        let r = vaultrs::auth::approle::login(&anon, "approle", &role_id, cand).await;
+        assert!(r.is_err(), "EXPLOIT: logged in with {cand:?}");
+    }
+    // And the secret_id the enclave received works no more (single use).
+    let accessor = out["delivered"]["secret_id_accessor"].as_str().unwrap();
+    let r = vaultrs::auth::approle::role::secret::read_accessor(
+        &client(ROOT_TOKEN),
+        "approle",
+        "pii-enclave",
+        accessor,
+    )
+    .await;
+    assert!(r.is_err(), "the used secret_id still exists: {r:?}");
 }

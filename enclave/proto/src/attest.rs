@@ -28,6 +28,13 @@ pub const NONCE_MAX: usize = 64;
 /// Longest caller data accepted on a request (only its SHA-256 is bound).
 pub const CALLER_DATA_MAX: usize = 1024;
 
+/// The OAEP label of a Vault secret_id encrypted to the bootstrap key. A
+/// ciphertext made for any other purpose (KMS's CMS key transport has no
+/// label) does not decrypt under it.
+pub const VAULT_BOOTSTRAP_OAEP_LABEL: &[u8] = b"pii-enclave/vault-bootstrap/v1";
+/// Longest secret_id accepted through the bootstrap, bytes.
+pub const SECRET_ID_MAX: usize = 256;
+
 /// Why a document was made. Each purpose fixes what its `public_key` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -38,9 +45,11 @@ pub enum Purpose {
     /// Made by the KMS seal for one `Recipient` call: `public_key` is an
     /// ephemeral RSA key that exists only inside the enclave, for that call.
     KmsRecipient,
-    /// Reserved for `host-proxy vault bootstrap` (not issued yet):
-    /// `public_key` will be the enclave's bootstrap key, generated at start
-    /// and never exported, to which the operator encrypts the secret_id.
+    /// For `host-proxy vault bootstrap`: `public_key` is the enclave's
+    /// RSA-3072 bootstrap key (SubjectPublicKeyInfo DER), generated inside the
+    /// enclave and never exported. The operator encrypts the Vault secret_id
+    /// to it with RSAES-OAEP (SHA-256, MGF1-SHA-256) and the label
+    /// [`VAULT_BOOTSTRAP_OAEP_LABEL`].
     VaultBootstrap,
 }
 
