@@ -86,6 +86,34 @@ pub enum SealError {
 
 pub type SealFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SealError>> + Send + 'a>>;
 
+/// The keyring's head as recorded by a rollback [`Anchor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub generation: u64,
+    /// SHA-256 of the blob at that generation ([`blob_hash`]).
+    pub hash: [u8; 32],
+}
+
+/// Outcome of [`Anchor::advance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advance {
+    Done,
+    /// The record was not the expected one; this is what it holds now.
+    Conflict(Option<Head>),
+}
+
+/// A record of the keyring's newest head kept outside the host and written
+/// over the enclave's own TLS with the enclave's own credentials, so that
+/// after a restart the enclave can tell an old blob from the newest one.
+pub trait Anchor: Send + Sync {
+    /// Where the head is kept (for logs and health).
+    fn describe(&self) -> String;
+    /// The recorded head (none yet: a new deployment).
+    fn read(&self) -> SealFuture<'_, Option<Head>>;
+    /// Record `next` if the record still is `expected` (compare-and-swap).
+    fn advance(&self, expected: Option<Head>, next: Head) -> SealFuture<'_, Advance>;
+}
+
 /// A key-encryption backend.
 pub trait Seal: Send + Sync + 'static {
     /// Short stable identifier, stored in every blob (`dangerous-dev`, …).
@@ -98,6 +126,10 @@ pub trait Seal: Send + Sync + 'static {
     /// Inverse of `wrap`.
     fn unwrap<'a>(&'a self, wrapped: &'a [u8], aad: &'a [u8])
         -> SealFuture<'a, Zeroizing<Vec<u8>>>;
+    /// The seal's rollback anchor, if it has one.
+    fn anchor(&self) -> Option<&dyn Anchor> {
+        None
+    }
     /// A credential delivered at run time, already decrypted inside the
     /// enclave (the Vault seal's secret_id). Seals that need none refuse it.
     fn provide_credential(&self, secret: Zeroizing<Vec<u8>>) -> SealFuture<'_, ()> {

@@ -214,6 +214,7 @@ impl Server {
             seal_backend: self.engine.seal_id().to_owned(),
             seal_error: self.engine.seal_error(),
             rollback_detected: self.engine.rollback_detected(),
+            anchor_error: self.engine.anchor_error(),
             keyring_version: self.engine.store_version(),
             enclave_version: env!("CARGO_PKG_VERSION").to_owned(),
         }

@@ -18,7 +18,9 @@ use crate::auth::Capability;
 use crate::b64;
 use crate::error::{Error, Result};
 use crate::keyring::{HmacAlg, Key, KeyDoc, KeyType, Keyring};
-use crate::seal::{blob_hash, open_blob, seal_blob_at, unseal_blob, Lineage, Seal, SealError};
+use crate::seal::{
+    blob_hash, open_blob, seal_blob_at, unseal_blob, Advance, Head, Lineage, Seal, SealError,
+};
 
 // ---------------------------------------------------------------------------
 // Keyring storage seam
@@ -160,6 +162,8 @@ pub struct Engine {
     head: std::sync::Mutex<Option<(u64, [u8; 32])>>,
     /// Why the store's answer was last refused as a rollback or fork.
     rollback: std::sync::Mutex<Option<String>>,
+    /// The rollback anchor's last failure, cleared by the next success.
+    anchor_error: std::sync::Mutex<Option<String>>,
     audit: crate::audit::AuditLog,
     /// The seal backend's last failure, cleared by the next success.
     seal_error: std::sync::Mutex<Option<String>>,
@@ -190,6 +194,7 @@ impl Engine {
             seal,
             head: std::sync::Mutex::new(None),
             rollback: std::sync::Mutex::new(None),
+            anchor_error: std::sync::Mutex::new(None),
             audit: crate::audit::AuditLog::default(),
             seal_error: std::sync::Mutex::new(None),
         }
@@ -286,6 +291,24 @@ impl Engine {
         *self.head.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Why the rollback anchor last failed, if its last call failed.
+    pub fn anchor_error(&self) -> Option<String> {
+        self.anchor_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Record a refused rollback or fork and the error to answer with.
+    fn rollback(&self, why: String) -> Error {
+        tracing::error!(reason = %why, "SECURITY: refusing keyring rollback");
+        *self.rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        Error::new(
+            503,
+            "rollback detected: the keyring store returned an older or forked keyring",
+        )
+    }
+
     /// Refuse a blob that would take the keyring back or sideways.
     fn check_lineage(&self, l: &Lineage, hash: &[u8; 32]) -> Result<()> {
         let Some((gen, head)) = self.head() else {
@@ -306,12 +329,65 @@ impl Engine {
         } else {
             return Ok(());
         };
-        tracing::error!(reason = %why, "SECURITY: refusing keyring rollback");
-        *self.rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-        Err(Error::new(
-            503,
-            "rollback detected: the keyring store returned an older or forked keyring",
-        ))
+        Err(self.rollback(why))
+    }
+
+    /// One call to the anchor; failures are reported in health and refuse
+    /// the operation (nothing is adopted without the anchor's word).
+    async fn anchor_call<T>(
+        &self,
+        f: impl Future<Output = std::result::Result<T, SealError>>,
+    ) -> Result<T> {
+        let r = f.await;
+        let mut g = self.anchor_error.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(v) => {
+                *g = None;
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rollback anchor unreachable");
+                *g = Some(e.to_string());
+                Err(Error::new(503, "rollback anchor unreachable"))
+            }
+        }
+    }
+
+    /// A blob is adopted only if the anchor records it, or records its
+    /// direct predecessor (a writer stopped between storing and anchoring;
+    /// the blob is then anchored here). Anything else is a rollback.
+    async fn check_anchor(&self, l: &Lineage, hash: [u8; 32]) -> Result<()> {
+        let Some(anchor) = self.seal.anchor() else {
+            return Ok(());
+        };
+        let head = Head {
+            generation: l.generation,
+            hash,
+        };
+        for _ in 0..3 {
+            let rec = self.anchor_call(anchor.read()).await?;
+            let expected = match rec {
+                Some(r) if r == head => return Ok(()),
+                Some(r) if r.generation.checked_add(1) == Some(head.generation) && l.prev == r.hash => {
+                    Some(r)
+                }
+                None => None,
+                Some(r) => {
+                    return Err(self.rollback(format!(
+                        "the rollback anchor ({}) records keyring generation {}; the store returned generation {}{}",
+                        anchor.describe(),
+                        r.generation,
+                        head.generation,
+                        if r.generation == head.generation { " with other bytes" } else { "" }
+                    )))
+                }
+            };
+            match self.anchor_call(anchor.advance(expected, head)).await? {
+                Advance::Done => return Ok(()),
+                Advance::Conflict(_) => continue,
+            }
+        }
+        Err(Error::new(503, "the rollback anchor keeps changing; retry"))
     }
 
     fn install(&self, kr: Keyring, head: Option<(u64, [u8; 32])>) {
@@ -336,6 +412,7 @@ impl Engine {
         }
         let hash = blob_hash(&blob.bytes);
         self.check_lineage(&opened.lineage, &hash)?;
+        self.check_anchor(&opened.lineage, hash).await?;
         Ok((kr, (opened.lineage.generation, hash)))
     }
 
@@ -349,6 +426,15 @@ impl Engine {
         {
             None => {
                 if self.keyring.load().is_none() {
+                    if let Some(anchor) = self.seal.anchor() {
+                        if let Some(r) = self.anchor_call(anchor.read()).await? {
+                            return Err(self.rollback(format!(
+                                "the store holds no keyring, but the rollback anchor ({}) records generation {}",
+                                anchor.describe(),
+                                r.generation
+                            )));
+                        }
+                    }
                     tracing::info!("no keyring stored yet; starting with an empty one");
                     self.install(Keyring::default(), None);
                 }
@@ -417,6 +503,27 @@ impl Engine {
             let hash = blob_hash(&blob);
             match store.store(cur.store_version, blob).await {
                 Ok(StoreOutcome::Stored(v)) => {
+                    // Acknowledged only once anchored. If this fails, the
+                    // stored blob is the anchor's direct successor and the
+                    // next load anchors it (check_anchor).
+                    if let Some(anchor) = self.seal.anchor() {
+                        let expected = self
+                            .head()
+                            .map(|(generation, hash)| Head { generation, hash });
+                        let next_head = Head {
+                            generation: lineage.generation,
+                            hash,
+                        };
+                        if let Advance::Conflict(_) = self
+                            .anchor_call(anchor.advance(expected, next_head))
+                            .await?
+                        {
+                            return Err(Error::new(
+                                503,
+                                "the rollback anchor moved (another writer?); retry",
+                            ));
+                        }
+                    }
                     next.store_version = v;
                     self.install(next, Some((lineage.generation, hash)));
                     return Ok(r);

@@ -36,7 +36,7 @@ use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
-use crate::seal::{gcm_open, gcm_seal, Seal, SealError, SealFuture};
+use crate::seal::{gcm_open, gcm_seal, Advance, Anchor, Head, Seal, SealError, SealFuture};
 
 /// `[seal] type = "vault-transit"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,11 +65,24 @@ pub struct VaultSealConfig {
     pub ca_certs: Vec<String>,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// KV v2 mount holding the rollback anchor: the keyring's newest
+    /// (generation, blob hash) at `keyring-head/<deployment_id>`, written
+    /// with check-and-set using the enclave's own token.
+    #[serde(default = "default_anchor_mount")]
+    pub anchor_kv_mount: String,
+    /// DANGEROUS, tests only: no rollback anchor (after a restart the host
+    /// could serve any older keyring).
+    #[serde(default)]
+    pub dangerous_no_anchor: bool,
     /// DANGEROUS, tests only: allow `http://` Vault. Without TLS ending in the
     /// enclave, the host that relays the bytes reads the secret_id, the token
     /// and every data key.
     #[serde(default)]
     pub dangerous_allow_http: bool,
+}
+
+fn default_anchor_mount() -> String {
+    "pii-enclave-anchor".into()
 }
 
 fn default_mount() -> String {
@@ -363,6 +376,10 @@ impl Seal for VaultTransitSeal {
         Self::ID
     }
 
+    fn anchor(&self) -> Option<&dyn Anchor> {
+        (!self.cfg.dangerous_no_anchor).then_some(self as &dyn Anchor)
+    }
+
     fn provide_credential(&self, secret: Zeroizing<Vec<u8>>) -> SealFuture<'_, ()> {
         Box::pin(async move {
             let s = std::str::from_utf8(&secret)
@@ -412,6 +429,108 @@ impl Seal for VaultTransitSeal {
     }
 }
 
+/// The anchor record as stored in KV v2.
+#[derive(serde::Serialize, Deserialize)]
+struct HeadRecord {
+    generation: String,
+    hash: String,
+}
+
+impl VaultTransitSeal {
+    fn anchor_path(&self) -> String {
+        format!("keyring-head/{}", self.cfg.deployment_id)
+    }
+
+    /// `(KV version, head)` of the record; version 0 when there is none.
+    async fn read_head(&self) -> Result<(u32, Option<Head>), SealError> {
+        let (mount, path) = (self.cfg.anchor_kv_mount.clone(), self.anchor_path());
+        let meta = self
+            .with_client(|c| {
+                let (mount, path) = (mount.clone(), path.clone());
+                async move {
+                    match vaultrs::kv2::read_metadata(c.as_ref(), &mount, &path).await {
+                        Ok(m) => Ok(Some(m.current_version)),
+                        Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        let Some(version) = meta.filter(|v| *v > 0) else {
+            return Ok((0, None));
+        };
+        let rec: HeadRecord = self
+            .with_client(|c| {
+                let (mount, path) = (mount.clone(), path.clone());
+                async move { vaultrs::kv2::read_version(c.as_ref(), &mount, &path, version).await }
+            })
+            .await?;
+        let malformed = || SealError::Unreachable("the rollback anchor record is malformed".into());
+        let generation = rec.generation.parse().map_err(|_| malformed())?;
+        let hash = hex::decode(&rec.hash)
+            .ok()
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .ok_or_else(malformed)?;
+        let version = u32::try_from(version).map_err(|_| malformed())?;
+        Ok((version, Some(Head { generation, hash })))
+    }
+}
+
+impl Anchor for VaultTransitSeal {
+    fn describe(&self) -> String {
+        format!(
+            "Vault KV {}/{}",
+            self.cfg.anchor_kv_mount,
+            self.anchor_path()
+        )
+    }
+
+    fn read(&self) -> SealFuture<'_, Option<Head>> {
+        Box::pin(async move { Ok(self.read_head().await?.1) })
+    }
+
+    fn advance(&self, expected: Option<Head>, next: Head) -> SealFuture<'_, Advance> {
+        Box::pin(async move {
+            let (version, current) = self.read_head().await?;
+            if current != expected {
+                return Ok(Advance::Conflict(current));
+            }
+            let (mount, path) = (self.cfg.anchor_kv_mount.clone(), self.anchor_path());
+            let rec = HeadRecord {
+                generation: next.generation.to_string(),
+                hash: hex::encode(next.hash),
+            };
+            let rec = serde_json::to_value(&rec).map_err(|_| SealError::Malformed)?;
+            let r = self
+                .with_client(|c| {
+                    let (mount, path, rec) = (mount.clone(), path.clone(), rec.clone());
+                    async move {
+                        let opts =
+                            vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: version };
+                        match vaultrs::kv2::set_with_options(c.as_ref(), &mount, &path, &rec, opts)
+                            .await
+                        {
+                            Ok(_) => Ok(true),
+                            // check-and-set lost: someone advanced it meanwhile.
+                            Err(ClientError::APIError { code: 400, errors })
+                                if errors.iter().any(|e| e.contains("check-and-set")) =>
+                            {
+                                Ok(false)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .await?;
+            if r {
+                Ok(Advance::Done)
+            } else {
+                Ok(Advance::Conflict(self.read_head().await?.1))
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +568,8 @@ mod tests {
             dangerous_wrapped_secret_id: wrapped.map(str::to_owned),
             ca_certs: vec![],
             timeout_secs: 1,
+            anchor_kv_mount: default_anchor_mount(),
+            dangerous_no_anchor: false,
             dangerous_allow_http: false,
         };
         assert!(VaultTransitSeal::new(cfg("ftp://x", Some("w"))).is_err());

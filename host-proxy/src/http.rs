@@ -107,9 +107,11 @@ async fn sys_health(State(st): State<AppState>) -> Response {
     // `backend unreachable`: the seal backend's last call failed. Keys in
     // memory still serve (200); a sealed enclave waits for the backend (503).
     let rollback = status.as_ref().and_then(|s| s.rollback_detected.clone());
+    let anchor = status.as_ref().and_then(|s| s.anchor_error.clone());
     let seal_status = match (&status, &seal_error) {
         (None, _) => "enclave unreachable",
         (Some(_), _) if rollback.is_some() => "rollback detected",
+        (Some(_), _) if anchor.is_some() => "anchor unreachable",
         (Some(_), Some(_)) => "backend unreachable",
         (Some(s), None) if s.seal == SealState::Unsealed => "unsealed",
         (Some(_), None) => "sealed",
@@ -129,6 +131,7 @@ async fn sys_health(State(st): State<AppState>) -> Response {
         "seal_status": seal_status,
         "seal_error": seal_error,
         "rollback_detected": rollback,
+        "anchor_unreachable": anchor,
         "keyring_version": version,
     });
     (

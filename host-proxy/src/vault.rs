@@ -47,6 +47,10 @@ pub struct BootstrapArgs {
     pub approle_mount: String,
     #[arg(long, default_value = "pii-enclave")]
     pub role: String,
+    /// KV v2 mount of the keyring's rollback anchor (the seal's
+    /// `anchor_kv_mount`); created if missing.
+    #[arg(long, default_value = "pii-enclave-anchor")]
+    pub anchor_mount: String,
     /// Period of the enclave's Vault tokens (periodic: renewed by the
     /// enclave, never expiring while it renews).
     #[arg(long, default_value = "1h")]
@@ -89,6 +93,7 @@ impl BootstrapArgs {
             key: "pii-enclave-kek".into(),
             approle_mount: "approle".into(),
             role: "pii-enclave".into(),
+            anchor_mount: "pii-enclave-anchor".into(),
             token_ttl: "1h".into(),
             sidecar: None,
             sidecar_token_env: "PII_BOOTSTRAP_TOKEN".into(),
@@ -101,13 +106,17 @@ impl BootstrapArgs {
     }
 }
 
-/// The policy the enclave's AppRole gets: the one KEK, nothing else.
-pub fn policy(mount: &str, key: &str) -> String {
+/// The policy the enclave's AppRole gets: the one KEK and the rollback
+/// anchor records, nothing else.
+pub fn policy(mount: &str, key: &str, anchor: &str) -> String {
     format!(
         "# pii-enclave keyring seal: only this key-encryption key\n\
          path \"{mount}/encrypt/{key}\" {{ capabilities = [\"update\"] }}\n\
          path \"{mount}/decrypt/{key}\" {{ capabilities = [\"update\"] }}\n\
          path \"{mount}/rewrap/{key}\" {{ capabilities = [\"update\"] }}\n\
+         # the keyring's rollback anchor (check-and-set writes)\n\
+         path \"{anchor}/data/keyring-head/*\" {{ capabilities = [\"create\", \"update\", \"read\"] }}\n\
+         path \"{anchor}/metadata/keyring-head/*\" {{ capabilities = [\"read\"] }}\n\
          path \"auth/token/renew-self\" {{ capabilities = [\"update\"] }}\n\
          path \"auth/token/lookup-self\" {{ capabilities = [\"read\"] }}\n"
     )
@@ -146,9 +155,18 @@ pub async fn bootstrap(a: &BootstrapArgs) -> anyhow::Result<serde_json::Value> {
         .await
         .map_err(err("creating the key-encryption key"))?;
     let policy_name = format!("{}-seal", a.role);
-    vaultrs::sys::policy::set(&client, &policy_name, &policy(&a.mount, &a.key))
-        .await
-        .map_err(err("writing the policy"))?;
+    if !mounts.contains_key(&format!("{}/", a.anchor_mount)) {
+        vaultrs::sys::mount::enable(&client, &a.anchor_mount, "kv-v2", None)
+            .await
+            .map_err(err("enabling the anchor's KV v2 engine"))?;
+    }
+    vaultrs::sys::policy::set(
+        &client,
+        &policy_name,
+        &policy(&a.mount, &a.key, &a.anchor_mount),
+    )
+    .await
+    .map_err(err("writing the policy"))?;
     let auths = vaultrs::sys::auth::list(&client)
         .await
         .map_err(err("listing auth methods"))?;

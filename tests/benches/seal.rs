@@ -89,6 +89,8 @@ fn main() {
             ),
             ca_certs: vec![],
             timeout_secs: 5,
+            anchor_kv_mount: "pii-enclave-anchor".into(),
+            dangerous_no_anchor: false,
             dangerous_allow_http: true,
         })
         .unwrap();

@@ -137,7 +137,16 @@ fn seal_at(
     wrapped: String,
     ca: Option<&std::path::Path>,
 ) -> VaultTransitSeal {
-    VaultTransitSeal::new(VaultSealConfig {
+    VaultTransitSeal::new(seal_config(address, role_id, wrapped, ca)).unwrap()
+}
+
+fn seal_config(
+    address: &str,
+    role_id: &str,
+    wrapped: String,
+    ca: Option<&std::path::Path>,
+) -> VaultSealConfig {
+    VaultSealConfig {
         deployment_id: "pii-tests".into(),
         address: address.into(),
         mount: "transit".into(),
@@ -149,9 +158,10 @@ fn seal_at(
             .map(|c| vec![c.display().to_string()])
             .unwrap_or_default(),
         timeout_secs: 5,
+        anchor_kv_mount: "pii-enclave-anchor".into(),
+        dangerous_no_anchor: false,
         dangerous_allow_http: !address.starts_with("https://"),
-    })
-    .unwrap()
+    }
 }
 
 fn seal(bao: &OpenBao, role_id: &str, wrapped: String) -> VaultTransitSeal {
@@ -542,6 +552,8 @@ async fn attested_bootstrap_gives_the_host_nothing_to_log_in_with() {
         dangerous_wrapped_secret_id: None,
         ca_certs: vec![ca.display().to_string()],
         timeout_secs: 5,
+        anchor_kv_mount: "pii-enclave-anchor".into(),
+        dangerous_no_anchor: false,
         dangerous_allow_http: false,
     })
     .unwrap();
@@ -674,4 +686,138 @@ async fn attested_bootstrap_gives_the_host_nothing_to_log_in_with() {
     )
     .await;
     assert!(r.is_err(), "the used secret_id still exists: {r:?}");
+}
+
+/// Keyring rollback across a restart, played by the host that owns the
+/// store: while the enclave is down it puts back an older blob (a deleted key
+/// returns, a rotation vanishes). With the Vault KV anchor the restarted
+/// enclave refuses it and stays sealed, saying why; with the real newest
+/// blob back it unseals. Without the anchor (`dangerous_no_anchor`, what the
+/// code did before) the older keyring is adopted: the attack works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_blob_restored_while_down_is_refused_after_restart() {
+    let bao = OpenBao::start().await.unwrap();
+    let role_id = bootstrap(&bao).await;
+    let keyring_dir = tempfile::tempdir().unwrap();
+    let mut stack = Stack::start_with(StackOpts {
+        seal: Some(anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await),
+        keyring_dir: Some(keyring_dir.path().to_path_buf()),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    assert_eq!(c.post("transit/keys/pii", json!({})).await.status / 100, 2);
+    let snapshot = blobs(keyring_dir.path());
+    assert_eq!(
+        c.post("transit/keys/pii/rotate", json!({})).await.status / 100,
+        2
+    );
+    let newest = blobs(keyring_dir.path());
+    // The host restores the older store.
+    let seal = anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await;
+    restart(&mut stack, keyring_dir.path(), &snapshot, seal).await;
+    let h = wait_health(&c, |h| !h["rollback_detected"].is_null()).await;
+    assert_eq!(h["sealed"], true, "{h}");
+    assert_eq!(h["seal_status"], "rollback detected", "{h}");
+    assert!(
+        h["rollback_detected"]
+            .as_str()
+            .unwrap()
+            .contains("rollback anchor"),
+        "{h}"
+    );
+    let r = c
+        .post("transit/encrypt/pii", json!({"plaintext": b64(b"x")}))
+        .await;
+    assert_eq!(r.status, 503, "nothing is served from the older keyring");
+
+    // The anchor unreachable (here: a mount the enclave may not read): it
+    // stays sealed and says so, adopting nothing.
+    let seal = anchored_seal(&bao, &role_id, false, "no-such-anchor").await;
+    restart(&mut stack, keyring_dir.path(), &snapshot, seal).await;
+    let h = wait_health(&c, |h| !h["anchor_unreachable"].is_null()).await;
+    assert_eq!(h["sealed"], true, "{h}");
+    assert_eq!(h["seal_status"], "anchor unreachable", "{h}");
+
+    // The real newest blob back: unseals, the rotation is there.
+    let seal = anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await;
+    restart(&mut stack, keyring_dir.path(), &newest, seal).await;
+    wait_health(&c, |h| h["sealed"] == false).await;
+    assert_eq!(c.get("transit/keys/pii").await.data("latest_version"), 2);
+
+    // Control: without the anchor, the restored older keyring is adopted.
+    let seal = anchored_seal(&bao, &role_id, true, "pii-enclave-anchor").await;
+    restart(&mut stack, keyring_dir.path(), &snapshot, seal).await;
+    wait_health(&c, |h| h["sealed"] == false).await;
+    assert_eq!(
+        c.get("transit/keys/pii").await.data("latest_version"),
+        1,
+        "without an anchor the rollback succeeds (why the anchor exists)"
+    );
+}
+
+/// Down; the host makes the store hold exactly `to`; up again with `seal`.
+async fn restart(
+    stack: &mut Stack,
+    dir: &std::path::Path,
+    to: &[(std::path::PathBuf, Vec<u8>)],
+    seal: Arc<dyn Seal>,
+) {
+    stack.kill_enclave().await;
+    restore(dir, to);
+    stack.opts.seal = Some(seal);
+    stack.start_enclave().unwrap();
+}
+
+/// A Vault seal with a fresh wrapped secret_id and this anchor setting.
+async fn anchored_seal(
+    bao: &OpenBao,
+    role_id: &str,
+    no_anchor: bool,
+    mount: &str,
+) -> Arc<dyn Seal> {
+    let mut s = seal_config(&bao.url, role_id, wrapped_secret_id(bao).await, None);
+    s.dangerous_no_anchor = no_anchor;
+    s.anchor_kv_mount = mount.into();
+    Arc::new(VaultTransitSeal::new(s).unwrap())
+}
+
+fn blobs(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Make `dir` hold exactly these blobs.
+fn restore(dir: &std::path::Path, to: &[(std::path::PathBuf, Vec<u8>)]) {
+    for (p, _) in blobs(dir) {
+        std::fs::remove_file(p).unwrap();
+    }
+    for (p, b) in to {
+        std::fs::write(p, b).unwrap();
+    }
+}
+
+async fn wait_health(c: &pii_tests::Client, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        // Any API call makes a sealed enclave try to load again.
+        let _ = c.get("transit/keys/pii").await;
+        last = c.get("sys/health").await.body;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("health never reached the expected state: {last}");
 }

@@ -103,6 +103,10 @@ pub struct EnclaveStatus {
     /// fork (it keeps serving the keyring it has, and adopts no older state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_detected: Option<String>,
+    /// The rollback anchor's last error, when its last call failed (nothing
+    /// is adopted or changed until it answers again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_error: Option<String>,
     /// Version of the keyring blob in memory (0 = none).
     pub keyring_version: u64,
     pub enclave_version: String,

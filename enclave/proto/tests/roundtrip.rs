@@ -147,6 +147,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
                 seal: SealState::Sealed,
                 seal_backend: s.clone(),
                 rollback_detected: e.clone(),
+                anchor_error: e.clone(),
                 seal_error: e,
                 keyring_version: v,
                 enclave_version: s
