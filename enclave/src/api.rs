@@ -583,7 +583,11 @@ async fn bootstrap_deliver(ctx: &mut Ctx<'_>) -> Result<Reply> {
         .str("ciphertext")
         .ok_or_else(|| Error::bad("missing ciphertext"))?;
     let ct = crate::b64::decode(&ct).map_err(|_| Error::bad("ciphertext must be base64"))?;
-    let secret = ctx.attestor.open_bootstrap(&ct).map_err(attest_error)?;
+    let attestor = ctx.attestor.clone();
+    let secret = tokio::task::spawn_blocking(move || attestor.open_bootstrap(&ct))
+        .await
+        .map_err(|_| Error::internal("bootstrap task failed"))?
+        .map_err(attest_error)?;
     ctx.engine
         .provide_seal_credential(secret)
         .await

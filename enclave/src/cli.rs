@@ -155,6 +155,19 @@ fn nsm(dev: bool, config: &[u8]) -> Option<Arc<dyn crate::nsm::Nsm>> {
     None
 }
 
+/// The first `dangerous_…` test switch a seal config turns on.
+fn dangerous_seal_switch(seal: &SealConfig) -> Option<&'static str> {
+    match seal {
+        SealConfig::VaultTransit(v) if v.dangerous_allow_http => Some("dangerous_allow_http"),
+        SealConfig::VaultTransit(v) if v.dangerous_no_anchor => Some("dangerous_no_anchor"),
+        SealConfig::VaultTransit(v) if v.dangerous_wrapped_secret_id.is_some() => {
+            Some("dangerous_wrapped_secret_id")
+        }
+        SealConfig::AwsKms(k) if k.dangerous_allow_http => Some("dangerous_allow_http"),
+        _ => None,
+    }
+}
+
 #[allow(unused_variables)]
 fn dev_seal(mode: Mode, passphrase: &str) -> Arc<dyn Seal> {
     match mode {
@@ -252,6 +265,13 @@ fn serve(args: ServeArgs, dangerous: Dangerous, mode: Mode) {
     }
     if let Some(p) = dangerous.seal_passphrase {
         cfg.seal = SealConfig::DangerousDev { passphrase: p };
+    }
+    if mode == Mode::Production {
+        if let Some(switch) = dangerous_seal_switch(&cfg.seal) {
+            fail(format!(
+                "config [seal] {switch} = true: that test switch {NOT_IN_PRODUCTION}"
+            ));
+        }
     }
     let seal: Arc<dyn Seal> = match &cfg.seal {
         SealConfig::DangerousDev { passphrase } => dev_seal(mode, passphrase),

@@ -371,7 +371,19 @@ impl Engine {
                 Some(r) if r.generation.checked_add(1) == Some(head.generation) && l.prev == r.hash => {
                     Some(r)
                 }
-                None => None,
+                // No record: only the very first keyring (generation 1,
+                // no predecessor) may be anchored. Any later blob with no
+                // record means the anchor was lost or moved, and the host
+                // could have picked any historic blob.
+                None if head.generation == 1 && l.prev == [0u8; 32] => None,
+                None => {
+                    return Err(self.rollback(format!(
+                        "the rollback anchor ({}) has no record, but the store returned generation {}: \
+                         only a new deployment's first keyring is anchored without one",
+                        anchor.describe(),
+                        head.generation
+                    )))
+                }
                 Some(r) => {
                     return Err(self.rollback(format!(
                         "the rollback anchor ({}) records keyring generation {}; the store returned generation {}{}",
@@ -514,14 +526,19 @@ impl Engine {
                             generation: lineage.generation,
                             hash,
                         };
-                        if let Advance::Conflict(_) = self
+                        match self
                             .anchor_call(anchor.advance(expected, next_head))
                             .await?
                         {
-                            return Err(Error::new(
-                                503,
-                                "the rollback anchor moved (another writer?); retry",
-                            ));
+                            Advance::Done => {}
+                            // A replica's load anchored this very blob first.
+                            Advance::Conflict(Some(c)) if c == next_head => {}
+                            Advance::Conflict(_) => {
+                                return Err(Error::new(
+                                    503,
+                                    "the rollback anchor moved (another writer?); retry",
+                                ))
+                            }
                         }
                     }
                     next.store_version = v;

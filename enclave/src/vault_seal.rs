@@ -198,15 +198,24 @@ impl VaultTransitSeal {
                 return Ok(());
             }
             if now < s.expires {
-                if let Ok(info) = s.client.renew(None).await {
-                    let ttl = Duration::from_secs(info.lease_duration.max(1));
-                    if let Some(s) = st.session.as_mut() {
-                        s.renew_at = now + ttl * 2 / 3;
-                        s.expires = now + ttl;
+                match s.client.renew(None).await {
+                    Ok(info) => {
+                        let ttl = Duration::from_secs(info.lease_duration.max(1));
+                        if let Some(s) = st.session.as_mut() {
+                            s.renew_at = now + ttl * 2 / 3;
+                            s.expires = now + ttl;
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
+                    // A failed renewal (Vault or the relay briefly away) is
+                    // not a reason to drop a token that is still valid: the
+                    // secret_id is single-use, so a new login may be impossible.
+                    Err(e) if !is_auth_error(&e) => {
+                        tracing::warn!(error = %unreachable_err(e), "Vault token renewal failed; keeping the token until it expires");
+                        return Ok(());
+                    }
+                    Err(_) => tracing::warn!("Vault refused the token renewal; logging in again"),
                 }
-                tracing::warn!("Vault token renewal failed; logging in again");
             }
             st.session = None;
         }
@@ -390,6 +399,19 @@ impl Seal for VaultTransitSeal {
                 })
                 .ok_or(SealError::Malformed)?;
             let mut st = self.state.lock().await;
+            if st
+                .session
+                .as_ref()
+                .is_some_and(|sess| Instant::now() < sess.expires)
+            {
+                // Anyone who can reach the API could otherwise replace a
+                // working (single-use, already spent) credential and cut the
+                // enclave off from Vault.
+                return Err(SealError::Denied(
+                    "the seal already has a working Vault session; restart the enclave to bootstrap it again"
+                        .into(),
+                ));
+            }
             st.secret_id = Some(Zeroizing::new(s.to_owned()));
             st.wrapped = None;
             st.session = None;
@@ -465,14 +487,23 @@ impl VaultTransitSeal {
                 async move { vaultrs::kv2::read_version(c.as_ref(), &mount, &path, version).await }
             })
             .await?;
-        let malformed = || SealError::Unreachable("the rollback anchor record is malformed".into());
-        let generation = rec.generation.parse().map_err(|_| malformed())?;
-        let hash = hex::decode(&rec.hash)
+        let version = u32::try_from(version).map_err(|_| malformed_head())?;
+        Ok((version, Some(rec.head()?)))
+    }
+}
+
+fn malformed_head() -> SealError {
+    SealError::Unreachable("the rollback anchor record is malformed".into())
+}
+
+impl HeadRecord {
+    fn head(&self) -> Result<Head, SealError> {
+        let generation = self.generation.parse().map_err(|_| malformed_head())?;
+        let hash = hex::decode(&self.hash)
             .ok()
             .and_then(|h| <[u8; 32]>::try_from(h).ok())
-            .ok_or_else(malformed)?;
-        let version = u32::try_from(version).map_err(|_| malformed())?;
-        Ok((version, Some(Head { generation, hash })))
+            .ok_or_else(malformed_head)?;
+        Ok(Head { generation, hash })
     }
 }
 
@@ -486,7 +517,23 @@ impl Anchor for VaultTransitSeal {
     }
 
     fn read(&self) -> SealFuture<'_, Option<Head>> {
-        Box::pin(async move { Ok(self.read_head().await?.1) })
+        // One call (the newest version); `advance` also needs the KV version.
+        Box::pin(async move {
+            let (mount, path) = (self.cfg.anchor_kv_mount.clone(), self.anchor_path());
+            let rec: Option<HeadRecord> = self
+                .with_client(|c| {
+                    let (mount, path) = (mount.clone(), path.clone());
+                    async move {
+                        match vaultrs::kv2::read(c.as_ref(), &mount, &path).await {
+                            Ok(r) => Ok(Some(r)),
+                            Err(ClientError::APIError { code: 404, .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .await?;
+            rec.map(|r| r.head()).transpose()
+        })
     }
 
     fn advance(&self, expected: Option<Head>, next: Head) -> SealFuture<'_, Advance> {

@@ -51,6 +51,10 @@ pub struct BootstrapArgs {
     /// `anchor_kv_mount`); created if missing.
     #[arg(long, default_value = "pii-enclave-anchor")]
     pub anchor_mount: String,
+    /// The seal's `deployment_id`: the role may then write only this
+    /// deployment's anchor (use one role per deployment).
+    #[arg(long)]
+    pub deployment_id: Option<String>,
     /// Period of the enclave's Vault tokens (periodic: renewed by the
     /// enclave, never expiring while it renews).
     #[arg(long, default_value = "1h")]
@@ -94,6 +98,7 @@ impl BootstrapArgs {
             approle_mount: "approle".into(),
             role: "pii-enclave".into(),
             anchor_mount: "pii-enclave-anchor".into(),
+            deployment_id: None,
             token_ttl: "1h".into(),
             sidecar: None,
             sidecar_token_env: "PII_BOOTSTRAP_TOKEN".into(),
@@ -108,15 +113,16 @@ impl BootstrapArgs {
 
 /// The policy the enclave's AppRole gets: the one KEK and the rollback
 /// anchor records, nothing else.
-pub fn policy(mount: &str, key: &str, anchor: &str) -> String {
+pub fn policy(mount: &str, key: &str, anchor: &str, deployment: Option<&str>) -> String {
+    let head = deployment.unwrap_or("*");
     format!(
         "# pii-enclave keyring seal: only this key-encryption key\n\
          path \"{mount}/encrypt/{key}\" {{ capabilities = [\"update\"] }}\n\
          path \"{mount}/decrypt/{key}\" {{ capabilities = [\"update\"] }}\n\
          path \"{mount}/rewrap/{key}\" {{ capabilities = [\"update\"] }}\n\
          # the keyring's rollback anchor (check-and-set writes)\n\
-         path \"{anchor}/data/keyring-head/*\" {{ capabilities = [\"create\", \"update\", \"read\"] }}\n\
-         path \"{anchor}/metadata/keyring-head/*\" {{ capabilities = [\"read\"] }}\n\
+         path \"{anchor}/data/keyring-head/{head}\" {{ capabilities = [\"create\", \"update\", \"read\"] }}\n\
+         path \"{anchor}/metadata/keyring-head/{head}\" {{ capabilities = [\"read\"] }}\n\
          path \"auth/token/renew-self\" {{ capabilities = [\"update\"] }}\n\
          path \"auth/token/lookup-self\" {{ capabilities = [\"read\"] }}\n"
     )
@@ -163,7 +169,12 @@ pub async fn bootstrap(a: &BootstrapArgs) -> anyhow::Result<serde_json::Value> {
     vaultrs::sys::policy::set(
         &client,
         &policy_name,
-        &policy(&a.mount, &a.key, &a.anchor_mount),
+        &policy(
+            &a.mount,
+            &a.key,
+            &a.anchor_mount,
+            a.deployment_id.as_deref(),
+        ),
     )
     .await
     .map_err(err("writing the policy"))?;
@@ -310,11 +321,20 @@ async fn deliver(
         .and_then(|t| Ok(serde_json::from_str::<serde_json::Value>(&t)?))
         .and_then(|j| verifier::attestation::parse_expected(&j).map_err(anyhow::Error::msg))
         .map_err(|e| anyhow::anyhow!("--expected {}: {e}", expected.display()))?;
+    if !pcrs.contains_key(&0) {
+        // Without PCR0 another image on the same instance could match.
+        anyhow::bail!(
+            "--expected {} must name PCR0 (the image)",
+            expected.display()
+        );
+    }
     let token = std::env::var(&a.sidecar_token_env)
         .map_err(|_| anyhow::anyhow!("set a sidecar token in ${}", a.sidecar_token_env))?;
     let base = sidecar.trim_end_matches('/');
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
+        // Never follow the sidecar elsewhere with the token.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let mut nonce = [0u8; 32];
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| anyhow::anyhow!("no randomness"))?;
@@ -346,6 +366,22 @@ async fn deliver(
     policy.nonce = Some(nonce.to_vec());
     let spki = bootstrap_key_from(&doc, &policy)?;
 
+    // Secret_ids of earlier bootstraps (spent, or never delivered) go first:
+    // only the one made now is valid afterwards.
+    if let Ok(old) =
+        vaultrs::auth::approle::role::secret::list(vault, &a.approle_mount, &a.role).await
+    {
+        for accessor in old.keys {
+            vaultrs::auth::approle::role::secret::delete_accessor(
+                vault,
+                &a.approle_mount,
+                &a.role,
+                &accessor,
+            )
+            .await
+            .map_err(err("destroying an earlier secret_id"))?;
+        }
+    }
     let mut opts = GenerateNewSecretIDRequest::builder();
     if !a.bind_cidr.is_empty() {
         opts.cidr_list(a.bind_cidr.clone());
@@ -371,7 +407,9 @@ async fn deliver(
     .await?;
     Ok(serde_json::json!({
         "secret_id_accessor": secret.secret_id_accessor,
-        "enclave_sealed": r["data"]["sealed"],
-        "enclave_seal_error": r["data"]["seal_error"],
+        // What the sidecar relayed: the host could change it. Check
+        // `verifier boot` or the service itself.
+        "unverified_enclave_sealed": r["data"]["sealed"],
+        "unverified_enclave_seal_error": r["data"]["seal_error"],
     }))
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use pii_enclave::kms_seal::{CredentialSource, KmsSeal, KmsSealConfig};
 use pii_enclave::nsm::{AttestRequest, DangerousDevNsm, Nsm};
-use pii_enclave::seal::{seal_blob, unseal_blob, DangerousDevSeal, Seal};
+use pii_enclave::seal::{blob_hash, seal_blob, unseal_blob, Advance, DangerousDevSeal, Head, Seal};
 use pii_enclave::vault_seal::{VaultSealConfig, VaultTransitSeal};
 use pii_kms_emulator::{Config, Emulator, Principal};
 use pii_tests::{OpenBao, ROOT_TOKEN};
@@ -23,6 +23,17 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i].as_secs_f64() * 1e3
+}
+
+/// One table row: seal (write) and unseal (load) p50/p99 in ms.
+fn row(name: &str, w: &mut [Duration], u: &mut [Duration]) {
+    println!(
+        "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        pct(w, 0.5),
+        pct(w, 0.99),
+        pct(u, 0.5),
+        pct(u, 0.99)
+    );
 }
 
 async fn time_seal(name: &str, seal: &dyn Seal, keyring: &[u8], gap: Duration) {
@@ -39,13 +50,33 @@ async fn time_seal(name: &str, seal: &dyn Seal, keyring: &[u8], gap: Duration) {
         u.push(t.elapsed());
         assert_eq!(pt.len(), keyring.len());
     }
-    println!(
-        "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
-        pct(&mut w, 0.5),
-        pct(&mut w, 0.99),
-        pct(&mut u, 0.5),
-        pct(&mut u, 0.99)
-    );
+    row(name, &mut w, &mut u);
+}
+
+/// As the engine writes and loads with a rollback anchor: seal + advance the
+/// anchor (check-and-set), and unseal + read the anchor.
+async fn time_anchored(name: &str, seal: &dyn Seal, keyring: &[u8]) {
+    let anchor = seal.anchor().expect("an anchored seal");
+    let blob = seal_blob(seal, keyring).await.unwrap();
+    let mut head = anchor.read().await.unwrap();
+    let (mut w, mut u) = (Vec::new(), Vec::new());
+    for _ in 0..N {
+        let t = Instant::now();
+        let b = seal_blob(seal, keyring).await.unwrap();
+        let next = Head {
+            generation: head.map_or(1, |h| h.generation + 1),
+            hash: blob_hash(&b),
+        };
+        assert_eq!(anchor.advance(head, next).await.unwrap(), Advance::Done);
+        head = Some(next);
+        w.push(t.elapsed());
+        let t = Instant::now();
+        let pt = unseal_blob(seal, &blob).await.unwrap();
+        assert_eq!(anchor.read().await.unwrap(), head);
+        u.push(t.elapsed());
+        assert_eq!(pt.len(), keyring.len());
+    }
+    row(name, &mut w, &mut u);
 }
 
 fn main() {
@@ -99,6 +130,12 @@ fn main() {
             &vault,
             &keyring,
             Duration::ZERO,
+        )
+        .await;
+        time_anchored(
+            "vault-transit + KV v2 anchor (write: seal + CAS; load: unseal + read)",
+            &vault,
+            &keyring,
         )
         .await;
 

@@ -243,24 +243,38 @@ fn production_binary_refuses_every_development_switch() {
             "{var}: {err}"
         );
     }
+    // Config the production binary refuses, each with exit 64 and a reason.
     let cfg = dir.path().join("enclave.toml");
-    std::fs::write(
-        &cfg,
-        "[seal]\ntype = \"dangerous-dev\"\npassphrase = \"x\"\n",
-    )
-    .unwrap();
-    let (code, err) = run(
-        &[
-            "serve",
-            "--listen",
-            &sock,
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("the development seal exists only"), "{err}");
+    let vault = "[seal]\ntype = \"vault-transit\"\ndeployment_id = \"d\"\n\
+                 address = \"https://127.0.0.1:1\"\nrole_id = \"r\"\n";
+    for (text, why) in [
+        (
+            "[seal]\ntype = \"dangerous-dev\"\npassphrase = \"x\"\n".to_string(),
+            "the development seal exists only",
+        ),
+        (
+            format!("{vault}dangerous_allow_http = true\n"),
+            "that test switch exists only",
+        ),
+        (
+            format!("{vault}dangerous_no_anchor = true\n"),
+            "that test switch exists only",
+        ),
+    ] {
+        std::fs::write(&cfg, &text).unwrap();
+        let (code, err) = run(
+            &[
+                "serve",
+                "--listen",
+                &sock,
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(64), "{text}: {err}");
+        assert!(err.contains(why), "{text}: {err}");
+    }
     // The development binary has them, under its own name.
     let out = std::process::Command::new(bins.join("pii-enclave-dangerous-dev"))
         .args(["serve", "--help"])

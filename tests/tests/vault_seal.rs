@@ -585,6 +585,14 @@ async fn attested_bootstrap_gives_the_host_nothing_to_log_in_with() {
         dangerous_trust_sidecar_root: true,
         ..base.clone()
     };
+    // Measurements without PCR0 (another image could match): refused.
+    std::fs::write(
+        &expected,
+        json!({"PCR1": hex::encode(&nsm.pcrs()[&1])}).to_string(),
+    )
+    .unwrap();
+    let e = host_proxy::vault::bootstrap(&args).await.unwrap_err();
+    assert!(e.to_string().contains("must name PCR0"), "{e:#}");
     // Another image's measurements: refused before any secret_id exists.
     std::fs::write(&expected, pcrs(&measure(b"someone else's image"))).unwrap();
     let e = host_proxy::vault::bootstrap(&args).await.unwrap_err();
@@ -595,11 +603,27 @@ async fn attested_bootstrap_gives_the_host_nothing_to_log_in_with() {
     // The measured image: delivered, and the enclave unseals.
     std::fs::write(&expected, pcrs(&nsm.pcrs()[&0])).unwrap();
     let out = host_proxy::vault::bootstrap(&args).await.unwrap();
-    assert_eq!(out["delivered"]["enclave_sealed"], false, "{out}");
+    assert_eq!(
+        out["delivered"]["unverified_enclave_sealed"], false,
+        "{out}"
+    );
     let r = c.post("transit/keys/pii", json!({})).await;
     assert_eq!(r.status / 100, 2, "{:?}", r.body);
     assert!(c
         .encrypt_ok("pii", b"078-05-1120")
+        .await
+        .starts_with("vault:v1:"));
+
+    // A second delivery cannot replace the working credential (whoever can
+    // reach the API could otherwise cut the enclave off from Vault).
+    let e = host_proxy::vault::bootstrap(&args).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("already has a working Vault session"),
+        "{e:#}"
+    );
+    assert!(c
+        .encrypt_ok("pii", b"still serving")
         .await
         .starts_with("vault:v1:"));
 
@@ -754,6 +778,24 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
         c.get("transit/keys/pii").await.data("latest_version"),
         1,
         "without an anchor the rollback succeeds (why the anchor exists)"
+    );
+
+    // An anchor with no record (lost, or moved to a new mount) anchors only a
+    // new deployment's first keyring, never whatever blob the host serves.
+    let mut args = host_proxy::vault::BootstrapArgs::new(&bao.url, "PII_TEST_BAO_TOKEN");
+    args.anchor_mount = "fresh-anchor".into();
+    args.dangerous_wrapped_secret_id = true;
+    host_proxy::vault::bootstrap(&args).await.unwrap();
+    let seal = anchored_seal(&bao, &role_id, false, "fresh-anchor").await;
+    restart(&mut stack, keyring_dir.path(), &newest, seal).await;
+    let h = wait_health(&c, |h| !h["rollback_detected"].is_null()).await;
+    assert_eq!(h["sealed"], true, "{h}");
+    assert!(
+        h["rollback_detected"]
+            .as_str()
+            .unwrap()
+            .contains("has no record"),
+        "{h}"
     );
 }
 
