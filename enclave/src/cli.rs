@@ -164,6 +164,7 @@ fn dangerous_seal_switch(seal: &SealConfig) -> Option<&'static str> {
             Some("dangerous_wrapped_secret_id")
         }
         SealConfig::AwsKms(k) if k.dangerous_allow_http => Some("dangerous_allow_http"),
+        SealConfig::AwsKms(k) if k.dangerous_no_anchor => Some("dangerous_no_anchor"),
         _ => None,
     }
 }

@@ -43,7 +43,7 @@ use zeroize::Zeroizing;
 
 use crate::attest::Attestor;
 use crate::nsm::Nsm;
-use crate::seal::{gcm_open, gcm_seal, Seal, SealError, SealFuture};
+use crate::seal::{gcm_open, gcm_seal, Advance, Anchor, Head, Seal, SealError, SealFuture};
 use crate::sigv4::{self, Credentials};
 
 const INNER_VERSION: u8 = 1;
@@ -53,6 +53,51 @@ const MAX_RESPONSE: usize = 1 << 20;
 const CONTEXT_KEY: &str = "pii-enclave";
 const CONTEXT_VALUE: &str = "keyring-v2";
 const CONTEXT_DEPLOYMENT: &str = "pii-enclave:deployment";
+
+/// Where a signed AWS call goes.
+struct AwsEndpoint<'a> {
+    url: &'a url::Url,
+    host: &'a str,
+    service: &'static str,
+    content_type: &'static str,
+}
+
+impl AwsEndpoint<'_> {
+    fn kms(s: &KmsSeal) -> AwsEndpoint<'_> {
+        AwsEndpoint {
+            url: &s.endpoint,
+            host: &s.host,
+            service: "kms",
+            content_type: "application/x-amz-json-1.1",
+        }
+    }
+}
+
+/// `[seal.anchor]`: the keyring's rollback anchor in a DynamoDB table.
+///
+/// The record is written with check-and-set (`ConditionExpression`) using the
+/// credentials of the anchor's own IAM principal, never the instance role's:
+/// the host holds the instance role, and could rewrite a record the role can
+/// write. Those credentials are in `credentials_ciphertext`, encrypted under
+/// the seal's KMS key with the EncryptionContext
+/// `{"pii-enclave": "anchor-credentials-v1", "pii-enclave:deployment": <id>}`;
+/// the key policy releases them only to the attested enclave. The table's
+/// resource policy must allow writes to that principal alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoAnchorConfig {
+    /// Table with a string partition key `deployment`.
+    pub table: String,
+    /// Default `https://dynamodb.<region>.amazonaws.com`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Base64 KMS `CiphertextBlob` of `{"AccessKeyId": …, "SecretAccessKey": …}`
+    /// (`aws kms encrypt --encryption-context pii-enclave=anchor-credentials-v1,pii-enclave:deployment=<id>`).
+    pub credentials_ciphertext: String,
+}
+
+/// The EncryptionContext value of the anchor's sealed credentials.
+pub const ANCHOR_CREDENTIALS_CONTEXT: &str = "anchor-credentials-v1";
 
 /// `[seal] type = "aws-kms"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +130,13 @@ pub struct KmsSealConfig {
     /// (CMS is not authenticated) and choose the keyring's data key.
     #[serde(default)]
     pub dangerous_allow_http: bool,
+    /// The rollback anchor (required unless `dangerous_no_anchor`).
+    #[serde(default)]
+    pub anchor: Option<DynamoAnchorConfig>,
+    /// DANGEROUS, tests only: no rollback anchor (after a restart the host
+    /// could serve any older keyring).
+    #[serde(default)]
+    pub dangerous_no_anchor: bool,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -136,6 +188,10 @@ pub struct KmsSeal {
     /// ~80 ms; each key is still used for one call only).
     spare: Arc<std::sync::Mutex<Vec<PrivateDecryptingKey>>>,
     refilling: Arc<std::sync::atomic::AtomicBool>,
+    /// DynamoDB endpoint and host of the anchor, when there is one.
+    dynamo: Option<(url::Url, String)>,
+    /// The anchor principal's credentials, once released by KMS.
+    anchor_creds: Mutex<Option<Credentials>>,
 }
 
 impl std::fmt::Debug for KmsSeal {
@@ -208,25 +264,12 @@ impl KmsSeal {
         {
             return Err(format!("seal.region {:?} is not an AWS region", cfg.region));
         }
-        let endpoint = cfg
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| format!("https://kms.{}.amazonaws.com", cfg.region));
-        let endpoint = url::Url::parse(&endpoint)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .ok_or_else(|| format!("seal.endpoint {endpoint:?} is not an http(s) URL"))?;
-        if endpoint.scheme() == "http" && !cfg.dangerous_allow_http {
-            return Err(format!(
-                "seal.endpoint {:?} is plain http: the host relaying it could forge KMS answers; \
-                 use https (TLS ends in the enclave)",
-                endpoint.as_str()
-            ));
-        }
-        let host = match endpoint.port() {
-            Some(p) => format!("{}:{p}", endpoint.host_str().unwrap_or_default()),
-            None => endpoint.host_str().unwrap_or_default().to_owned(),
-        };
+        let (endpoint, host) = aws_endpoint(
+            "seal.endpoint",
+            cfg.endpoint.clone(),
+            &format!("https://kms.{}.amazonaws.com", cfg.region),
+            cfg.dangerous_allow_http,
+        )?;
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(cfg.timeout_secs))
             .connect_timeout(Duration::from_secs(cfg.timeout_secs))
@@ -242,6 +285,26 @@ impl KmsSeal {
             b = b.add_root_certificate(cert);
         }
         let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let dynamo = match (&cfg.anchor, cfg.dangerous_no_anchor) {
+            (Some(a), _) => {
+                if a.table.is_empty() || a.credentials_ciphertext.is_empty() {
+                    return Err("seal.anchor needs table and credentials_ciphertext".into());
+                }
+                let (url, host) = aws_endpoint(
+                    "seal.anchor.endpoint",
+                    a.endpoint.clone(),
+                    &format!("https://dynamodb.{}.amazonaws.com", cfg.region),
+                    cfg.dangerous_allow_http,
+                )?;
+                Some((url, host))
+            }
+            (None, true) => None,
+            (None, false) => {
+                return Err("seal.anchor is required: without a rollback anchor the host can serve \
+                            an older keyring after a restart ([seal.anchor] table, credentials_ciphertext)"
+                    .into())
+            }
+        };
         Ok(KmsSeal {
             cfg,
             endpoint,
@@ -251,6 +314,8 @@ impl KmsSeal {
             creds: Mutex::new(None),
             spare: Arc::new(std::sync::Mutex::new(Vec::new())),
             refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            dynamo,
+            anchor_creds: Mutex::new(None),
         })
     }
 
@@ -350,6 +415,51 @@ impl KmsSeal {
         ))
     }
 
+    /// One SigV4-signed AWS JSON POST; the status and the JSON answer.
+    async fn signed_post(
+        &self,
+        to: &AwsEndpoint<'_>,
+        creds: &Credentials,
+        target: &str,
+        body: &[u8],
+    ) -> Result<(reqwest::StatusCode, Value), String> {
+        let mut req = sigv4::Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: vec![
+                ("host".into(), to.host.to_owned()),
+                ("content-type".into(), to.content_type.into()),
+                ("x-amz-target".into(), target.to_owned()),
+            ],
+            body,
+        };
+        let auth = sigv4::sign(
+            &mut req,
+            creds,
+            &self.cfg.region,
+            to.service,
+            &sigv4::amz_date(now_unix()),
+        );
+        let mut rb = self.http.post(to.url.clone());
+        for (k, v) in &req.headers {
+            if k != "host" {
+                rb = rb.header(k.as_str(), v.as_str());
+            }
+        }
+        let resp = rb
+            .header("authorization", auth)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let bytes = read_limited(resp).await.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| format!("answered {status} with non-JSON"))?;
+        Ok((status, v))
+    }
+
     /// One signed KMS JSON call. Retries throttling and 5xx twice.
     async fn call(&self, action: &str, body: &Value) -> Result<Value, SealError> {
         let body = serde_json::to_vec(body).map_err(|_| SealError::Malformed)?;
@@ -357,52 +467,14 @@ impl KmsSeal {
         for attempt in 0..3 {
             let creds = self.credentials().await?;
             let target = format!("TrentService.{action}");
-            let mut req = sigv4::Request {
-                method: "POST",
-                path: "/",
-                query: "",
-                headers: vec![
-                    ("host".into(), self.host.clone()),
-                    ("content-type".into(), "application/x-amz-json-1.1".into()),
-                    ("x-amz-target".into(), target),
-                ],
-                body: &body,
-            };
-            let auth = sigv4::sign(
-                &mut req,
-                &creds,
-                &self.cfg.region,
-                "kms",
-                &sigv4::amz_date(now_unix()),
-            );
-            let mut rb = self.http.post(self.endpoint.clone());
-            for (k, v) in &req.headers {
-                if k != "host" {
-                    rb = rb.header(k.as_str(), v.as_str());
-                }
-            }
-            let resp = rb
-                .header("authorization", auth)
-                .body(body.clone())
-                .send()
+            let (status, v) = self
+                .signed_post(&AwsEndpoint::kms(self), &creds, &target, &body)
                 .await
                 .map_err(|e| unreachable(format!("KMS {action}: {e}")))?;
-            let status = resp.status();
-            let bytes = read_limited(resp).await?;
-            let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
-                unreachable(format!("KMS {action}: answered {status} with non-JSON"))
-            })?;
             if status.is_success() {
                 return Ok(v);
             }
-            let kind = v
-                .get("__type")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .rsplit('#')
-                .next()
-                .unwrap_or("")
-                .to_owned();
+            let kind = aws_error_kind(&v);
             let msg: String = v
                 .get("message")
                 .or_else(|| v.get("Message"))
@@ -518,7 +590,7 @@ impl KmsSeal {
     }
 
     /// Check a `GenerateDataKey`/`Decrypt` answer and open its CMS.
-    fn data_key_from(
+    fn plaintext_from(
         &self,
         v: &Value,
         key: &PrivateDecryptingKey,
@@ -545,10 +617,20 @@ impl KmsSeal {
                 SealError::Denied("KMS response has no CiphertextForRecipient".into())
             })?;
         let cms = B64.decode(cms).map_err(|_| SealError::Malformed)?;
-        let dk = crate::cms::open(&cms, key).map_err(|e| {
+        let pt = crate::cms::open(&cms, key).map_err(|e| {
             tracing::warn!(error = %e, "CiphertextForRecipient refused (forged, replayed or corrupted)");
             SealError::Authentication
         })?;
+        Ok(pt)
+    }
+
+    /// As [`Self::plaintext_from`], for a 32-byte data key.
+    fn data_key_from(
+        &self,
+        v: &Value,
+        key: &PrivateDecryptingKey,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let dk = self.plaintext_from(v, key)?;
         if dk.len() != 32 {
             return Err(SealError::Authentication);
         }
@@ -585,6 +667,15 @@ impl KmsSeal {
     }
 
     async fn decrypt(&self, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.decrypt_in(blob, self.context()).await
+    }
+
+    /// Attested Decrypt of `blob` under `context`.
+    async fn decrypt_in(
+        &self,
+        blob: &[u8],
+        context: BTreeMap<&'static str, String>,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let (key, recipient) = self.recipient().await?;
         let v = self
             .call(
@@ -592,12 +683,12 @@ impl KmsSeal {
                 &json!({
                     "KeyId": self.cfg.key_id,
                     "CiphertextBlob": B64.encode(blob),
-                    "EncryptionContext": self.context(),
+                    "EncryptionContext": context,
                     "Recipient": recipient,
                 }),
             )
             .await?;
-        self.data_key_from(&v, &key)
+        self.plaintext_from(&v, &key)
     }
 }
 
@@ -610,6 +701,10 @@ fn aead(dk: &[u8]) -> Result<LessSafeKey, SealError> {
 impl Seal for KmsSeal {
     fn id(&self) -> &str {
         Self::ID
+    }
+
+    fn anchor(&self) -> Option<&dyn Anchor> {
+        self.dynamo.is_some().then_some(self as &dyn Anchor)
     }
 
     fn binding(&self) -> String {
@@ -644,6 +739,201 @@ impl Seal for KmsSeal {
             gcm_open(&aead(&dk)?, sealed, aad)
         })
     }
+}
+
+impl KmsSeal {
+    /// The anchor principal's credentials, released by KMS (attested Decrypt)
+    /// to this enclave only; kept in memory.
+    async fn anchor_credentials(&self) -> Result<Credentials, SealError> {
+        let mut g = self.anchor_creds.lock().await;
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let a = self.cfg.anchor.as_ref().ok_or(SealError::Malformed)?;
+        let blob = B64.decode(a.credentials_ciphertext.trim()).map_err(|_| {
+            SealError::Denied("seal.anchor.credentials_ciphertext is not base64".into())
+        })?;
+        let ctx = BTreeMap::from([
+            (CONTEXT_KEY, ANCHOR_CREDENTIALS_CONTEXT.to_owned()),
+            (CONTEXT_DEPLOYMENT, self.cfg.deployment_id.clone()),
+        ]);
+        let pt = self.decrypt_in(&blob, ctx).await?;
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Sealed {
+            access_key_id: String,
+            secret_access_key: String,
+            #[serde(default)]
+            session_token: Option<String>,
+        }
+        let c: Sealed = serde_json::from_slice(&pt).map_err(|_| {
+            SealError::Denied(
+                "the anchor credentials are not {\"AccessKeyId\", \"SecretAccessKey\"} JSON".into(),
+            )
+        })?;
+        let creds = Credentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: Zeroizing::new(c.secret_access_key),
+            session_token: c.session_token,
+        };
+        *g = Some(creds.clone());
+        Ok(creds)
+    }
+
+    /// One DynamoDB call with the anchor's credentials; `true` when a
+    /// condition check failed (a lost compare-and-swap).
+    async fn dynamo_call(&self, op: &str, body: Value) -> Result<(bool, Value), SealError> {
+        let (url, host) = self.dynamo.as_ref().ok_or(SealError::Malformed)?;
+        let creds = self.anchor_credentials().await?;
+        let to = AwsEndpoint {
+            url,
+            host,
+            service: "dynamodb",
+            content_type: "application/x-amz-json-1.0",
+        };
+        let body = serde_json::to_vec(&body).map_err(|_| SealError::Malformed)?;
+        let (status, v) = self
+            .signed_post(&to, &creds, &format!("DynamoDB_20120810.{op}"), &body)
+            .await
+            .map_err(|e| unreachable(format!("DynamoDB {op}: {e}")))?;
+        if status.is_success() {
+            return Ok((false, v));
+        }
+        let kind = aws_error_kind(&v);
+        if kind == "ConditionalCheckFailedException" {
+            return Ok((true, v));
+        }
+        if matches!(
+            kind.as_str(),
+            "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException"
+        ) {
+            *self.anchor_creds.lock().await = None;
+        }
+        Err(unreachable(format!("DynamoDB {op}: {status} {kind}")))
+    }
+
+    fn anchor_table(&self) -> &str {
+        self.cfg
+            .anchor
+            .as_ref()
+            .map(|a| a.table.as_str())
+            .unwrap_or("")
+    }
+}
+
+fn parse_anchor_item(item: Option<&Value>) -> Result<Option<Head>, SealError> {
+    let Some(item) = item.filter(|i| !i.is_null()) else {
+        return Ok(None);
+    };
+    let malformed = || SealError::Unreachable("the rollback anchor item is malformed".into());
+    let generation = item["generation"]["N"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(malformed)?;
+    let hash = item["blob_sha256"]["S"]
+        .as_str()
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|h| <[u8; 32]>::try_from(h).ok())
+        .ok_or_else(malformed)?;
+    Ok(Some(Head { generation, hash }))
+}
+
+impl Anchor for KmsSeal {
+    fn describe(&self) -> String {
+        format!(
+            "DynamoDB {}/{}",
+            self.anchor_table(),
+            self.cfg.deployment_id
+        )
+    }
+
+    fn read(&self) -> SealFuture<'_, Option<Head>> {
+        Box::pin(async move {
+            let (_, v) = self
+                .dynamo_call(
+                    "GetItem",
+                    json!({
+                        "TableName": self.anchor_table(),
+                        "Key": {"deployment": {"S": self.cfg.deployment_id}},
+                        "ConsistentRead": true,
+                    }),
+                )
+                .await?;
+            parse_anchor_item(v.get("Item"))
+        })
+    }
+
+    fn advance(&self, expected: Option<Head>, next: Head) -> SealFuture<'_, Advance> {
+        Box::pin(async move {
+            let mut req = json!({
+                "TableName": self.anchor_table(),
+                "Item": {
+                    "deployment": {"S": self.cfg.deployment_id},
+                    "generation": {"N": next.generation.to_string()},
+                    "blob_sha256": {"S": hex::encode(next.hash)},
+                },
+            });
+            match expected {
+                None => {
+                    req["ConditionExpression"] = "attribute_not_exists(#d)".into();
+                    // Only names the expression uses may be given.
+                    req["ExpressionAttributeNames"] = json!({"#d": "deployment"});
+                }
+                Some(e) => {
+                    req["ConditionExpression"] = "#g = :g AND #h = :h".into();
+                    req["ExpressionAttributeNames"] =
+                        json!({"#g": "generation", "#h": "blob_sha256"});
+                    req["ExpressionAttributeValues"] = json!({
+                        ":g": {"N": e.generation.to_string()},
+                        ":h": {"S": hex::encode(e.hash)},
+                    });
+                }
+            }
+            let (lost, _) = self.dynamo_call("PutItem", req).await?;
+            if lost {
+                Ok(Advance::Conflict(Anchor::read(self).await?))
+            } else {
+                Ok(Advance::Done)
+            }
+        })
+    }
+}
+
+/// An AWS JSON error's type without its namespace (`…#AccessDeniedException`).
+fn aws_error_kind(v: &Value) -> String {
+    v.get("__type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .rsplit('#')
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// An AWS endpoint URL (`given`, else `default`) and its `host[:port]`; plain
+/// http only with the dangerous switch (the host relays these bytes).
+fn aws_endpoint(
+    what: &str,
+    given: Option<String>,
+    default: &str,
+    dangerous_allow_http: bool,
+) -> Result<(url::Url, String), String> {
+    let ep = given.unwrap_or_else(|| default.to_owned());
+    let url = url::Url::parse(&ep)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| format!("{what} {ep:?} is not an http(s) URL"))?;
+    if url.scheme() == "http" && !dangerous_allow_http {
+        return Err(format!(
+            "{what} {ep:?} is plain http: the host relaying it could read or forge the answers; \
+             use https (TLS ends in the enclave)"
+        ));
+    }
+    let host = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    Ok((url, host))
 }
 
 /// `arn:<partition>:kms:<region>:<account>:key/<id>`.
@@ -725,6 +1015,8 @@ mod tests {
             credentials: CredentialSource::Env,
             timeout_secs: 1,
             dangerous_allow_http,
+            anchor: None,
+            dangerous_no_anchor: true,
         };
         let e = KmsSeal::new(cfg("http://127.0.0.1:1", false), Arc::new(NoNsm)).unwrap_err();
         assert!(e.contains("plain http"), "{e}");
@@ -746,6 +1038,20 @@ mod tests {
             let e = KmsSeal::new(c, Arc::new(NoNsm)).unwrap_err();
             assert!(e.contains("full KMS key ARN"), "{k}: {e}");
         }
+        // No anchor: refused unless the test switch says so.
+        let mut c = cfg("https://x", false);
+        c.dangerous_no_anchor = false;
+        let e = KmsSeal::new(c.clone(), Arc::new(NoNsm)).unwrap_err();
+        assert!(e.contains("seal.anchor is required"), "{e}");
+        c.anchor = Some(DynamoAnchorConfig {
+            table: "t".into(),
+            endpoint: Some("http://127.0.0.1:1".into()),
+            credentials_ciphertext: "AAAA".into(),
+        });
+        let e = KmsSeal::new(c.clone(), Arc::new(NoNsm)).unwrap_err();
+        assert!(e.contains("plain http"), "{e}");
+        c.anchor.as_mut().unwrap().endpoint = None;
+        assert!(KmsSeal::new(c, Arc::new(NoNsm)).is_ok());
     }
 
     #[test]

@@ -98,12 +98,8 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
     // ReEncrypt* and CreateGrant never carry a Recipient, so they are always
     // denied; they would otherwise move the data key to a key, or a grantee,
     // the host controls.
-    // kms:Encrypt too: with it the host could wrap a data key it chose under
-    // this key and serve a keyring it wrote, which the enclave's attested
-    // Decrypt would then open.
     let guarded = json!([
         "kms:Decrypt",
-        "kms:Encrypt",
         "kms:GenerateDataKey*",
         "kms:ReEncrypt*",
         "kms:CreateGrant"
@@ -142,6 +138,20 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
                 "kms:UntagResource"
             ],
             "Resource": "*"
+        }),
+        // The enclave never encrypts with this key. kms:Encrypt would let the
+        // host wrap a data key it chose and serve a keyring it wrote (which
+        // the enclave's attested Decrypt would open), so it is denied to
+        // every principal, except for the one context the operator needs:
+        // sealing the rollback anchor's credentials, which the enclave only
+        // decrypts from its measured config.
+        json!({
+            "Sid": "DenyEncryptExceptAnchorCredentials",
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": "kms:Encrypt",
+            "Resource": "*",
+            "Condition": {"StringNotEquals": {"kms:EncryptionContext:pii-enclave": "anchor-credentials-v1"}}
         }),
         json!({
             "Sid": "DenyWithoutAttestation",
@@ -209,7 +219,12 @@ mod tests {
         assert!(c.get("kms:RecipientAttestation:PCR8").is_none());
         assert_eq!(p["Statement"][2]["Sid"], "DenyKeyAdministrationToTheRole");
         assert_eq!(p["Statement"][2]["Principal"]["AWS"], ROLE_ARN);
-        let null_deny = &p["Statement"][3];
+        assert_eq!(
+            p["Statement"][3]["Sid"],
+            "DenyEncryptExceptAnchorCredentials"
+        );
+        assert_eq!(p["Statement"][3]["Principal"]["AWS"], "*");
+        let null_deny = &p["Statement"][4];
         assert_eq!(null_deny["Effect"], "Deny");
         assert_eq!(
             null_deny["Condition"]["Null"]["kms:RecipientAttestation:PCR0"],
@@ -235,7 +250,6 @@ mod tests {
                 .collect();
             for a in [
                 "kms:Decrypt",
-                "kms:Encrypt",
                 "kms:GenerateDataKey*",
                 "kms:ReEncrypt*",
                 "kms:CreateGrant",

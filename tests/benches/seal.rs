@@ -55,12 +55,13 @@ async fn time_seal(name: &str, seal: &dyn Seal, keyring: &[u8], gap: Duration) {
 
 /// As the engine writes and loads with a rollback anchor: seal + advance the
 /// anchor (check-and-set), and unseal + read the anchor.
-async fn time_anchored(name: &str, seal: &dyn Seal, keyring: &[u8]) {
+async fn time_anchored(name: &str, seal: &dyn Seal, keyring: &[u8], gap: Duration) {
     let anchor = seal.anchor().expect("an anchored seal");
     let blob = seal_blob(seal, keyring).await.unwrap();
     let mut head = anchor.read().await.unwrap();
     let (mut w, mut u) = (Vec::new(), Vec::new());
     for _ in 0..N {
+        tokio::time::sleep(gap).await;
         let t = Instant::now();
         let b = seal_blob(seal, keyring).await.unwrap();
         let next = Head {
@@ -136,6 +137,7 @@ fn main() {
             "vault-transit + KV v2 anchor (write: seal + CAS; load: unseal + read)",
             &vault,
             &keyring,
+            Duration::ZERO,
         )
         .await;
 
@@ -157,23 +159,23 @@ fn main() {
         });
         let key = em.create_key(None).unwrap();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
+        let kms_host = l.local_addr().unwrap().to_string();
+        let url = format!("http://{kms_host}");
         tokio::spawn(em.clone().serve(l));
-        let kms = KmsSeal::new(
-            KmsSealConfig {
-                deployment_id: "pii-tests".into(),
-                key_id: key,
-                region: "eu-west-1".into(),
-                endpoint: Some(url.clone()),
-                proxy: None,
-                ca_certs: vec![],
-                credentials: CredentialSource::Imds { endpoint: url },
-                timeout_secs: 5,
-                dangerous_allow_http: true,
-            },
-            nsm.clone(),
-        )
-        .unwrap();
+        let kms_cfg = KmsSealConfig {
+            deployment_id: "pii-tests".into(),
+            key_id: key,
+            region: "eu-west-1".into(),
+            endpoint: Some(url.clone()),
+            proxy: None,
+            ca_certs: vec![],
+            credentials: CredentialSource::Imds { endpoint: url },
+            timeout_secs: 5,
+            dangerous_allow_http: true,
+            anchor: None,
+            dangerous_no_anchor: true,
+        };
+        let kms = KmsSeal::new(kms_cfg.clone(), nsm.clone()).unwrap();
         // Keyring writes are rare: with idle time between them the RSA keys
         // come from the background spares; back to back, keygen bounds it.
         time_seal(
@@ -188,6 +190,50 @@ fn main() {
             &kms,
             &keyring,
             Duration::ZERO,
+        )
+        .await;
+
+        // With the DynamoDB rollback anchor (moto's DynamoDB, server mode),
+        // its principal's credentials sealed under the KMS key.
+        let moto = pii_tests::Moto::start().await;
+        let principal = pii_enclave::sigv4::Credentials {
+            access_key_id: "AKIABENCHANCHOR".into(),
+            secret_access_key: zeroize::Zeroizing::new("bench-anchor-secret".into()),
+            session_token: None,
+        };
+        pii_tests::create_anchor_table(&moto.host, &principal, "anchor").await;
+        let role = pii_enclave::sigv4::Credentials {
+            access_key_id: "AKIABENCH".into(),
+            secret_access_key: zeroize::Zeroizing::new("bench-secret".into()),
+            session_token: None,
+        };
+        let creds = serde_json::json!({"AccessKeyId": "AKIABENCHANCHOR",
+                                       "SecretAccessKey": "bench-anchor-secret"});
+        use base64::Engine as _;
+        let (st, v) = pii_tests::kms_call(
+            &kms_host,
+            &role,
+            "Encrypt",
+            &serde_json::json!({"KeyId": kms_cfg.key_id,
+                "Plaintext": base64::engine::general_purpose::STANDARD.encode(creds.to_string()),
+                "EncryptionContext": {"pii-enclave": "anchor-credentials-v1",
+                                      "pii-enclave:deployment": "pii-tests"}}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let mut cfg = kms_cfg.clone();
+        cfg.anchor = Some(pii_enclave::kms_seal::DynamoAnchorConfig {
+            table: "anchor".into(),
+            endpoint: Some(format!("http://{}", moto.host)),
+            credentials_ciphertext: v["CiphertextBlob"].as_str().unwrap().into(),
+        });
+        cfg.dangerous_no_anchor = false;
+        let anchored = KmsSeal::new(cfg, nsm.clone()).unwrap();
+        time_anchored(
+            "aws-kms + DynamoDB anchor (moto), 400 ms apart (write / load)",
+            &anchored,
+            &keyring,
+            Duration::from_millis(400),
         )
         .await;
 

@@ -211,6 +211,19 @@ impl Stack {
         }
     }
 
+    /// Down; the store made to hold exactly `to` (as a host could); up again
+    /// with `seal`.
+    pub async fn restart_with(
+        &mut self,
+        to: &[(PathBuf, Vec<u8>)],
+        seal: Arc<dyn pii_enclave::seal::Seal>,
+    ) -> anyhow::Result<()> {
+        self.kill_enclave().await;
+        restore_keyring_blobs(&self.keyring_dir(), to);
+        self.opts.seal = Some(seal);
+        self.start_enclave()
+    }
+
     /// Start a fresh enclave (empty memory) on the same socket.
     pub fn start_enclave(&mut self) -> anyhow::Result<()> {
         self.enclave = Some(enclave_for(&self.socket, &self.opts)?);
@@ -586,6 +599,27 @@ pub async fn kms_call(
     action: &str,
     body: &Value,
 ) -> (u16, Value) {
+    aws_call(
+        host,
+        creds,
+        "kms",
+        &format!("TrentService.{action}"),
+        "application/x-amz-json-1.1",
+        body,
+    )
+    .await
+}
+
+/// One AWS JSON call (`x-amz-target` protocols: KMS, DynamoDB) to
+/// `http://{host}/`, SigV4-signed for eu-west-1.
+pub async fn aws_call(
+    host: &str,
+    creds: &pii_enclave::sigv4::Credentials,
+    service: &str,
+    target: &str,
+    content_type: &str,
+    body: &Value,
+) -> (u16, Value) {
     let body = serde_json::to_vec(body).expect("JSON");
     let mut req = pii_enclave::sigv4::Request {
         method: "POST",
@@ -593,8 +627,8 @@ pub async fn kms_call(
         query: "",
         headers: vec![
             ("host".into(), host.to_owned()),
-            ("content-type".into(), "application/x-amz-json-1.1".into()),
-            ("x-amz-target".into(), format!("TrentService.{action}")),
+            ("content-type".into(), content_type.into()),
+            ("x-amz-target".into(), target.to_owned()),
         ],
         body: &body,
     };
@@ -606,7 +640,7 @@ pub async fn kms_call(
         &mut req,
         creds,
         "eu-west-1",
-        "kms",
+        service,
         &pii_enclave::sigv4::amz_date(now),
     );
     let mut rb = reqwest::Client::new().post(format!("http://{host}/"));
@@ -620,8 +654,126 @@ pub async fn kms_call(
         .body(body.clone())
         .send()
         .await
-        .expect("KMS endpoint reachable");
+        .expect("AWS endpoint reachable");
     let status = r.status().as_u16();
-    let text = r.text().await.expect("KMS body");
+    let text = r.text().await.expect("AWS body");
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A moto server (AWS APIs, server mode); killed when dropped.
+pub struct Moto {
+    _child: tokio::process::Child,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let bin = which("moto_server").expect("moto_server not on PATH: run ci/setup.sh");
+        let port = free_port().expect("a free port");
+        let child = tokio::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto_server starts");
+        let host = format!("127.0.0.1:{port}");
+        for _ in 0..600 {
+            if tokio::net::TcpStream::connect(&host).await.is_ok() {
+                return Moto {
+                    _child: child,
+                    host,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("moto_server did not start on {host}");
+    }
+}
+
+/// The rollback anchor's DynamoDB table (partition key `deployment`) on
+/// `host` (moto).
+pub async fn create_anchor_table(host: &str, creds: &pii_enclave::sigv4::Credentials, table: &str) {
+    let (status, v) = aws_call(
+        host,
+        creds,
+        "dynamodb",
+        "DynamoDB_20120810.CreateTable",
+        "application/x-amz-json-1.0",
+        &serde_json::json!({"TableName": table,
+            "KeySchema": [{"AttributeName": "deployment", "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": "deployment", "AttributeType": "S"}],
+            "BillingMode": "PAY_PER_REQUEST"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// `(path, bytes)` of every keyring blob in `dir`, in order.
+pub fn keyring_blobs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .expect("keyring dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+        .map(|p| {
+            let b = std::fs::read(&p).expect("readable blob");
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a host that owns the store does: make `dir` hold exactly `to`.
+pub fn restore_keyring_blobs(dir: &Path, to: &[(PathBuf, Vec<u8>)]) {
+    for (p, _) in keyring_blobs(dir) {
+        std::fs::remove_file(p).expect("removable blob");
+    }
+    for (p, b) in to {
+        std::fs::write(p, b).expect("writable blob");
+    }
+}
+
+/// After a restart on an older store: sealed, health says `rollback
+/// detected` with a reason naming `anchor`, and nothing is served.
+pub async fn assert_rollback_refused(c: &Client, anchor: &str) {
+    let h = wait_health(c, |h| !h["rollback_detected"].is_null()).await;
+    assert_eq!(h["sealed"], true, "{h}");
+    assert_eq!(h["seal_status"], "rollback detected", "{h}");
+    let why = h["rollback_detected"].as_str().unwrap_or_default();
+    assert!(why.contains(anchor), "{h}");
+    let r = c
+        .post(
+            "transit/encrypt/pii",
+            serde_json::json!({"plaintext": b64(b"x")}),
+        )
+        .await;
+    assert_eq!(r.status, 503, "nothing is served from the older keyring");
+}
+
+/// After a restart: unsealed, serving key `pii` at `version`.
+pub async fn assert_serves_pii_version(c: &Client, version: u64, why: &str) {
+    wait_health(c, |h| h["sealed"] == false).await;
+    assert_eq!(
+        c.get("transit/keys/pii").await.data("latest_version"),
+        version,
+        "{why}"
+    );
+}
+
+/// Poll `sys/health` (making a sealed enclave retry its load with an API
+/// call first) until `done` holds; panics after 10 s.
+pub async fn wait_health(c: &Client, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let _ = c.get("transit/keys/pii").await;
+        last = c.get("sys/health").await.body;
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health never reached the expected state: {last}");
 }

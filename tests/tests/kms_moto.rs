@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use pii_enclave::sigv4::Credentials;
 use pii_kms_emulator::{Config, Emulator, Principal};
-use pii_tests::{kms_call, which};
+use pii_tests::kms_call;
 use serde_json::{json, Value};
 
 fn creds() -> Credentials {
@@ -20,32 +18,6 @@ fn creds() -> Credentials {
         secret_access_key: zeroize::Zeroizing::new("moto-diff-secret".into()),
         session_token: None,
     }
-}
-
-/// Kills moto when dropped.
-struct Moto(#[allow(dead_code)] tokio::process::Child);
-
-async fn start_moto() -> (Moto, String) {
-    let bin = which("moto_server").expect("moto_server not on PATH: run ci/setup.sh");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let child = tokio::process::Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let host = format!("127.0.0.1:{port}");
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(&host).await.is_ok() {
-            return (Moto(child), host);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("moto_server did not start on {host}");
 }
 
 async fn start_emulator() -> String {
@@ -213,7 +185,8 @@ async fn scenario(host: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kms_emulator_agrees_with_moto() {
-    let (_moto, moto) = start_moto().await;
+    let moto_server = pii_tests::Moto::start().await;
+    let moto = moto_server.host.clone();
     let emu = start_emulator().await;
     let a = scenario(&moto).await;
     let b = scenario(&emu).await;

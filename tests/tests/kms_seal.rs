@@ -80,22 +80,25 @@ async fn start_kms(trusted: &[&DangerousDevNsm], measured: &DangerousDevNsm) -> 
 
 /// A KMS seal reaching KMS and IMDS at `127.0.0.1:port`.
 fn seal_at(port: u16, key_arn: &str, nsm: Arc<dyn Nsm>) -> KmsSeal {
+    KmsSeal::new(config_at(port, key_arn), nsm).unwrap()
+}
+
+/// The config of [`seal_at`] (plain HTTP, no anchor: test switches).
+fn config_at(port: u16, key_arn: &str) -> KmsSealConfig {
     let url = format!("http://127.0.0.1:{port}");
-    KmsSeal::new(
-        KmsSealConfig {
-            deployment_id: "pii-tests".into(),
-            key_id: key_arn.into(),
-            region: "eu-west-1".into(),
-            endpoint: Some(url.clone()),
-            proxy: None,
-            ca_certs: vec![],
-            credentials: CredentialSource::Imds { endpoint: url },
-            timeout_secs: 5,
-            dangerous_allow_http: true,
-        },
-        nsm,
-    )
-    .unwrap()
+    KmsSealConfig {
+        deployment_id: "pii-tests".into(),
+        key_id: key_arn.into(),
+        region: "eu-west-1".into(),
+        endpoint: Some(url.clone()),
+        proxy: None,
+        ca_certs: vec![],
+        credentials: CredentialSource::Imds { endpoint: url },
+        timeout_secs: 5,
+        dangerous_allow_http: true,
+        anchor: None,
+        dangerous_no_anchor: true,
+    }
 }
 
 /// A KMS call signed with the role's credentials but *without* a Recipient:
@@ -432,6 +435,8 @@ async fn injected_credentials_and_wrong_ones() {
                 credentials: CredentialSource::Env,
                 timeout_secs: 5,
                 dangerous_allow_http: true,
+                anchor: None,
+                dangerous_no_anchor: true,
             },
             nsm.clone(),
         )
@@ -611,6 +616,8 @@ async fn kms_over_tls_through_the_connect_proxy() {
             timeout_secs: 5,
             // TLS to KMS: the production setting (IMDS is plain HTTP by design).
             dangerous_allow_http: false,
+            anchor: None,
+            dangerous_no_anchor: true,
         },
         nsm.clone(),
     )
@@ -825,4 +832,112 @@ async fn role_call(port: u16, action: &str, body: Value) -> (u16, Value) {
         session_token: Some(SESSION.into()),
     };
     kms_call(&format!("127.0.0.1:{port}"), &creds, action, &body).await
+}
+
+/// Keyring rollback across a restart with the KMS seal: the anchor is a
+/// DynamoDB item (moto's DynamoDB, server mode) written with check-and-set by
+/// the anchor's own principal, whose credentials KMS releases only to the
+/// attested enclave. While the enclave is down the host restores an older
+/// store: the restarted enclave refuses it and stays sealed; the real newest
+/// blob unseals. Control: without the anchor (the old behaviour) the older
+/// keyring is adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_blob_restored_while_down_is_refused_after_restart() {
+    use pii_enclave::kms_seal::DynamoAnchorConfig;
+    let moto = pii_tests::Moto::start().await;
+    let anchor_principal = pii_enclave::sigv4::Credentials {
+        access_key_id: "AKIAPIIANCHOR0000001".into(),
+        secret_access_key: zeroize::Zeroizing::new("anchor-principal-secret".into()),
+        session_token: None,
+    };
+    pii_tests::create_anchor_table(&moto.host, &anchor_principal, "pii-enclave-anchor").await;
+
+    let nsm = dev_nsm(b"pii-enclave release image");
+    let kms = start_kms(&[&nsm], &nsm).await;
+    // The operator seals the anchor principal's credentials under the key,
+    // in the one EncryptionContext the policy lets kms:Encrypt use.
+    let anchor_ctx = json!({"pii-enclave": "anchor-credentials-v1",
+                            "pii-enclave:deployment": "pii-tests"});
+    let creds_json = json!({"AccessKeyId": anchor_principal.access_key_id,
+                            "SecretAccessKey": anchor_principal.secret_access_key.as_str()});
+    let (s, v) = role_call(
+        kms.port,
+        "Encrypt",
+        json!({"KeyId": kms.key_arn, "Plaintext": B64.encode(creds_json.to_string()),
+               "EncryptionContext": anchor_ctx}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let sealed_creds = v["CiphertextBlob"].as_str().unwrap().to_owned();
+    // The host cannot open them: Decrypt without attestation is an explicit deny.
+    let (s, v) = role_call(
+        kms.port,
+        "Decrypt",
+        json!({"KeyId": kms.key_arn, "CiphertextBlob": sealed_creds, "EncryptionContext": anchor_ctx}),
+    )
+    .await;
+    assert_ne!(s, 200, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("explicit deny"),
+        "{v}"
+    );
+
+    let seal = |anchored: bool| -> Arc<dyn Seal> {
+        let mut cfg = config_at(kms.port, &kms.key_arn);
+        cfg.anchor = anchored.then(|| DynamoAnchorConfig {
+            table: "pii-enclave-anchor".into(),
+            endpoint: Some(format!("http://{}", moto.host)),
+            credentials_ciphertext: sealed_creds.clone(),
+        });
+        cfg.dangerous_no_anchor = !anchored;
+        Arc::new(KmsSeal::new(cfg, nsm.clone()).unwrap())
+    };
+    let keyring_dir = tempfile::tempdir().unwrap();
+    let mut stack = Stack::start_with(StackOpts {
+        seal: Some(seal(true)),
+        nsm: Some(nsm.clone()),
+        keyring_dir: Some(keyring_dir.path().to_path_buf()),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    assert_eq!(c.post("transit/keys/pii", json!({})).await.status / 100, 2);
+    let snapshot = pii_tests::keyring_blobs(keyring_dir.path());
+    assert_eq!(
+        c.post("transit/keys/pii/rotate", json!({})).await.status / 100,
+        2
+    );
+    let newest = pii_tests::keyring_blobs(keyring_dir.path());
+
+    stack.restart_with(&snapshot, seal(true)).await.unwrap();
+    pii_tests::assert_rollback_refused(&c, "DynamoDB").await;
+    stack.restart_with(&newest, seal(true)).await.unwrap();
+    pii_tests::assert_serves_pii_version(&c, 2, "the rotation is there").await;
+
+    // The anchored head is the newest blob's (read with the principal's key).
+    let (s, v) = pii_tests::aws_call(
+        &moto.host,
+        &anchor_principal,
+        "dynamodb",
+        "DynamoDB_20120810.GetItem",
+        "application/x-amz-json-1.0",
+        &json!({"TableName": "pii-enclave-anchor", "Key": {"deployment": {"S": "pii-tests"}},
+                "ConsistentRead": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let newest_blob = &newest.last().unwrap().1;
+    assert_eq!(
+        v["Item"]["blob_sha256"]["S"],
+        hex::encode(pii_enclave::seal::blob_hash(newest_blob)),
+        "{v}"
+    );
+
+    // Control: without the anchor, the restored older keyring is adopted.
+    stack.restart_with(&snapshot, seal(false)).await.unwrap();
+    pii_tests::assert_serves_pii_version(&c, 1, "without an anchor the rollback succeeds").await;
 }

@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use pii_enclave::seal::{seal_blob, unseal_blob, Seal, SealError};
 use pii_enclave::vault_seal::{VaultSealConfig, VaultTransitSeal};
-use pii_tests::{b64, egress_via_relay, files_under, tap, OpenBao, Stack, StackOpts, ROOT_TOKEN};
+use pii_tests::{
+    b64, egress_via_relay, files_under, keyring_blobs, tap, wait_health, OpenBao, Stack, StackOpts,
+    ROOT_TOKEN,
+};
 use serde_json::{json, Value};
 
 async fn vault(
@@ -732,53 +735,34 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
     .unwrap();
     let c = stack.client();
     assert_eq!(c.post("transit/keys/pii", json!({})).await.status / 100, 2);
-    let snapshot = blobs(keyring_dir.path());
+    let snapshot = keyring_blobs(keyring_dir.path());
     assert_eq!(
         c.post("transit/keys/pii/rotate", json!({})).await.status / 100,
         2
     );
-    let newest = blobs(keyring_dir.path());
+    let newest = keyring_blobs(keyring_dir.path());
     // The host restores the older store.
     let seal = anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await;
-    restart(&mut stack, keyring_dir.path(), &snapshot, seal).await;
-    let h = wait_health(&c, |h| !h["rollback_detected"].is_null()).await;
-    assert_eq!(h["sealed"], true, "{h}");
-    assert_eq!(h["seal_status"], "rollback detected", "{h}");
-    assert!(
-        h["rollback_detected"]
-            .as_str()
-            .unwrap()
-            .contains("rollback anchor"),
-        "{h}"
-    );
-    let r = c
-        .post("transit/encrypt/pii", json!({"plaintext": b64(b"x")}))
-        .await;
-    assert_eq!(r.status, 503, "nothing is served from the older keyring");
+    stack.restart_with(&snapshot, seal).await.unwrap();
+    pii_tests::assert_rollback_refused(&c, "rollback anchor").await;
 
     // The anchor unreachable (here: a mount the enclave may not read): it
     // stays sealed and says so, adopting nothing.
     let seal = anchored_seal(&bao, &role_id, false, "no-such-anchor").await;
-    restart(&mut stack, keyring_dir.path(), &snapshot, seal).await;
+    stack.restart_with(&snapshot, seal).await.unwrap();
     let h = wait_health(&c, |h| !h["anchor_unreachable"].is_null()).await;
     assert_eq!(h["sealed"], true, "{h}");
     assert_eq!(h["seal_status"], "anchor unreachable", "{h}");
 
     // The real newest blob back: unseals, the rotation is there.
     let seal = anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await;
-    restart(&mut stack, keyring_dir.path(), &newest, seal).await;
-    wait_health(&c, |h| h["sealed"] == false).await;
-    assert_eq!(c.get("transit/keys/pii").await.data("latest_version"), 2);
+    stack.restart_with(&newest, seal).await.unwrap();
+    pii_tests::assert_serves_pii_version(&c, 2, "the rotation is there").await;
 
     // Control: without the anchor, the restored older keyring is adopted.
     let seal = anchored_seal(&bao, &role_id, true, "pii-enclave-anchor").await;
-    restart(&mut stack, keyring_dir.path(), &snapshot, seal).await;
-    wait_health(&c, |h| h["sealed"] == false).await;
-    assert_eq!(
-        c.get("transit/keys/pii").await.data("latest_version"),
-        1,
-        "without an anchor the rollback succeeds (why the anchor exists)"
-    );
+    stack.restart_with(&snapshot, seal).await.unwrap();
+    pii_tests::assert_serves_pii_version(&c, 1, "without an anchor the rollback succeeds").await;
 
     // An anchor with no record (lost, or moved to a new mount) anchors only a
     // new deployment's first keyring, never whatever blob the host serves.
@@ -787,7 +771,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
     args.dangerous_wrapped_secret_id = true;
     host_proxy::vault::bootstrap(&args).await.unwrap();
     let seal = anchored_seal(&bao, &role_id, false, "fresh-anchor").await;
-    restart(&mut stack, keyring_dir.path(), &newest, seal).await;
+    stack.restart_with(&newest, seal).await.unwrap();
     let h = wait_health(&c, |h| !h["rollback_detected"].is_null()).await;
     assert_eq!(h["sealed"], true, "{h}");
     assert!(
@@ -797,19 +781,6 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
             .contains("has no record"),
         "{h}"
     );
-}
-
-/// Down; the host makes the store hold exactly `to`; up again with `seal`.
-async fn restart(
-    stack: &mut Stack,
-    dir: &std::path::Path,
-    to: &[(std::path::PathBuf, Vec<u8>)],
-    seal: Arc<dyn Seal>,
-) {
-    stack.kill_enclave().await;
-    restore(dir, to);
-    stack.opts.seal = Some(seal);
-    stack.start_enclave().unwrap();
 }
 
 /// A Vault seal with a fresh wrapped secret_id and this anchor setting.
@@ -823,43 +794,4 @@ async fn anchored_seal(
     s.dangerous_no_anchor = no_anchor;
     s.anchor_kv_mount = mount.into();
     Arc::new(VaultTransitSeal::new(s).unwrap())
-}
-
-fn blobs(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "blob"))
-        .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            (p, b)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// Make `dir` hold exactly these blobs.
-fn restore(dir: &std::path::Path, to: &[(std::path::PathBuf, Vec<u8>)]) {
-    for (p, _) in blobs(dir) {
-        std::fs::remove_file(p).unwrap();
-    }
-    for (p, b) in to {
-        std::fs::write(p, b).unwrap();
-    }
-}
-
-async fn wait_health(c: &pii_tests::Client, done: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..100 {
-        // Any API call makes a sealed enclave try to load again.
-        let _ = c.get("transit/keys/pii").await;
-        last = c.get("sys/health").await.body;
-        if done(&last) {
-            return last;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("health never reached the expected state: {last}");
 }
