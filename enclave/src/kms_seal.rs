@@ -94,6 +94,10 @@ pub struct DynamoAnchorConfig {
     /// Base64 KMS `CiphertextBlob` of `{"AccessKeyId": …, "SecretAccessKey": …}`
     /// (`aws kms encrypt --encryption-context pii-enclave=anchor-credentials-v1,pii-enclave:deployment=<id>`).
     pub credentials_ciphertext: String,
+    /// Set once the first keyring is anchored: a missing record is then a
+    /// rollback (the record was deleted), not a new deployment.
+    #[serde(default)]
+    pub expect_record: bool,
 }
 
 /// The EncryptionContext value of the anchor's sealed credentials.
@@ -287,8 +291,10 @@ impl KmsSeal {
         let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
         let dynamo = match (&cfg.anchor, cfg.dangerous_no_anchor) {
             (Some(a), _) => {
-                if a.table.is_empty() || a.credentials_ciphertext.is_empty() {
-                    return Err("seal.anchor needs table and credentials_ciphertext".into());
+                if a.table.is_empty() || B64.decode(a.credentials_ciphertext.trim()).is_err() {
+                    return Err(
+                        "seal.anchor needs a table and a base64 credentials_ciphertext".into(),
+                    );
                 }
                 let (url, host) = aws_endpoint(
                     "seal.anchor.endpoint",
@@ -839,6 +845,10 @@ fn parse_anchor_item(item: Option<&Value>) -> Result<Option<Head>, SealError> {
 }
 
 impl Anchor for KmsSeal {
+    fn expects_record(&self) -> bool {
+        self.cfg.anchor.as_ref().is_some_and(|a| a.expect_record)
+    }
+
     fn describe(&self) -> String {
         format!(
             "DynamoDB {}/{}",
@@ -1047,6 +1057,7 @@ mod tests {
             table: "t".into(),
             endpoint: Some("http://127.0.0.1:1".into()),
             credentials_ciphertext: "AAAA".into(),
+            expect_record: false,
         });
         let e = KmsSeal::new(c.clone(), Arc::new(NoNsm)).unwrap_err();
         assert!(e.contains("plain http"), "{e}");

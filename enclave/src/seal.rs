@@ -112,6 +112,12 @@ pub trait Anchor: Send + Sync {
     fn read(&self) -> SealFuture<'_, Option<Head>>;
     /// Record `next` if the record still is `expected` (compare-and-swap).
     fn advance(&self, expected: Option<Head>, next: Head) -> SealFuture<'_, Advance>;
+    /// The measured config says a record must exist (set once the first head
+    /// is anchored): a missing record is then a rollback, not a new
+    /// deployment (no trust on first use).
+    fn expects_record(&self) -> bool {
+        false
+    }
 }
 
 /// A key-encryption backend.

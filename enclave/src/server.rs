@@ -146,6 +146,7 @@ impl Handler for Server {
                         tracing::warn!(error = %e, "keyring not available");
                     }
                 }
+                self.engine.check_fresh_if_due(&store, unix_now()).await;
                 let before = self.engine.store_version();
                 let resp = crate::api::handle(
                     &self.engine,
@@ -213,7 +214,10 @@ impl Server {
             },
             seal_backend: self.engine.seal_id().to_owned(),
             seal_error: self.engine.seal_error(),
-            rollback_detected: self.engine.rollback_detected(),
+            rollback_detected: self
+                .engine
+                .rollback_detected()
+                .or_else(|| self.engine.stale()),
             anchor_error: self.engine.anchor_error(),
             keyring_version: self.engine.store_version(),
             enclave_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -285,6 +289,14 @@ impl Server {
     }
 }
 
+/// The wall clock, Unix seconds (the one place the server reads it).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -306,11 +318,11 @@ async fn auto_rotate(server: Arc<Server>, latest: tokio::sync::watch::Receiver<O
         if !server.engine.is_unsealed() {
             continue;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        match server.engine.rotate_due(&PeerStore(&peer), now).await {
+        match server
+            .engine
+            .rotate_due(&PeerStore(&peer), unix_now())
+            .await
+        {
             Ok(names) if !names.is_empty() => tracing::info!(?names, "auto-rotated keys"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "auto-rotation failed; will retry"),

@@ -164,6 +164,12 @@ pub struct Engine {
     rollback: std::sync::Mutex<Option<String>>,
     /// The rollback anchor's last failure, cleared by the next success.
     anchor_error: std::sync::Mutex<Option<String>>,
+    /// Why this enclave stopped serving: the anchor records a newer keyring
+    /// than it holds and the store did not provide it (a stale replica).
+    stale: std::sync::Mutex<Option<String>>,
+    /// Unix seconds of the next freshness check, and the interval.
+    fresh_due: std::sync::atomic::AtomicI64,
+    fresh_every: std::sync::atomic::AtomicI64,
     audit: crate::audit::AuditLog,
     /// The seal backend's last failure, cleared by the next success.
     seal_error: std::sync::Mutex<Option<String>>,
@@ -178,6 +184,8 @@ impl std::fmt::Debug for Engine {
 }
 
 const MAX_CAS_ATTEMPTS: usize = 8;
+/// How often a serving enclave compares its keyring with the anchor's.
+pub const FRESH_CHECK_SECS: i64 = 30;
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -195,6 +203,9 @@ impl Engine {
             head: std::sync::Mutex::new(None),
             rollback: std::sync::Mutex::new(None),
             anchor_error: std::sync::Mutex::new(None),
+            stale: std::sync::Mutex::new(None),
+            fresh_due: std::sync::atomic::AtomicI64::new(0),
+            fresh_every: std::sync::atomic::AtomicI64::new(FRESH_CHECK_SECS),
             audit: crate::audit::AuditLog::default(),
             seal_error: std::sync::Mutex::new(None),
         }
@@ -262,9 +273,79 @@ impl Engine {
         self.seal.provide_credential(secret).await
     }
 
-    /// The keyring, or 503 while sealed.
+    /// The keyring, or 503 while sealed or stale.
     pub fn current(&self) -> Result<Arc<Keyring>> {
+        if self.stale().is_some() {
+            return Err(Error::new(
+                503,
+                "this enclave's keyring is behind the anchored one; refusing to serve until it loads the newest",
+            ));
+        }
         self.keyring.load_full().ok_or_else(Error::sealed)
+    }
+
+    /// Why the enclave refuses to serve as a stale replica, if it does.
+    pub fn stale(&self) -> Option<String> {
+        self.stale.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Set how often [`Engine::check_fresh_if_due`] runs (0: every call).
+    pub fn set_fresh_check_secs(&self, secs: i64) {
+        self.fresh_every
+            .store(secs.max(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every [`FRESH_CHECK_SECS`] (at `now`, Unix seconds): compare the
+    /// keyring in memory with the anchor's head; if the anchor is ahead, load
+    /// the newest from the store, and if the store does not provide it, stop
+    /// serving (a host could otherwise keep a second replica on an old
+    /// keyring by never telling it about changes).
+    pub async fn check_fresh_if_due(&self, store: &dyn BlobStore, now: i64) {
+        use std::sync::atomic::Ordering;
+        let Some(anchor) = self.seal.anchor() else {
+            return;
+        };
+        let due = self.fresh_due.load(Ordering::Relaxed);
+        if now < due || !self.is_unsealed() {
+            return;
+        }
+        let every = self.fresh_every.load(Ordering::Relaxed);
+        if self
+            .fresh_due
+            .compare_exchange(due, now + every, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another request is checking
+        }
+        let Ok(rec) = self.anchor_call(anchor.read()).await else {
+            return; // reported as anchor_unreachable
+        };
+        let mine = self
+            .head()
+            .map(|(generation, hash)| Head { generation, hash });
+        if rec == mine {
+            *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+        if let Err(e) = self.load_inner(store, true).await {
+            tracing::warn!(error = %e, "loading the anchored keyring failed");
+        }
+        let mine = self
+            .head()
+            .map(|(generation, hash)| Head { generation, hash });
+        let mut g = self.stale.lock().unwrap_or_else(|e| e.into_inner());
+        if mine == rec {
+            *g = None;
+        } else {
+            let why = format!(
+                "the rollback anchor ({}) records keyring generation {}; this enclave holds {} and the store did not provide the newer one",
+                anchor.describe(),
+                rec.map(|r| r.generation.to_string()).unwrap_or_else(|| "none".into()),
+                mine.map(|m| m.generation.to_string()).unwrap_or_else(|| "none".into()),
+            );
+            tracing::error!(reason = %why, "SECURITY: stale keyring; refusing to serve");
+            *g = Some(why);
+        }
     }
 
     pub fn is_unsealed(&self) -> bool {
@@ -375,7 +456,9 @@ impl Engine {
                 // no predecessor) may be anchored. Any later blob with no
                 // record means the anchor was lost or moved, and the host
                 // could have picked any historic blob.
-                None if head.generation == 1 && l.prev == [0u8; 32] => None,
+                None if head.generation == 1 && l.prev == [0u8; 32] && !anchor.expects_record() => {
+                    None
+                }
                 None => {
                     return Err(self.rollback(format!(
                         "the rollback anchor ({}) has no record, but the store returned generation {}: \
@@ -405,6 +488,10 @@ impl Engine {
     fn install(&self, kr: Keyring, head: Option<(u64, [u8; 32])>) {
         if let Some(h) = head {
             *self.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+            // Every installed blob passed the anchor check (open, mutate).
+            if self.seal.anchor().is_some() {
+                *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
         }
         self.keyring.store(Some(Arc::new(kr)));
     }
@@ -430,6 +517,12 @@ impl Engine {
 
     /// Load the newest blob from the store (or start empty if there is none).
     pub async fn load(&self, store: &dyn BlobStore) -> Result<()> {
+        self.load_inner(store, false).await
+    }
+
+    /// As [`Engine::load`]; `force` opens the store's newest blob even if its
+    /// store version is not above the one in memory (the host picks those).
+    async fn load_inner(&self, store: &dyn BlobStore, force: bool) -> Result<()> {
         let _w = self.write.lock().await;
         match store
             .load()
@@ -439,7 +532,15 @@ impl Engine {
             None => {
                 if self.keyring.load().is_none() {
                     if let Some(anchor) = self.seal.anchor() {
-                        if let Some(r) = self.anchor_call(anchor.read()).await? {
+                        let rec = self.anchor_call(anchor.read()).await?;
+                        if rec.is_none() && anchor.expects_record() {
+                            return Err(self.rollback(format!(
+                                "the store holds no keyring and the rollback anchor ({}) no record, \
+                                 but the config says one exists",
+                                anchor.describe()
+                            )));
+                        }
+                        if let Some(r) = rec {
                             return Err(self.rollback(format!(
                                 "the store holds no keyring, but the rollback anchor ({}) records generation {}",
                                 anchor.describe(),
@@ -452,7 +553,7 @@ impl Engine {
                 }
             }
             Some(blob) => {
-                if blob.version <= self.store_version() && self.is_unsealed() {
+                if !force && blob.version <= self.store_version() && self.is_unsealed() {
                     return Ok(());
                 }
                 let (kr, head) = self.open(&blob).await?;

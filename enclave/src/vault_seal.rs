@@ -74,6 +74,10 @@ pub struct VaultSealConfig {
     /// could serve any older keyring).
     #[serde(default)]
     pub dangerous_no_anchor: bool,
+    /// Set once the first keyring is anchored: a missing anchor record is
+    /// then a rollback, not a new deployment.
+    #[serde(default)]
+    pub anchor_expect_record: bool,
     /// DANGEROUS, tests only: allow `http://` Vault. Without TLS ending in the
     /// enclave, the host that relays the bytes reads the secret_id, the token
     /// and every data key.
@@ -508,6 +512,10 @@ impl HeadRecord {
 }
 
 impl Anchor for VaultTransitSeal {
+    fn expects_record(&self) -> bool {
+        self.cfg.anchor_expect_record
+    }
+
     fn describe(&self) -> String {
         format!(
             "Vault KV {}/{}",
@@ -617,6 +625,7 @@ mod tests {
             timeout_secs: 1,
             anchor_kv_mount: default_anchor_mount(),
             dangerous_no_anchor: false,
+            anchor_expect_record: false,
             dangerous_allow_http: false,
         };
         assert!(VaultTransitSeal::new(cfg("ftp://x", Some("w"))).is_err());

@@ -123,6 +123,7 @@ fn main() {
             timeout_secs: 5,
             anchor_kv_mount: "pii-enclave-anchor".into(),
             dangerous_no_anchor: false,
+            anchor_expect_record: false,
             dangerous_allow_http: true,
         })
         .unwrap();
@@ -226,6 +227,7 @@ fn main() {
             table: "anchor".into(),
             endpoint: Some(format!("http://{}", moto.host)),
             credentials_ciphertext: v["CiphertextBlob"].as_str().unwrap().into(),
+            expect_record: false,
         });
         cfg.dangerous_no_anchor = false;
         let anchored = KmsSeal::new(cfg, nsm.clone()).unwrap();

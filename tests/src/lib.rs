@@ -42,7 +42,7 @@ impl Enclave {
         seal: Arc<dyn pii_enclave::seal::Seal>,
     ) -> anyhow::Result<Enclave> {
         let nsm = Arc::new(pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?);
-        Enclave::start_with_nsm(socket, auth, seal, nsm)
+        Enclave::start_with_nsm(socket, auth, seal, nsm, None)
     }
 
     /// As [`Enclave::start_sealed`], with this NSM (the one its seal uses,
@@ -52,10 +52,15 @@ impl Enclave {
         auth: Auth,
         seal: Arc<dyn pii_enclave::seal::Seal>,
         nsm: Arc<dyn pii_enclave::nsm::Nsm>,
+        fresh_check_secs: Option<i64>,
     ) -> anyhow::Result<Enclave> {
         let listener = Listener::bind(&Addr::Unix(socket.to_path_buf()))?;
+        let engine = Engine::new(seal);
+        if let Some(s) = fresh_check_secs {
+            engine.set_fresh_check_secs(s);
+        }
         let server = Arc::new(Server {
-            engine: Engine::new(seal),
+            engine,
             auth,
             attestor: pii_enclave::attest::Attestor::new(Some(nsm)),
         });
@@ -97,6 +102,9 @@ pub struct StackOpts {
     pub seal: Option<Arc<dyn pii_enclave::seal::Seal>>,
     /// `None`: a fresh development NSM measuring [`TEST_IMAGE`].
     pub nsm: Option<Arc<dyn pii_enclave::nsm::Nsm>>,
+    /// How often the enclave compares its keyring with the anchor (`None`:
+    /// the production default).
+    pub fresh_check_secs: Option<i64>,
 }
 
 impl Default for StackOpts {
@@ -111,6 +119,7 @@ impl Default for StackOpts {
             token_store: None,
             seal: None,
             nsm: None,
+            fresh_check_secs: None,
         }
     }
 }
@@ -135,10 +144,17 @@ fn auth_for(opts: &StackOpts) -> anyhow::Result<Auth> {
 }
 
 fn enclave_for(socket: &Path, opts: &StackOpts) -> anyhow::Result<Enclave> {
-    match &opts.nsm {
-        Some(n) => Enclave::start_with_nsm(socket, auth_for(opts)?, seal_for(opts), n.clone()),
-        None => Enclave::start_sealed(socket, auth_for(opts)?, seal_for(opts)),
-    }
+    let nsm: Arc<dyn pii_enclave::nsm::Nsm> = match &opts.nsm {
+        Some(n) => n.clone(),
+        None => Arc::new(pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?),
+    };
+    Enclave::start_with_nsm(
+        socket,
+        auth_for(opts)?,
+        seal_for(opts),
+        nsm,
+        opts.fresh_check_secs,
+    )
 }
 
 fn seal_for(opts: &StackOpts) -> Arc<dyn pii_enclave::seal::Seal> {

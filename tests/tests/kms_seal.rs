@@ -891,6 +891,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
             table: "pii-enclave-anchor".into(),
             endpoint: Some(format!("http://{}", moto.host)),
             credentials_ciphertext: sealed_creds.clone(),
+            expect_record: false,
         });
         cfg.dangerous_no_anchor = !anchored;
         Arc::new(KmsSeal::new(cfg, nsm.clone()).unwrap())

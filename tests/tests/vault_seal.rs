@@ -163,6 +163,7 @@ fn seal_config(
         timeout_secs: 5,
         anchor_kv_mount: "pii-enclave-anchor".into(),
         dangerous_no_anchor: false,
+        anchor_expect_record: false,
         dangerous_allow_http: !address.starts_with("https://"),
     }
 }
@@ -557,6 +558,7 @@ async fn attested_bootstrap_gives_the_host_nothing_to_log_in_with() {
         timeout_secs: 5,
         anchor_kv_mount: "pii-enclave-anchor".into(),
         dangerous_no_anchor: false,
+        anchor_expect_record: false,
         dangerous_allow_http: false,
     })
     .unwrap();
@@ -781,6 +783,23 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
             .contains("has no record"),
         "{h}"
     );
+    // Wiping the store and the record: with `anchor_expect_record` (set once
+    // the deployment has a head) that is a rollback too, not a new start.
+    let mut cfg = seal_config(&bao.url, &role_id, wrapped_secret_id(&bao).await, None);
+    cfg.anchor_kv_mount = "fresh-anchor".into();
+    cfg.anchor_expect_record = true;
+    stack
+        .restart_with(&[], Arc::new(VaultTransitSeal::new(cfg).unwrap()))
+        .await
+        .unwrap();
+    let h = wait_health(&c, |h| !h["rollback_detected"].is_null()).await;
+    assert!(
+        h["rollback_detected"]
+            .as_str()
+            .unwrap()
+            .contains("the config says one exists"),
+        "{h}"
+    );
 }
 
 /// A Vault seal with a fresh wrapped secret_id and this anchor setting.
@@ -794,4 +813,83 @@ async fn anchored_seal(
     s.dangerous_no_anchor = no_anchor;
     s.anchor_kv_mount = mount.into();
     Arc::new(VaultTransitSeal::new(s).unwrap())
+}
+
+/// A second replica kept stale, played by the host: it gives replica B its
+/// own copy of the store and never updates it, so changes made through
+/// replica A (a rotation) never reach B. B compares its keyring with the
+/// anchor on its own schedule and stops serving once it falls behind; given
+/// the newest blob, it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_kept_on_an_old_keyring_stops_serving() {
+    let bao = OpenBao::start().await.unwrap();
+    let role_id = bootstrap(&bao).await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let stack = |dir: &std::path::Path, seal: Arc<dyn Seal>| StackOpts {
+        seal: Some(seal),
+        keyring_dir: Some(dir.to_path_buf()),
+        fresh_check_secs: Some(0),
+        ..StackOpts::default()
+    };
+    let a = Stack::start_with(stack(
+        dir_a.path(),
+        anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await,
+    ))
+    .await
+    .unwrap();
+    let ca = a.client();
+    assert_eq!(ca.post("transit/keys/pii", json!({})).await.status / 100, 2);
+    let ct = ca.encrypt_ok("pii", b"078-05-1120").await;
+    // B starts on the same keyring (its own copy of the store).
+    let copy_to_b = || {
+        keyring_blobs(dir_a.path())
+            .into_iter()
+            .map(|(p, b)| (dir_b.path().join(p.file_name().unwrap()), b))
+            .collect::<Vec<_>>()
+    };
+    pii_tests::restore_keyring_blobs(dir_b.path(), &copy_to_b());
+    let b = Stack::start_with(stack(
+        dir_b.path(),
+        anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await,
+    ))
+    .await
+    .unwrap();
+    let cb = b.client();
+    pii_tests::assert_serves_pii_version(&cb, 1, "B starts current").await;
+    let r = cb
+        .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // A rotates; the host never tells B.
+    assert_eq!(
+        ca.post("transit/keys/pii/rotate", json!({})).await.status / 100,
+        2
+    );
+    let r = cb
+        .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+        .await;
+    assert_eq!(
+        r.status, 503,
+        "a stale replica must not serve: {:?}",
+        r.body
+    );
+    let h = cb.get("sys/health").await.body;
+    assert_eq!(h["seal_status"], "rollback detected", "{h}");
+    assert!(
+        h["rollback_detected"]
+            .as_str()
+            .unwrap_or("")
+            .contains("records keyring generation"),
+        "{h}"
+    );
+
+    // With the newest blob in its store, B catches up and serves again.
+    pii_tests::restore_keyring_blobs(dir_b.path(), &copy_to_b());
+    pii_tests::assert_serves_pii_version(&cb, 2, "B caught up with the rotation").await;
+    let r = cb
+        .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
