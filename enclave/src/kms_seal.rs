@@ -1066,6 +1066,28 @@ mod tests {
     }
 
     #[test]
+    fn anchor_items_are_parsed_strictly() {
+        let h = "ab".repeat(32);
+        let good =
+            json!({"deployment": {"S": "d"}, "generation": {"N": "7"}, "blob_sha256": {"S": h}});
+        let head = parse_anchor_item(Some(&good)).unwrap().unwrap();
+        assert_eq!(head.generation, 7);
+        assert_eq!(head.hash, [0xab; 32]);
+        assert_eq!(parse_anchor_item(None).unwrap(), None);
+        assert_eq!(parse_anchor_item(Some(&Value::Null)).unwrap(), None);
+        for bad in [
+            json!({"generation": {"S": "7"}, "blob_sha256": {"S": h}}),
+            json!({"generation": {"N": "-1"}, "blob_sha256": {"S": h}}),
+            json!({"generation": {"N": "7"}, "blob_sha256": {"S": "ab"}}),
+            json!({"generation": {"N": "7"}, "blob_sha256": {"S": "zz".repeat(32)}}),
+            json!({"generation": {"N": "7"}}),
+            json!("garbage"),
+        ] {
+            assert!(parse_anchor_item(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn imds_expiration_parses() {
         assert_eq!(
             parse_rfc3339_utc("2015-08-30T12:36:00Z"),

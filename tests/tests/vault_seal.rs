@@ -761,6 +761,36 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
     stack.restart_with(&newest, seal).await.unwrap();
     pii_tests::assert_serves_pii_version(&c, 2, "the rotation is there").await;
 
+    // The anchor answering garbage (a record that is not a head): nothing is
+    // adopted, and health says why.
+    let admin = vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(&bao.url)
+            .token(ROOT_TOKEN)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    vaultrs::kv2::set(
+        &admin,
+        "pii-enclave-anchor",
+        "keyring-head/pii-tests",
+        &json!({"generation": "many", "hash": "not hex"}),
+    )
+    .await
+    .unwrap();
+    let seal = anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await;
+    stack.restart_with(&newest, seal).await.unwrap();
+    let h = wait_health(&c, |h| !h["anchor_unreachable"].is_null()).await;
+    assert_eq!(h["sealed"], true, "{h}");
+    assert!(
+        h["anchor_unreachable"]
+            .as_str()
+            .unwrap()
+            .contains("malformed"),
+        "{h}"
+    );
+
     // Control: without the anchor, the restored older keyring is adopted.
     let seal = anchored_seal(&bao, &role_id, true, "pii-enclave-anchor").await;
     stack.restart_with(&snapshot, seal).await.unwrap();
