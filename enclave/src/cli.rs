@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::auth::{token_hash, Auth};
@@ -301,7 +302,9 @@ fn serve(args: ServeArgs, dangerous: Dangerous, mode: Mode) {
         .unwrap_or_else(|e| fail(e));
     rt.block_on(async move {
         if let Some(eg) = &cfg.egress {
-            start_egress(eg).await.unwrap_or_else(|e| fail(e));
+            start_egress(eg)
+                .await
+                .unwrap_or_else(|e| fail(format!("{e:#}")));
         }
         let listener =
             Listener::bind(&addr).unwrap_or_else(|e| fail(format!("cannot listen on {addr}: {e}")));
@@ -329,25 +332,28 @@ fn serve(args: ServeArgs, dangerous: Dangerous, mode: Mode) {
 }
 
 /// Local endpoints that tunnel through the host's egress relay.
-async fn start_egress(eg: &crate::config::EgressConfig) -> Result<(), String> {
+async fn start_egress(eg: &crate::config::EgressConfig) -> anyhow::Result<()> {
     use pii_transport::relay::{serve_connect_proxy, serve_fixed, Target};
-    let relay: Addr = eg.relay.parse().map_err(|e| format!("egress.relay: {e}"))?;
+    let relay: Addr = eg
+        .relay
+        .parse()
+        .map_err(|e| anyhow::anyhow!("egress.relay: {e}"))?;
     let timeout = std::time::Duration::from_secs(10);
     for f in &eg.fixed {
         let target: Target = f
             .upstream
             .parse()
-            .map_err(|e| format!("egress upstream {:?}: {e}", f.upstream))?;
+            .map_err(|e| anyhow::anyhow!("egress upstream {:?}: {e}", f.upstream))?;
         let l = tokio::net::TcpListener::bind(&f.listen)
             .await
-            .map_err(|e| format!("egress listen {}: {e}", f.listen))?;
+            .with_context(|| format!("egress listen {}", f.listen))?;
         tracing::info!(listen = %f.listen, upstream = %target, "egress tunnel");
         tokio::spawn(serve_fixed(l, relay.clone(), target, timeout));
     }
     if let Some(p) = &eg.connect_proxy {
         let l = tokio::net::TcpListener::bind(p)
             .await
-            .map_err(|e| format!("egress connect_proxy {p}: {e}"))?;
+            .with_context(|| format!("egress connect_proxy {p}"))?;
         tracing::info!(listen = %p, "egress CONNECT proxy");
         tokio::spawn(serve_connect_proxy(l, relay.clone(), timeout));
     }

@@ -259,7 +259,7 @@ impl KmsSeal {
                 cfg.key_id
             ));
         }
-        crate::seal::check_deployment_id(&cfg.deployment_id)?;
+        crate::seal::check_deployment_id(&cfg.deployment_id).map_err(|e| e.to_string())?;
         if cfg.region.is_empty()
             || !cfg
                 .region
@@ -273,7 +273,8 @@ impl KmsSeal {
             cfg.endpoint.clone(),
             &format!("https://kms.{}.amazonaws.com", cfg.region),
             cfg.dangerous_allow_http,
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(cfg.timeout_secs))
             .connect_timeout(Duration::from_secs(cfg.timeout_secs))
@@ -301,7 +302,8 @@ impl KmsSeal {
                     a.endpoint.clone(),
                     &format!("https://dynamodb.{}.amazonaws.com", cfg.region),
                     cfg.dangerous_allow_http,
-                )?;
+                )
+                .map_err(|e| e.to_string())?;
                 Some((url, host))
             }
             (None, true) => None,
@@ -428,7 +430,7 @@ impl KmsSeal {
         creds: &Credentials,
         target: &str,
         body: &[u8],
-    ) -> Result<(reqwest::StatusCode, Value), String> {
+    ) -> Result<(reqwest::StatusCode, Value), CallError> {
         let mut req = sigv4::Request {
             method: "POST",
             path: "/",
@@ -457,12 +459,10 @@ impl KmsSeal {
             .header("authorization", auth)
             .body(body.to_vec())
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = resp.status();
-        let bytes = read_limited(resp).await.map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| format!("answered {status} with non-JSON"))?;
+        let bytes = read_limited(resp).await.map_err(CallError::Read)?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|_| CallError::NotJson(status))?;
         Ok((status, v))
     }
 
@@ -920,24 +920,45 @@ fn aws_error_kind(v: &Value) -> String {
         .to_owned()
 }
 
+/// A configured AWS endpoint that may not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    #[error("{what} {ep:?} is not an http(s) URL")]
+    NotUrl { what: &'static str, ep: String },
+    #[error("{what} {ep:?} is plain http: the host relaying it could read or forge the answers; use https (TLS ends in the enclave)")]
+    PlainHttp { what: &'static str, ep: String },
+}
+
+/// Why one signed AWS call got no JSON answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum CallError {
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    #[error("answered {0} with non-JSON")]
+    NotJson(reqwest::StatusCode),
+    #[error(transparent)]
+    Read(SealError),
+}
+
 /// An AWS endpoint URL (`given`, else `default`) and its `host[:port]`; plain
 /// http only with the dangerous switch (the host relays these bytes).
 fn aws_endpoint(
-    what: &str,
+    what: &'static str,
     given: Option<String>,
     default: &str,
     dangerous_allow_http: bool,
-) -> Result<(url::Url, String), String> {
+) -> Result<(url::Url, String), EndpointError> {
     let ep = given.unwrap_or_else(|| default.to_owned());
-    let url = url::Url::parse(&ep)
+    let Some(url) = url::Url::parse(&ep)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-        .ok_or_else(|| format!("{what} {ep:?} is not an http(s) URL"))?;
+    else {
+        return Err(EndpointError::NotUrl { what, ep });
+    };
     if url.scheme() == "http" && !dangerous_allow_http {
-        return Err(format!(
-            "{what} {ep:?} is plain http: the host relaying it could read or forge the answers; \
-             use https (TLS ends in the enclave)"
-        ));
+        return Err(EndpointError::PlainHttp { what, ep });
     }
     let host = match url.port() {
         Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),

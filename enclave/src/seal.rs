@@ -38,8 +38,13 @@ pub struct Lineage {
     pub prev: [u8; 32],
 }
 
+/// A `deployment_id` outside 1–64 of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("seal.deployment_id {0:?} must be 1-64 characters of A-Z a-z 0-9 . _ -")]
+pub struct BadDeploymentId(pub String);
+
 /// A deployment id: 1–64 of `[A-Za-z0-9._-]`.
-pub fn check_deployment_id(id: &str) -> Result<(), String> {
+pub fn check_deployment_id(id: &str) -> Result<(), BadDeploymentId> {
     let ok = (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -47,9 +52,7 @@ pub fn check_deployment_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "seal.deployment_id {id:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
-        ))
+        Err(BadDeploymentId(id.to_owned()))
     }
 }
 

@@ -165,7 +165,7 @@ impl VaultTransitSeal {
         if cfg.role_id.is_empty() {
             return Err("seal.role_id is empty".into());
         }
-        crate::seal::check_deployment_id(&cfg.deployment_id)?;
+        crate::seal::check_deployment_id(&cfg.deployment_id).map_err(|e| e.to_string())?;
         let wrapped = cfg
             .dangerous_wrapped_secret_id
             .clone()

@@ -227,6 +227,22 @@ impl Stack {
         }
     }
 
+    /// Create key `pii`, then rotate it: the stored blobs after each step
+    /// (an older and the newest keyring, for rollback tests).
+    pub async fn create_pii_and_rotate(
+        &self,
+    ) -> (Vec<(PathBuf, Vec<u8>)>, Vec<(PathBuf, Vec<u8>)>) {
+        let c = self.client();
+        let r = c.post("transit/keys/pii", serde_json::json!({})).await;
+        assert_eq!(r.status / 100, 2, "{:?}", r.body);
+        let older = keyring_blobs(&self.keyring_dir());
+        let r = c
+            .post("transit/keys/pii/rotate", serde_json::json!({}))
+            .await;
+        assert_eq!(r.status / 100, 2, "{:?}", r.body);
+        (older, keyring_blobs(&self.keyring_dir()))
+    }
+
     /// Down; the store made to hold exactly `to` (as a host could); up again
     /// with `seal`.
     pub async fn restart_with(

@@ -755,13 +755,7 @@ async fn iam_grants_cannot_reencrypt_or_grant_around_the_attestation() {
             opened.push("ReEncrypt to the host's key, then Decrypt there");
         }
     } else {
-        assert!(
-            v["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("explicit deny"),
-            "{v}"
-        );
+        assert_explicit_deny(&v);
     }
     for (label, action, body) in [
         (
@@ -794,13 +788,7 @@ async fn iam_grants_cannot_reencrypt_or_grant_around_the_attestation() {
         if s == 200 {
             opened.push(label);
         } else {
-            assert!(
-                v["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("explicit deny"),
-                "{v}"
-            );
+            assert_explicit_deny(&v);
         }
     }
     assert!(opened.is_empty(), "EXPLOIT: {opened:?}");
@@ -822,6 +810,12 @@ async fn kms_stack_with_a_key() -> (Kms, Stack, Vec<u8>) {
     assert_eq!(r.status / 100, 2, "{:?}", r.body);
     let blob = newest_blob(&stack);
     (kms, stack, blob)
+}
+
+/// A KMS answer that is an explicit deny of the key policy.
+fn assert_explicit_deny(v: &Value) {
+    let m = v["message"].as_str().unwrap_or("");
+    assert!(m.contains("explicit deny"), "{v}");
 }
 
 /// A KMS call signed with the instance role's credentials (what the host holds).
@@ -877,13 +871,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
     )
     .await;
     assert_ne!(s, 200, "{v}");
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("explicit deny"),
-        "{v}"
-    );
+    assert_explicit_deny(&v);
 
     let seal = |anchored: bool| -> Arc<dyn Seal> {
         let mut cfg = config_at(kms.port, &kms.key_arn);
@@ -906,13 +894,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
     .await
     .unwrap();
     let c = stack.client();
-    assert_eq!(c.post("transit/keys/pii", json!({})).await.status / 100, 2);
-    let snapshot = pii_tests::keyring_blobs(keyring_dir.path());
-    assert_eq!(
-        c.post("transit/keys/pii/rotate", json!({})).await.status / 100,
-        2
-    );
-    let newest = pii_tests::keyring_blobs(keyring_dir.path());
+    let (snapshot, newest) = stack.create_pii_and_rotate().await;
 
     stack.restart_with(&snapshot, seal(true)).await.unwrap();
     pii_tests::assert_rollback_refused(&c, "DynamoDB").await;

@@ -736,13 +736,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
     .await
     .unwrap();
     let c = stack.client();
-    assert_eq!(c.post("transit/keys/pii", json!({})).await.status / 100, 2);
-    let snapshot = keyring_blobs(keyring_dir.path());
-    assert_eq!(
-        c.post("transit/keys/pii/rotate", json!({})).await.status / 100,
-        2
-    );
-    let newest = keyring_blobs(keyring_dir.path());
+    let (snapshot, newest) = stack.create_pii_and_rotate().await;
     // The host restores the older store.
     let seal = anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await;
     stack.restart_with(&snapshot, seal).await.unwrap();
