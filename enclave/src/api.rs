@@ -184,6 +184,39 @@ pub fn capability_for(method: Method) -> Capability {
     }
 }
 
+/// `create` or `update` for a write, decided as Vault decides it: paths with
+/// an existence check need `create` when their object is missing and
+/// `update` when it exists; every other write needs `update`. In Transit only
+/// `encrypt/<key>` has one (it creates the key); in Transform the
+/// configuration objects do (alphabets, templates, transformations, roles),
+/// as Vault's own configuration paths (database roles, AppRole roles) do.
+pub fn write_capability(engine: &Engine, path: &str) -> Capability {
+    let mut it = path.split('/');
+    let (a, b, c, d, rest) = (it.next(), it.next(), it.next(), it.next(), it.next());
+    if rest.is_some() {
+        return Capability::Update;
+    }
+    let Ok(kr) = engine.current() else {
+        return Capability::Update;
+    };
+    let t = &kr.transform.doc;
+    let exists = match (a, b, c, d) {
+        (Some("transit"), Some("encrypt"), Some(name), None) => kr.keys.contains_key(name),
+        (Some("transform"), Some("alphabet"), Some(n), None) => t.alphabets.contains_key(n),
+        (Some("transform"), Some("template"), Some(n), None) => t.templates.contains_key(n),
+        (Some("transform"), Some("role"), Some(n), None) => t.roles.contains_key(n),
+        (Some("transform"), Some("transformations"), Some(_), Some(n)) => {
+            t.transformations.contains_key(n)
+        }
+        _ => true,
+    };
+    if exists {
+        Capability::Update
+    } else {
+        Capability::Create
+    }
+}
+
 /// Paths whose success returns plaintext.
 fn is_reveal(path: &str) -> bool {
     [
@@ -217,14 +250,19 @@ pub async fn handle(
         return error_response(&Error::denied());
     };
     // Vault checks the ACL before parsing the body. Every token may look
-    // itself up (Vault's `default` policy grants the same).
-    let self_lookup = path == "auth/token/lookup-self";
-    // Writes are also allowed with `create` alone; handlers that would only
-    // update an existing key re-check.
-    let writes = matches!(method, Method::Post | Method::Put);
+    // itself up (Vault's `default` policy grants the same). LIST is checked
+    // on the path with a trailing slash, as Vault's HTTP layer sends it.
+    let self_lookup = path == "auth/token/lookup-self" || path == "sys/capabilities-self";
+    let cap = match method {
+        Method::Post | Method::Put => write_capability(engine, path),
+        m => capability_for(m),
+    };
     let allowed = self_lookup
-        || identity.allows(path, capability_for(method))
-        || (writes && identity.allows(path, Capability::Create));
+        || if method == Method::List {
+            identity.allows(&format!("{path}/"), cap)
+        } else {
+            identity.allows(path, cap)
+        };
     if !allowed {
         // Refused attempts to reveal plaintext are audited too (best effort:
         // the answer is 403 either way).
@@ -470,6 +508,10 @@ async fn route(ctx: &mut Ctx<'_>) -> Result<Reply> {
             Method::Post | Method::Put => bootstrap_deliver(ctx).await,
             _ => Err(unsupported_operation()),
         },
+        ["sys", "capabilities-self"] => match ctx.method {
+            Method::Post | Method::Put => capabilities_self(ctx),
+            _ => Err(unsupported_operation()),
+        },
         ["auth", "token", "lookup-self"] => match ctx.method {
             Method::Get | Method::Post | Method::Put => Ok(Reply::Data(serde_json::json!({
                 "display_name": ctx.identity.display_name,
@@ -482,6 +524,37 @@ async fn route(ctx: &mut Ctx<'_>) -> Result<Reply> {
         },
         _ => Err(unsupported_path()),
     }
+}
+
+/// `POST sys/capabilities-self {"paths": [...]}`: the caller's capabilities
+/// on each path, as Vault reports them (every token may ask about itself).
+fn capabilities_self(ctx: &mut Ctx<'_>) -> Result<Reply> {
+    let paths = ctx.take("paths").cloned();
+    let path = ctx.take("path").cloned();
+    // `paths`, or the deprecated `path`; either a list or a comma-separated string.
+    let mut paths: Vec<String> = match paths.or(path) {
+        Some(Value::Array(a)) => a.iter().map(value_to_string).collect(),
+        Some(v) => value_to_string(&v)
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect(),
+        None => vec![],
+    };
+    paths.retain(|p| !p.is_empty());
+    if paths.is_empty() {
+        return Err(Error::bad("paths must be supplied"));
+    }
+    let mut out = Map::new();
+    for p in &paths {
+        let caps = ctx.identity.capabilities(p.trim_start_matches('/'));
+        out.insert(p.clone(), serde_json::json!(caps));
+    }
+    // Vault repeats a single path's answer under "capabilities" (old clients).
+    if let [only] = paths.as_slice() {
+        let v = out[only].clone();
+        out.insert("capabilities".into(), v);
+    }
+    Ok(Reply::Data(Value::Object(out)))
 }
 
 /// `GET sys/attestation?nonce=HEX[&user_data=HEX]`: a document with the

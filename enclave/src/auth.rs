@@ -82,7 +82,7 @@ pub struct Identity {
     /// First 16 hex digits of the token hash: names the token in audit records.
     pub token_id: String,
     root: bool,
-    policies: Vec<Arc<Policy>>,
+    acl: Acl,
 }
 
 /// Resolved authorization state.
@@ -99,6 +99,8 @@ pub enum AuthConfigError {
     UnknownPolicy { index: usize, policy: String },
     #[error("policy {0:?}: the name \"root\" is reserved")]
     ReservedName(String),
+    #[error("policy {name:?}: {source}")]
+    Rule { name: String, source: RuleError },
 }
 
 impl Auth {
@@ -106,11 +108,17 @@ impl Auth {
         if cfg.policies.contains_key("root") {
             return Err(AuthConfigError::ReservedName("root".into()));
         }
+        for (name, p) in &cfg.policies {
+            Acl::new([p]).map_err(|source| AuthConfigError::Rule {
+                name: name.clone(),
+                source,
+            })?;
+        }
         let mut tokens = HashMap::new();
         for (i, t) in cfg.tokens.iter().enumerate() {
             let raw = hex::decode(&t.sha256).map_err(|_| AuthConfigError::BadHash(i))?;
             let hash: [u8; 32] = raw.try_into().map_err(|_| AuthConfigError::BadHash(i))?;
-            let mut policies = vec![];
+            let mut policies: Vec<&Policy> = vec![];
             let mut root = false;
             for p in &t.policies {
                 if p == "root" {
@@ -123,9 +131,13 @@ impl Auth {
                                 index: i,
                                 policy: p.clone(),
                             })?;
-                    policies.push(Arc::new(pol.clone()));
+                    policies.push(pol);
                 }
             }
+            let acl = Acl::new(policies).map_err(|source| AuthConfigError::Rule {
+                name: t.policies.join(","),
+                source,
+            })?;
             tokens.insert(
                 hash,
                 Arc::new(Identity {
@@ -133,7 +145,7 @@ impl Auth {
                     display_name: t.display_name.clone().unwrap_or_else(|| "token".into()),
                     token_id: hex::encode(&hash[..8]),
                     root,
-                    policies,
+                    acl,
                 }),
             );
         }
@@ -152,7 +164,7 @@ impl Auth {
                 display_name: "root".into(),
                 token_id: hex::encode(&hash[..8]),
                 root: true,
-                policies: vec![],
+                acl: Acl::default(),
             }),
         );
     }
@@ -166,37 +178,252 @@ impl Auth {
     }
 }
 
-fn rule_matches(rule: &str, path: &str) -> Option<usize> {
-    if let Some(prefix) = rule.strip_suffix('*') {
-        if !prefix.contains('+') {
-            return path.starts_with(prefix).then_some(prefix.len());
+/// Capabilities as a bitmap. `deny` absorbs everything else, as in Vault.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps(u8);
+
+impl Caps {
+    const DENY: u8 = 1 << 6;
+
+    fn bit(cap: Capability) -> u8 {
+        match cap {
+            Capability::Create => 1,
+            Capability::Read => 1 << 1,
+            Capability::Update => 1 << 2,
+            Capability::Delete => 1 << 3,
+            Capability::List => 1 << 4,
+            Capability::Sudo => 1 << 5,
+            Capability::Deny => Self::DENY,
         }
-        // `+` segments plus a trailing glob.
-        let rsegs: Vec<&str> = prefix.split('/').collect();
-        let psegs: Vec<&str> = path.split('/').collect();
-        if psegs.len() < rsegs.len() {
-            return None;
+    }
+
+    fn of(caps: &[Capability]) -> Caps {
+        let bits = caps.iter().fold(0, |b, c| b | Self::bit(*c));
+        Caps(if bits & Self::DENY != 0 {
+            Self::DENY
+        } else {
+            bits
+        })
+    }
+
+    /// Two rules for the same path string, from two policies: capabilities
+    /// add up unless either denies.
+    fn merge(self, other: Caps) -> Caps {
+        if (self.0 | other.0) & Self::DENY != 0 {
+            Caps(Self::DENY)
+        } else {
+            Caps(self.0 | other.0)
         }
-        for (i, r) in rsegs.iter().enumerate() {
-            let last = i == rsegs.len() - 1;
-            let ok = *r == "+" || *r == psegs[i] || (last && psegs[i].starts_with(r));
-            if !ok {
-                return None;
+    }
+
+    pub fn is_deny(self) -> bool {
+        self.0 & Self::DENY != 0
+    }
+
+    /// Whether `cap` is granted (never when denied).
+    pub fn has(self, cap: Capability) -> bool {
+        !self.is_deny() && self.0 & Self::bit(cap) != 0
+    }
+
+    /// Names as `sys/capabilities-self` lists them (sorted); `deny` when
+    /// nothing is granted.
+    pub fn names(self) -> Vec<&'static str> {
+        if self.is_deny() {
+            return vec!["deny"];
+        }
+        let order = [
+            (Capability::Create, "create"),
+            (Capability::Delete, "delete"),
+            (Capability::List, "list"),
+            (Capability::Read, "read"),
+            (Capability::Sudo, "sudo"),
+            (Capability::Update, "update"),
+        ];
+        let v: Vec<&str> = order
+            .iter()
+            .filter(|(c, _)| self.has(*c))
+            .map(|(_, n)| *n)
+            .collect();
+        if v.is_empty() {
+            vec!["deny"]
+        } else {
+            v
+        }
+    }
+}
+
+/// A rule with `+` segments (and possibly a trailing `*`).
+#[derive(Debug, Clone)]
+struct SegmentRule {
+    /// The path without its trailing `*`, split at `/`.
+    parts: Vec<String>,
+    /// The path without its trailing `*`.
+    stem: String,
+    is_prefix: bool,
+    first_wildcard: usize,
+    wildcards: usize,
+    caps: Caps,
+}
+
+/// How specific a matching non-exact rule is; the greatest wins. This is
+/// Vault's order: a later first wildcard or glob, then no trailing glob, then
+/// fewer `+` segments, then a longer path, then the greater string.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Priority<'a> {
+    first_wildcard: usize,
+    exact_tail: bool,
+    fewer_wildcards: std::cmp::Reverse<usize>,
+    len: usize,
+    stem: &'a str,
+}
+
+/// The merged rules of all of a token's policies, as Vault builds its ACL:
+/// rules for the same path string merge (`deny` absorbs), then exactly one
+/// rule decides a request — the exact rule for the path if there is one,
+/// otherwise the most specific glob or `+` rule.
+#[derive(Debug, Default, Clone)]
+pub struct Acl {
+    exact: HashMap<String, Caps>,
+    /// Prefix rules (`…*` without `+`), longest first.
+    prefix: Vec<(String, Caps)>,
+    segment: Vec<SegmentRule>,
+}
+
+/// A policy rule Vault would refuse, or one that cannot mean what it says.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuleError {
+    #[error("path {0:?}: invalid use of wildcards ('+*' is forbidden)")]
+    PlusGlob(String),
+    #[error(
+        "path {0:?}: '*' is a glob only at the end of a path; use '+' for one segment \
+         (in the middle, Vault would match a literal '*')"
+    )]
+    InnerGlob(String),
+    #[error("path {0:?}: a rule needs at least one capability")]
+    NoCapabilities(String),
+}
+
+impl Acl {
+    pub fn new<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Result<Acl, RuleError> {
+        let mut exact: HashMap<String, Caps> = HashMap::new();
+        let mut prefix: HashMap<String, Caps> = HashMap::new();
+        let mut segment: HashMap<String, Caps> = HashMap::new();
+        for p in policies {
+            for r in &p.rules {
+                let path = r.path.strip_prefix('/').unwrap_or(&r.path);
+                if path.contains("+*") {
+                    return Err(RuleError::PlusGlob(r.path.clone()));
+                }
+                if path.trim_end_matches('*').contains('*') {
+                    return Err(RuleError::InnerGlob(r.path.clone()));
+                }
+                if r.capabilities.is_empty() {
+                    return Err(RuleError::NoCapabilities(r.path.clone()));
+                }
+                let caps = Caps::of(&r.capabilities);
+                let has_segments = path == "+" || path.contains("/+") || path.starts_with("+/");
+                let (map, key) = match path.strip_suffix('*') {
+                    _ if has_segments => (&mut segment, path),
+                    Some(stem) => (&mut prefix, stem),
+                    None => (&mut exact, path),
+                };
+                let e = map.entry(key.to_owned()).or_insert(caps);
+                *e = e.merge(caps);
             }
         }
-        return Some(prefix.len());
+        let mut prefix: Vec<(String, Caps)> = prefix.into_iter().collect();
+        prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let segment = segment
+            .into_iter()
+            .map(|(path, caps)| {
+                let (stem, is_prefix) = match path.strip_suffix('*') {
+                    Some(s) => (s.to_owned(), true),
+                    None => (path.clone(), false),
+                };
+                let parts: Vec<String> = stem.split('/').map(str::to_owned).collect();
+                SegmentRule {
+                    first_wildcard: path.find('+').unwrap_or(path.len()),
+                    wildcards: parts.iter().filter(|p| *p == "+").count(),
+                    parts,
+                    stem,
+                    is_prefix,
+                    caps,
+                }
+            })
+            .collect();
+        Ok(Acl {
+            exact,
+            prefix,
+            segment,
+        })
     }
-    let rsegs: Vec<&str> = rule.split('/').collect();
-    let psegs: Vec<&str> = path.split('/').collect();
-    if rsegs.len() != psegs.len() {
-        return None;
+
+    /// The capabilities of the one rule that decides `path`, or `None` when
+    /// no rule matches. `list` follows Vault's LIST lookups: the request path
+    /// ends in `/`, and rules for the path without it count too.
+    pub fn lookup(&self, path: &str, list: bool) -> Option<Caps> {
+        let path = path.trim_start_matches('/');
+        if let Some(c) = self.exact.get(path) {
+            return Some(*c);
+        }
+        if list {
+            if let Some(c) = self.exact.get(path.trim_end_matches('/')) {
+                return Some(*c);
+            }
+            if let Some(bare) = path.strip_suffix('/') {
+                if let Some(c) = self.non_exact(bare) {
+                    return Some(c);
+                }
+            }
+        }
+        self.non_exact(path)
     }
-    rsegs
-        .iter()
-        .zip(&psegs)
-        .all(|(r, p)| *r == "+" || r == p)
-        // Exact rules outrank every glob.
-        .then_some(usize::MAX / 2 + rule.len())
+
+    fn non_exact(&self, path: &str) -> Option<Caps> {
+        let mut best: Option<(Priority<'_>, Caps)> = self
+            .prefix
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+            .map(|(p, c)| {
+                (
+                    Priority {
+                        first_wildcard: p.len(),
+                        exact_tail: false,
+                        fewer_wildcards: std::cmp::Reverse(0),
+                        len: p.len(),
+                        stem: p,
+                    },
+                    *c,
+                )
+            });
+        if self.segment.is_empty() {
+            return best.map(|(_, c)| c);
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        for r in &self.segment {
+            if parts.len() < r.parts.len() || (!r.is_prefix && parts.len() != r.parts.len()) {
+                continue;
+            }
+            let last = r.parts.len() - 1;
+            let matches = r.parts.iter().enumerate().all(|(i, a)| {
+                a == "+" || a == parts[i] || (r.is_prefix && i == last && parts[i].starts_with(a))
+            });
+            if !matches {
+                continue;
+            }
+            let pri = Priority {
+                first_wildcard: r.first_wildcard,
+                exact_tail: !r.is_prefix,
+                fewer_wildcards: std::cmp::Reverse(r.wildcards),
+                len: r.stem.len(),
+                stem: &r.stem,
+            };
+            if best.as_ref().is_none_or(|(b, _)| pri > *b) {
+                best = Some((pri, r.caps));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
 }
 
 impl Identity {
@@ -204,28 +431,24 @@ impl Identity {
         self.root
     }
 
-    /// Whether this caller may exercise `cap` on `path` (path below `/v1/`).
-    /// Within a policy the most specific matching rule applies; across
-    /// policies capabilities add up; `deny` in any applicable rule wins.
+    /// Whether this caller may exercise `cap` on `path` (path below `/v1/`,
+    /// ending in `/` for LIST), with Vault's ACL semantics (see [`Acl`]).
     pub fn allows(&self, path: &str, cap: Capability) -> bool {
+        self.root
+            || self
+                .acl
+                .lookup(path, cap == Capability::List)
+                .is_some_and(|c| c.has(cap))
+    }
+
+    /// What `sys/capabilities-self` reports for `path`.
+    pub fn capabilities(&self, path: &str) -> Vec<&'static str> {
         if self.root {
-            return true;
+            return vec!["root"];
         }
-        let mut allowed = false;
-        for p in &self.policies {
-            let best = p
-                .rules
-                .iter()
-                .filter_map(|r| rule_matches(&r.path, path).map(|score| (score, r)))
-                .max_by_key(|(score, _)| *score);
-            if let Some((_, r)) = best {
-                if r.capabilities.contains(&Capability::Deny) {
-                    return false;
-                }
-                allowed |= r.capabilities.contains(&cap);
-            }
-        }
-        allowed
+        self.acl
+            .lookup(path, true)
+            .map_or_else(|| vec!["deny"], Caps::names)
     }
 }
 
@@ -268,6 +491,156 @@ mod tests {
         assert!(id.allows("transit/keys/pii/rotate", Capability::Update));
         assert!(!id.allows("transit/keys/pii/config", Capability::Update));
         assert!(!id.allows("transit/keys/pii", Capability::Delete));
+    }
+
+    /// An identity holding `policies`, each a list of (path, capabilities).
+    fn with(policies: &[&[(&str, &[Capability])]]) -> Identity {
+        let ps: Vec<Policy> = policies
+            .iter()
+            .map(|rules| Policy {
+                rules: rules
+                    .iter()
+                    .map(|(p, c)| Rule {
+                        path: (*p).into(),
+                        capabilities: c.to_vec(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Identity {
+            policy_names: vec![],
+            display_name: String::new(),
+            token_id: String::new(),
+            root: false,
+            acl: Acl::new(&ps).unwrap(),
+        }
+    }
+
+    use Capability::{Create, Deny, List, Read, Update};
+
+    #[test]
+    fn exact_rule_decides_even_against_other_policies() {
+        let id = with(&[
+            &[("transit/*", &[Update])],
+            &[("transit/encrypt/pii", &[Read])],
+        ]);
+        assert!(!id.allows("transit/encrypt/pii", Update));
+        assert!(id.allows("transit/encrypt/pii", Read));
+        assert!(id.allows("transit/encrypt/other", Update));
+    }
+
+    #[test]
+    fn same_path_merges_and_deny_absorbs() {
+        let id = with(&[
+            &[("transit/keys/*", &[Read])],
+            &[("transit/keys/*", &[List])],
+        ]);
+        assert!(id.allows("transit/keys/a", Read) && id.allows("transit/keys/a", List));
+        let id = with(&[
+            &[("transit/keys/*", &[Read])],
+            &[("transit/keys/*", &[Deny])],
+        ]);
+        assert!(!id.allows("transit/keys/a", Read));
+        assert_eq!(id.capabilities("transit/keys/a"), vec!["deny"]);
+    }
+
+    #[test]
+    fn later_first_wildcard_wins() {
+        // The issue's example: `+` at offset 8 loses to a glob at offset 16.
+        let id = with(&[&[("transit/+/pii", &[Update]), ("transit/decrypt/*", &[Deny])]]);
+        assert!(!id.allows("transit/decrypt/pii", Update));
+        assert!(id.allows("transit/encrypt/pii", Update));
+        // A prefix glob at 13 beats a `+` at 8.
+        let id = with(&[&[("transit/keys/*", &[Read]), ("transit/+/pii", &[Update])]]);
+        assert!(!id.allows("transit/keys/pii", Update));
+        assert!(id.allows("transit/keys/pii", Read));
+    }
+
+    #[test]
+    fn no_trailing_glob_beats_a_trailing_glob() {
+        let id = with(&[&[("transit/+/pii", &[Update]), ("transit/+/pi*", &[Read])]]);
+        assert!(id.allows("transit/encrypt/pii", Update));
+        assert!(!id.allows("transit/encrypt/pii", Read));
+        assert!(id.allows("transit/encrypt/pix", Read));
+    }
+
+    #[test]
+    fn fewer_plus_segments_win() {
+        let id = with(&[&[
+            ("transit/+/+/rotate", &[Update]),
+            ("transit/+/pii/rotate", &[Read]),
+        ]]);
+        assert!(!id.allows("transit/keys/pii/rotate", Update));
+        assert!(id.allows("transit/keys/other/rotate", Update));
+    }
+
+    #[test]
+    fn longer_wins_then_the_greater_string() {
+        let id = with(&[&[
+            ("transit/+/pii/ro*", &[Update]),
+            ("transit/+/pii/r*", &[Read]),
+        ]]);
+        assert!(id.allows("transit/keys/pii/rotate", Update));
+        assert!(!id.allows("transit/keys/pii/rotate", Read));
+        assert!(id.allows("transit/keys/pii/rx", Read));
+        // Same length, same shape: the greater string wins.
+        let id = with(&[&[("transit/+/pib", &[Update]), ("transit/pia/+", &[Read])]]);
+        assert!(id.allows("transit/pia/pib", Read));
+    }
+
+    #[test]
+    fn list_checks_the_path_with_and_without_its_slash() {
+        let id = with(&[&[("transit/keys", &[List])]]);
+        assert!(id.allows("transit/keys/", List));
+        let id = with(&[&[("transit/keys/*", &[List])]]);
+        assert!(id.allows("transit/keys/", List));
+        assert!(!id.allows("transit/keys", List));
+        // Without its slash first: `transit/key*` decides over `transit/keys/*`.
+        let id = with(&[&[("transit/key*", &[Read]), ("transit/keys/*", &[List])]]);
+        assert!(!id.allows("transit/keys/", List));
+    }
+
+    #[test]
+    fn create_is_not_update() {
+        let id = with(&[&[("transit/*", &[Create, Read, List])]]);
+        assert!(id.allows("transit/encrypt/new", Create));
+        assert!(!id.allows("transit/decrypt/pii", Update));
+        assert_eq!(
+            id.capabilities("transit/decrypt/pii"),
+            vec!["create", "list", "read"]
+        );
+        assert_eq!(id.capabilities("nothing/here"), vec!["deny"]);
+    }
+
+    #[test]
+    fn malformed_rules_are_refused() {
+        let err = |path: &str, caps: &[Capability]| {
+            Acl::new(&[Policy {
+                rules: vec![Rule {
+                    path: path.into(),
+                    capabilities: caps.to_vec(),
+                }],
+            }])
+            .unwrap_err()
+        };
+        assert!(matches!(err("transit/+*", &[Read]), RuleError::PlusGlob(_)));
+        assert!(matches!(
+            err("transit/*/pii", &[Read]),
+            RuleError::InnerGlob(_)
+        ));
+        assert!(matches!(
+            err("transit/keys", &[]),
+            RuleError::NoCapabilities(_)
+        ));
+        let bad: AuthConfig = toml::from_str(
+            "[policies.p]\nrules = [{ path = \"a/+*\", capabilities = [\"read\"] }]\n",
+        )
+        .unwrap();
+        let msg = Auth::from_config(&bad).unwrap_err().to_string();
+        assert!(
+            msg.contains("policy \"p\"") && msg.contains("'+*' is forbidden"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -883,10 +883,6 @@ async fn create_key(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
     let auto = ctx.field_duration("auto_rotate_period")?.unwrap_or(0);
     check_auto_rotate(auto)?;
     ctx.seen.insert("context");
-    let exists = ctx.engine.current()?.keys.contains_key(name);
-    if !exists && !ctx.allowed(Capability::Create) && !ctx.identity.is_root() {
-        return Err(Error::denied());
-    }
     let info = ctx
         .engine
         .mutate(ctx.store, |kr| match kr.keys.get(name) {
