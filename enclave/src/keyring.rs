@@ -7,6 +7,7 @@
 //! buffers; nothing here implements `Debug` with secrets in it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
@@ -70,6 +71,82 @@ pub struct VersionDoc {
     pub hmac_key: Zeroizing<Vec<u8>>,
     /// Unix seconds.
     pub created: i64,
+    /// Random nonces reserved for this version so far: an upper bound of
+    /// the encryptions made with it (see [`NonceBudget`]).
+    #[serde(default)]
+    pub random_nonces: u64,
+}
+
+/// Random 96-bit nonces per key version: NIST SP 800-38D §8.3 allows 2^32
+/// encryptions before the chance of a repeated nonce passes 2^-32.
+pub const NONCE_LIMIT: u64 = 1 << 32;
+
+/// Limits of the random-nonce budget; the defaults are production's (tests
+/// shrink them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonceLimits {
+    /// Nonces reserved (persisted) at a time.
+    pub block: u64,
+    /// A version that has reserved this many is rotated away from.
+    pub rotate_at: u64,
+    /// No version is ever used for more (explicit `key_version` included).
+    pub limit: u64,
+}
+
+impl Default for NonceLimits {
+    fn default() -> Self {
+        NonceLimits {
+            block: 1 << 20,
+            rotate_at: NONCE_LIMIT / 2,
+            limit: NONCE_LIMIT,
+        }
+    }
+}
+
+/// In-memory count of one version's random-nonce encryptions. `reserved`
+/// never exceeds what the stored keyring records (the reservation is stored
+/// before nonces from it are used), so a restart, a crash or a host that
+/// serves an old keyring can only make the count larger than the truth.
+#[derive(Debug, Default)]
+pub struct NonceBudget {
+    used: AtomicU64,
+    reserved: AtomicU64,
+}
+
+impl NonceBudget {
+    fn starting_at(n: u64) -> NonceBudget {
+        NonceBudget {
+            used: AtomicU64::new(n),
+            reserved: AtomicU64::new(n),
+        }
+    }
+
+    /// Take `n` nonces from the reservation; `false` when it does not hold
+    /// that many (reserve more, then retry).
+    pub fn take(&self, n: u64) -> bool {
+        let reserved = self.reserved.load(Ordering::Acquire);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|next| *next <= reserved)
+            })
+            .is_ok()
+    }
+
+    /// Nonces left in the reservation.
+    pub fn remaining(&self) -> u64 {
+        self.reserved
+            .load(Ordering::Acquire)
+            .saturating_sub(self.used.load(Ordering::Acquire))
+    }
+
+    /// Encryptions counted so far (an upper bound across restarts).
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn reserve_up_to(&self, n: u64) {
+        self.reserved.fetch_max(n, Ordering::AcqRel);
+    }
 }
 
 /// Persisted form of a named key.
@@ -119,6 +196,7 @@ impl VersionDoc {
             key: random_vec(kt.key_len())?,
             hmac_key: random_vec(32)?,
             created: now,
+            random_nonces: 0,
         })
     }
 }
@@ -179,14 +257,65 @@ fn hkdf(ikm: &[u8], label: &[u8], context: &[u8], len: usize) -> Result<Zeroizin
 
 const LABEL_DERIVE: &[u8] = b"pii-enclave/transit/derive/v1";
 const LABEL_CONVERGENT: &[u8] = b"pii-enclave/transit/convergent-nonce/v1";
+/// Convergent nonces when associated data is present: their own key, over a
+/// length-prefixed encoding of the associated data and the plaintext.
+const LABEL_CONVERGENT_AD: &[u8] = b"pii-enclave/transit/convergent-nonce-ad/v2";
+
+/// Nonce-derivation keys of a convergent key.
+struct NonceKeys {
+    /// `HMAC(plain, plaintext)` when there is no associated data: the
+    /// nonce, and so the whole ciphertext, is a function of the plaintext
+    /// alone, so equal ciphertexts are all it reveals (and the equality
+    /// lookups of existing data keep working).
+    plain: hmac::Key,
+    /// `HMAC(with_ad, u64be(len ad) ‖ ad ‖ plaintext)` otherwise. Before
+    /// v2 the nonce ignored the associated data: one plaintext under two
+    /// associated-data values reused a nonce with two tags, which gives away
+    /// GCM's authentication key (Poly1305's for ChaCha20) and lets anyone
+    /// forge. OpenBao 2.7.2 still does that; we do not.
+    with_ad: hmac::Key,
+}
+
+impl NonceKeys {
+    fn derive(ikm: &[u8], context: &[u8]) -> Result<NonceKeys> {
+        Ok(NonceKeys {
+            plain: hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &hkdf(ikm, LABEL_CONVERGENT, context, 32)?,
+            ),
+            with_ad: hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &hkdf(ikm, LABEL_CONVERGENT_AD, context, 32)?,
+            ),
+        })
+    }
+
+    fn nonce(&self, plaintext: &[u8], aad: &[u8]) -> [u8; NONCE_LEN] {
+        let tag = if aad.is_empty() {
+            hmac::sign(&self.plain, plaintext)
+        } else {
+            let mut c = hmac::Context::with_key(&self.with_ad);
+            c.update(&(aad.len() as u64).to_be_bytes());
+            c.update(aad);
+            c.update(plaintext);
+            c.sign()
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
+        nonce
+    }
+}
 
 /// Prepared keys of one version.
 pub struct VersionKeys {
     aead: LessSafeKey,
     raw: Zeroizing<Vec<u8>>,
     hmac_raw: Zeroizing<Vec<u8>>,
-    /// Nonce-derivation key for convergent keys.
-    nonce_key: Option<hmac::Key>,
+    /// Nonce-derivation keys for convergent keys.
+    nonce_key: Option<NonceKeys>,
+    /// Random-nonce encryptions of this version (shared by every copy of
+    /// the key in memory).
+    pub budget: Arc<NonceBudget>,
 }
 
 /// The AEAD to use for one operation: the version key, or one derived from it.
@@ -198,30 +327,37 @@ pub enum OpKey<'a> {
 /// A per-context key derived for one operation.
 pub struct DerivedKey {
     aead: LessSafeKey,
-    nonce_key: Option<hmac::Key>,
+    nonce_key: Option<NonceKeys>,
 }
 
 impl OpKey<'_> {
-    fn parts(&self) -> (&LessSafeKey, Option<&hmac::Key>) {
+    fn parts(&self) -> (&LessSafeKey, Option<&NonceKeys>) {
         match self {
             OpKey::Base(v) => (&v.aead, v.nonce_key.as_ref()),
             OpKey::Derived(d) => (&d.aead, d.nonce_key.as_ref()),
         }
     }
 
+    /// Whether sealing draws a random nonce (and so counts against the
+    /// version's [`NonceBudget`]).
+    pub fn random_nonces(&self) -> bool {
+        self.parts().1.is_none()
+    }
+
     /// `nonce ‖ ciphertext ‖ tag`. Convergent keys derive the nonce from the
-    /// plaintext (same plaintext + context → same ciphertext); others draw it
-    /// at random.
+    /// associated data and the plaintext (same inputs + context → same
+    /// ciphertext; see [`NonceKeys`]); others draw it at random — callers
+    /// take it from the version's budget first.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
         let (key, nonce_key) = self.parts();
-        let mut nonce = [0u8; NONCE_LEN];
-        match nonce_key {
-            Some(nk) => {
-                let tag = hmac::sign(nk, plaintext);
-                nonce.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
+        let nonce = match nonce_key {
+            Some(nk) => nk.nonce(plaintext, aad),
+            None => {
+                let mut n = [0u8; NONCE_LEN];
+                random(&mut n)?;
+                n
             }
-            None => random(&mut nonce)?,
-        }
+        };
         let tag_len = key.algorithm().tag_len();
         let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + tag_len);
         out.extend_from_slice(&nonce);
@@ -293,22 +429,32 @@ impl HmacAlg {
 }
 
 impl VersionKeys {
-    fn new(kt: KeyType, convergent: bool, doc: &VersionDoc) -> Result<VersionKeys> {
+    fn new(
+        kt: KeyType,
+        convergent: bool,
+        doc: &VersionDoc,
+        budget: Option<Arc<NonceBudget>>,
+    ) -> Result<VersionKeys> {
         let unbound = UnboundKey::new(kt.algorithm(), &doc.key)
             .map_err(|_| Error::internal("bad key length in keyring"))?;
         let nonce_key = if convergent {
-            Some(hmac::Key::new(
-                hmac::HMAC_SHA256,
-                &hkdf(&doc.key, LABEL_CONVERGENT, &[], 32)?,
-            ))
+            Some(NonceKeys::derive(&doc.key, &[])?)
         } else {
             None
+        };
+        let budget = match budget {
+            Some(b) => {
+                b.reserve_up_to(doc.random_nonces);
+                b
+            }
+            None => Arc::new(NonceBudget::starting_at(doc.random_nonces)),
         };
         Ok(VersionKeys {
             aead: LessSafeKey::new(unbound),
             raw: doc.key.clone(),
             hmac_raw: doc.hmac_key.clone(),
             nonce_key,
+            budget,
         })
     }
 
@@ -326,10 +472,31 @@ pub struct Key {
 }
 
 impl Key {
+    /// A key as loaded: each version's budget starts used up to what the
+    /// keyring records as reserved.
     pub fn from_doc(doc: KeyDoc) -> Result<Key> {
+        Key::build(doc, None)
+    }
+
+    /// A changed copy of `self` (same lineage, this enclave's own change):
+    /// versions both have share their in-memory budget.
+    pub fn successor(&self, doc: KeyDoc) -> Result<Key> {
+        Key::build(doc, Some(self))
+    }
+
+    fn build(doc: KeyDoc, prev: Option<&Key>) -> Result<Key> {
         let mut versions = BTreeMap::new();
         for (v, vd) in &doc.versions {
-            versions.insert(*v, VersionKeys::new(doc.key_type, doc.convergent, vd)?);
+            // A version this change created (a rotation) is ours from 0.
+            let shared = prev.map(|p| match p.versions.get(v) {
+                Some(pv) if pv.raw == vd.key => pv.budget.clone(),
+                Some(_) => Arc::new(NonceBudget::starting_at(vd.random_nonces)),
+                None => Arc::new(NonceBudget::default()),
+            });
+            versions.insert(
+                *v,
+                VersionKeys::new(doc.key_type, doc.convergent, vd, shared)?,
+            );
         }
         Ok(Key { doc, versions })
     }
@@ -353,10 +520,7 @@ impl Key {
         let unbound = UnboundKey::new(kt.algorithm(), &dk)
             .map_err(|_| Error::internal("key derivation failed"))?;
         let nonce_key = if self.doc.convergent {
-            Some(hmac::Key::new(
-                hmac::HMAC_SHA256,
-                &hkdf(&dk, LABEL_CONVERGENT, ctx, 32)?,
-            ))
+            Some(NonceKeys::derive(&dk, ctx)?)
         } else {
             None
         };
@@ -564,6 +728,71 @@ mod tests {
             op.seal(b"x", b"").unwrap(),
             op.seal(b"x", b"").unwrap(),
             "random nonces"
+        );
+    }
+
+    #[test]
+    fn convergent_nonces_depend_on_associated_data() {
+        for derived in [false, true] {
+            let k = key(KeyType::Aes256Gcm96, derived, true);
+            let ctx = derived.then_some(&b"user-1"[..]);
+            let op = k.op_key(k.version(1).unwrap(), ctx).unwrap();
+            let a = op.seal(b"4111-1111", b"table=users").unwrap();
+            let b = op.seal(b"4111-1111", b"table=orders").unwrap();
+            assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN], "one nonce, two AD values");
+            assert_eq!(a, op.seal(b"4111-1111", b"table=users").unwrap());
+            // Length prefixing: moving bytes between AD and plaintext changes the nonce.
+            let c = op.seal(b"b", b"a").unwrap();
+            let d = op.seal(b"", b"ab").unwrap();
+            assert_ne!(c[..NONCE_LEN], d[..NONCE_LEN]);
+            // Without AD the nonce is v1's: HMAC(nonce key, plaintext).
+            let e = op.seal(b"4111-1111", b"").unwrap();
+            let (_, nk) = op.parts();
+            let v1 = hmac::sign(&nk.unwrap().plain, b"4111-1111");
+            assert_eq!(e[..NONCE_LEN], v1.as_ref()[..NONCE_LEN]);
+        }
+    }
+
+    #[test]
+    fn ciphertexts_from_the_old_nonce_derivation_still_decrypt() {
+        // Before v2, AD did not enter the nonce: build such a ciphertext by
+        // hand and check today's code opens it.
+        let k = key(KeyType::ChaCha20Poly1305, false, true);
+        let op = k.op_key(k.version(1).unwrap(), None).unwrap();
+        let (aead, nk) = op.parts();
+        let tag = hmac::sign(&nk.unwrap().plain, b"secret");
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
+        let mut old = nonce.to_vec();
+        old.extend_from_slice(b"secret");
+        let t = aead
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(b"ad"),
+                &mut old[NONCE_LEN..],
+            )
+            .unwrap();
+        old.extend_from_slice(t.as_ref());
+        assert_eq!(&op.open(&old, b"ad").unwrap()[..], b"secret");
+        assert_ne!(old, op.seal(b"secret", b"ad").unwrap(), "new ones differ");
+    }
+
+    #[test]
+    fn nonce_budget_counts_and_shares() {
+        let mut doc = KeyDoc::new("k", KeyType::Aes256Gcm96, false, false, 0).unwrap();
+        doc.versions.get_mut(&1).unwrap().random_nonces = 10;
+        let k = Key::from_doc(doc.clone()).unwrap();
+        let b = &k.version(1).unwrap().budget;
+        assert_eq!((b.used(), b.remaining()), (10, 0), "a load starts used up");
+        assert!(!b.take(1));
+        doc.versions.get_mut(&1).unwrap().random_nonces = 14;
+        let k2 = k.successor(doc).unwrap();
+        let b2 = &k2.version(1).unwrap().budget;
+        assert!(b2.take(3) && !b2.take(2) && b2.take(1));
+        assert_eq!(
+            k.version(1).unwrap().budget.used(),
+            14,
+            "shared with the old copy"
         );
     }
 

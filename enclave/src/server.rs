@@ -221,6 +221,16 @@ impl Server {
             anchor_error: self.engine.anchor_error(),
             keyring_version: self.engine.store_version(),
             enclave_version: env!("CARGO_PKG_VERSION").to_owned(),
+            nonce_usage: self
+                .engine
+                .nonce_usage()
+                .into_iter()
+                .map(|(key, version, encryptions)| pii_proto::NonceUsage {
+                    key,
+                    version,
+                    encryptions,
+                })
+                .collect(),
         }
     }
 

@@ -17,7 +17,7 @@ use crate::api::{
 use crate::auth::Capability;
 use crate::b64;
 use crate::error::{Error, Result};
-use crate::keyring::{HmacAlg, Key, KeyDoc, KeyType, Keyring};
+use crate::keyring::{HmacAlg, Key, KeyDoc, KeyType, Keyring, NonceLimits};
 use crate::seal::{
     blob_hash, open_blob, seal_blob_at, unseal_blob, Advance, Head, Lineage, Seal, SealError,
 };
@@ -173,6 +173,7 @@ pub struct Engine {
     audit: crate::audit::AuditLog,
     /// The seal backend's last failure, cleared by the next success.
     seal_error: std::sync::Mutex<Option<String>>,
+    nonce_limits: std::sync::Mutex<NonceLimits>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -184,6 +185,12 @@ impl std::fmt::Debug for Engine {
 }
 
 const MAX_CAS_ATTEMPTS: usize = 8;
+
+/// A std mutex's guard; a poisoned lock still holds consistent state here
+/// (every critical section is a plain assignment or clone).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 /// How often a serving enclave compares its keyring with the anchor's.
 pub const FRESH_CHECK_SECS: i64 = 30;
 
@@ -208,19 +215,122 @@ impl Engine {
             fresh_every: std::sync::atomic::AtomicI64::new(FRESH_CHECK_SECS),
             audit: crate::audit::AuditLog::default(),
             seal_error: std::sync::Mutex::new(None),
+            nonce_limits: std::sync::Mutex::new(NonceLimits::default()),
         }
+    }
+
+    /// Replace the random-nonce limits (tests shrink them).
+    pub fn set_nonce_limits(&self, l: NonceLimits) {
+        *lock(&self.nonce_limits) = l;
+    }
+
+    fn nonce_limits(&self) -> NonceLimits {
+        *lock(&self.nonce_limits)
+    }
+
+    /// Random-nonce encryptions counted per key version, for the metrics:
+    /// `(key, version, count)`.
+    pub fn nonce_usage(&self) -> Vec<(String, u32, u64)> {
+        let Ok(kr) = self.current() else {
+            return vec![];
+        };
+        kr.keys
+            .iter()
+            .filter(|(_, k)| !k.doc.convergent)
+            .flat_map(|(n, k)| {
+                k.doc
+                    .versions
+                    .keys()
+                    .filter_map(move |v| k.version(*v).map(|vk| (n.clone(), *v, vk.budget.used())))
+            })
+            .collect()
+    }
+
+    /// Take `n` random nonces for `version` of key `name` (the latest when
+    /// `None`), reserving more in the stored keyring when the reservation in
+    /// memory runs out, and rotating when the latest version has reserved
+    /// [`NonceLimits::rotate_at`]. Returns the key to encrypt with: after a
+    /// rotation its latest version is the new one.
+    pub async fn take_nonces(
+        &self,
+        store: &dyn BlobStore,
+        name: &str,
+        mut key: Arc<Key>,
+        version: Option<u32>,
+        n: u64,
+    ) -> Result<Arc<Key>> {
+        if key.doc.convergent || n == 0 {
+            return Ok(key);
+        }
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let v = version.unwrap_or(key.doc.latest_version);
+            let vk = key
+                .version(v)
+                .ok_or_else(|| Error::bad("no such key version"))?;
+            if vk.budget.take(n) {
+                return Ok(key);
+            }
+            key = self.reserve_nonces(store, name, version, n).await?;
+        }
+        Err(Error::new(503, "could not reserve nonces; retry"))
+    }
+
+    async fn reserve_nonces(
+        &self,
+        store: &dyn BlobStore,
+        name: &str,
+        version: Option<u32>,
+        n: u64,
+    ) -> Result<Arc<Key>> {
+        let lim = self.nonce_limits();
+        let t = now();
+        self.mutate(store, |kr| {
+            let k = key_or_not_found(kr, name)?;
+            let mut v = version.unwrap_or(k.doc.latest_version);
+            let vk = k
+                .version(v)
+                .ok_or_else(|| Error::bad("no such key version"))?;
+            if vk.budget.remaining() >= n {
+                return Ok(Change::Unchanged(k));
+            }
+            let want = n.max(lim.block);
+            let mut doc = k.doc.clone();
+            let reserved = doc.versions.get(&v).map_or(0, |d| d.random_nonces);
+            if version.is_none() && reserved.saturating_add(want) > lim.rotate_at {
+                doc.rotate(t)?;
+                v = doc.latest_version;
+                tracing::warn!(
+                    key = name,
+                    version = v,
+                    "rotated: the previous version has used half of its random-nonce budget"
+                );
+            }
+            let vd = doc
+                .versions
+                .get_mut(&v)
+                .ok_or_else(|| Error::bad("no such key version"))?;
+            let next = vd.random_nonces.saturating_add(want);
+            if next > lim.limit {
+                return Err(Error::bad(format!(
+                    "key version {v} has used its budget of {} random nonces; \
+                     encrypt with a newer version (rotate the key)",
+                    lim.limit
+                )));
+            }
+            vd.random_nonces = next;
+            let key = Arc::new(k.successor(doc)?);
+            Ok(Change::Changed(kr.with_key(name, Some(key.clone())), key))
+        })
+        .await
     }
 
     /// Why the seal backend last failed, if its last call failed.
     pub fn seal_error(&self) -> Option<String> {
-        self.seal_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.seal_error).clone()
     }
 
     fn note_seal<T>(&self, r: &std::result::Result<T, SealError>) {
-        let mut g = self.seal_error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = lock(&self.seal_error);
         match r {
             Ok(_) => *g = None,
             Err(SealError::Unreachable(m)) => *g = Some(m.clone()),
@@ -286,7 +396,7 @@ impl Engine {
 
     /// Why the enclave refuses to serve as a stale replica, if it does.
     pub fn stale(&self) -> Option<String> {
-        self.stale.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.stale).clone()
     }
 
     /// Set how often [`Engine::check_fresh_if_due`] runs (0: every call).
@@ -324,7 +434,7 @@ impl Engine {
             .head()
             .map(|(generation, hash)| Head { generation, hash });
         if rec == mine {
-            *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *lock(&self.stale) = None;
             return;
         }
         if let Err(e) = self.load_inner(store, true).await {
@@ -333,7 +443,7 @@ impl Engine {
         let mine = self
             .head()
             .map(|(generation, hash)| Head { generation, hash });
-        let mut g = self.stale.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = lock(&self.stale);
         if mine == rec {
             *g = None;
         } else {
@@ -362,28 +472,22 @@ impl Engine {
 
     /// Why the store's last answer was refused as a rollback or fork, if it was.
     pub fn rollback_detected(&self) -> Option<String> {
-        self.rollback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.rollback).clone()
     }
 
     fn head(&self) -> Option<(u64, [u8; 32])> {
-        *self.head.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.head)
     }
 
     /// Why the rollback anchor last failed, if its last call failed.
     pub fn anchor_error(&self) -> Option<String> {
-        self.anchor_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.anchor_error).clone()
     }
 
     /// Record a refused rollback or fork and the error to answer with.
     fn rollback(&self, why: String) -> Error {
         tracing::error!(reason = %why, "SECURITY: refusing keyring rollback");
-        *self.rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        *lock(&self.rollback) = Some(why);
         Error::new(
             503,
             "rollback detected: the keyring store returned an older or forked keyring",
@@ -420,7 +524,7 @@ impl Engine {
         f: impl Future<Output = std::result::Result<T, SealError>>,
     ) -> Result<T> {
         let r = f.await;
-        let mut g = self.anchor_error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = lock(&self.anchor_error);
         match r {
             Ok(v) => {
                 *g = None;
@@ -487,10 +591,10 @@ impl Engine {
 
     fn install(&self, kr: Keyring, head: Option<(u64, [u8; 32])>) {
         if let Some(h) = head {
-            *self.head.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+            *lock(&self.head) = Some(h);
             // Every installed blob passed the anchor check (open, mutate).
             if self.seal.anchor().is_some() {
-                *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *lock(&self.stale) = None;
             }
         }
         self.keyring.store(Some(Arc::new(kr)));
@@ -706,7 +810,7 @@ impl Engine {
                 if let Some(k) = kr.keys.get(n) {
                     let mut doc = k.doc.clone();
                     doc.rotate(now)?;
-                    next.keys.insert(n.clone(), Arc::new(Key::from_doc(doc)?));
+                    next.keys.insert(n.clone(), Arc::new(k.successor(doc)?));
                 }
             }
             Ok(Change::Changed(next, names))
@@ -931,7 +1035,7 @@ async fn edit_key(
             }
             let info = key_info(&doc);
             Ok(Change::Changed(
-                kr.with_key(name, Some(Arc::new(Key::from_doc(doc)?))),
+                kr.with_key(name, Some(Arc::new(k.successor(doc)?))),
                 info,
             ))
         })
@@ -1290,6 +1394,31 @@ fn batch_status(ctx: &mut Ctx<'_>, any_failed: bool, all_failed: bool) -> Result
     }
 }
 
+/// Take the random nonces `items` will draw from `key`'s budget, per
+/// requested version (items whose version is invalid fail on their own).
+async fn take_item_nonces(
+    ctx: &Ctx<'_>,
+    name: &str,
+    mut key: Arc<Key>,
+    items: &[Item],
+) -> Result<Arc<Key>> {
+    let mut demand: std::collections::BTreeMap<Option<u32>, u64> = Default::default();
+    for it in items {
+        let Ok(requested) = it.int("key_version") else {
+            continue;
+        };
+        if encryption_version(&key.doc, requested).is_err() {
+            continue;
+        }
+        let v = requested.filter(|v| *v != 0).map(|v| v as u32);
+        *demand.entry(v).or_default() += 1;
+    }
+    for (v, n) in demand {
+        key = ctx.engine.take_nonces(ctx.store, name, key, v, n).await?;
+    }
+    Ok(key)
+}
+
 fn key_or_not_found(kr: &Keyring, name: &str) -> Result<Arc<Key>> {
     kr.keys
         .get(name)
@@ -1340,6 +1469,7 @@ async fn encrypt(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
                 .await?
         }
     };
+    let key = take_item_nonces(ctx, name, key, &items).await?;
     run_items(ctx, &items, batch, OnItemError::Status400, &[], |it| {
         let pt = Zeroizing::new(decode_b64(&it.str("plaintext").unwrap_or_default())?);
         let context = opt_b64(it.str("context"))?;
@@ -1395,6 +1525,7 @@ async fn rewrap(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
     }
     let kr = ctx.engine.current()?;
     let key = key_or_not_found(&kr, name)?;
+    let key = take_item_nonces(ctx, name, key, &items).await?;
     // OpenBao answers 200 for rewrap batches with failed items.
     run_items(ctx, &items, batch, OnItemError::Status200, &[], |it| {
         let ct = it.str("ciphertext").unwrap_or_default();
@@ -1426,6 +1557,12 @@ async fn datakey(ctx: &mut Ctx<'_>, kind: &str, name: &str) -> Result<Reply> {
         512 => 64,
         _ => return Err(Error::bad("invalid bit length")),
     };
+    encryption_version(&key.doc, requested)?;
+    let explicit = requested.filter(|v| *v != 0).map(|v| v as u32);
+    let key = ctx
+        .engine
+        .take_nonces(ctx.store, name, key, explicit, 1)
+        .await?;
     let ver = encryption_version(&key.doc, requested)?;
     let mut dk = Zeroizing::new(vec![0u8; n]);
     crate::keyring::random(&mut dk)?;

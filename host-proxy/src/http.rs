@@ -66,6 +66,18 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
+    if let Some(s) = enclave_status(&st).await {
+        st.metrics.key_random_nonces.clear();
+        for u in s.nonce_usage {
+            st.metrics
+                .key_random_nonces
+                .get_or_create(&crate::metrics::KeyVersionLabels {
+                    key: u.key,
+                    version: u.version,
+                })
+                .set(i64::try_from(u.encryptions).unwrap_or(i64::MAX));
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -37,6 +37,12 @@ pub struct DirLabels {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyVersionLabels {
+    pub key: String,
+    pub version: u32,
+}
+
 type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -56,6 +62,7 @@ pub struct Metrics {
     pub relay_connections: Family<RelayLabels, Counter>,
     pub relay_active: Gauge,
     pub relay_bytes: Family<DirLabels, Counter>,
+    pub key_random_nonces: Family<KeyVersionLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -122,7 +129,15 @@ impl Metrics {
             "Bytes copied by the egress relay, by direction (ciphertext: the enclave's TLS)",
             relay_bytes.clone(),
         );
+        let key_random_nonces = Family::<KeyVersionLabels, Gauge>::default();
+        registry.register(
+            "key_random_nonces",
+            "Random-nonce encryptions per Transit key version, counted by the enclave \
+             (an upper bound; the limit is 2^32, keys rotate at 2^31)",
+            key_random_nonces.clone(),
+        );
         Metrics {
+            key_random_nonces,
             registry,
             relay_connections,
             relay_active,

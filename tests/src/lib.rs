@@ -42,7 +42,7 @@ impl Enclave {
         seal: Arc<dyn pii_enclave::seal::Seal>,
     ) -> anyhow::Result<Enclave> {
         let nsm = Arc::new(pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?);
-        Enclave::start_with_nsm(socket, auth, seal, nsm, None)
+        Enclave::start_with_nsm(socket, auth, seal, nsm, |_| {})
     }
 
     /// As [`Enclave::start_sealed`], with this NSM (the one its seal uses,
@@ -52,13 +52,11 @@ impl Enclave {
         auth: Auth,
         seal: Arc<dyn pii_enclave::seal::Seal>,
         nsm: Arc<dyn pii_enclave::nsm::Nsm>,
-        fresh_check_secs: Option<i64>,
+        tune: impl FnOnce(&Engine),
     ) -> anyhow::Result<Enclave> {
         let listener = Listener::bind(&Addr::Unix(socket.to_path_buf()))?;
         let engine = Engine::new(seal);
-        if let Some(s) = fresh_check_secs {
-            engine.set_fresh_check_secs(s);
-        }
+        tune(&engine);
         let server = Arc::new(Server {
             engine,
             auth,
@@ -105,6 +103,8 @@ pub struct StackOpts {
     /// How often the enclave compares its keyring with the anchor (`None`:
     /// the production default).
     pub fresh_check_secs: Option<i64>,
+    /// Random-nonce limits (`None`: production's).
+    pub nonce_limits: Option<pii_enclave::keyring::NonceLimits>,
 }
 
 impl Default for StackOpts {
@@ -120,6 +120,7 @@ impl Default for StackOpts {
             seal: None,
             nsm: None,
             fresh_check_secs: None,
+            nonce_limits: None,
         }
     }
 }
@@ -148,13 +149,14 @@ fn enclave_for(socket: &Path, opts: &StackOpts) -> anyhow::Result<Enclave> {
         Some(n) => n.clone(),
         None => Arc::new(pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?),
     };
-    Enclave::start_with_nsm(
-        socket,
-        auth_for(opts)?,
-        seal_for(opts),
-        nsm,
-        opts.fresh_check_secs,
-    )
+    Enclave::start_with_nsm(socket, auth_for(opts)?, seal_for(opts), nsm, |e| {
+        if let Some(s) = opts.fresh_check_secs {
+            e.set_fresh_check_secs(s);
+        }
+        if let Some(l) = opts.nonce_limits {
+            e.set_nonce_limits(l);
+        }
+    })
 }
 
 fn seal_for(opts: &StackOpts) -> Arc<dyn pii_enclave::seal::Seal> {

@@ -35,8 +35,8 @@ mod message;
 pub use frame::{Frame, FrameDecoder, FrameKind, FRAME_HEADER_LEN, HARD_MAX_FRAME_LEN};
 pub use hello::{Hello, HelloReply, HELLO_LEN, MAGIC, STATUS_NO_COMMON_VERSION};
 pub use message::{
-    ApiRequest, ApiResponse, EnclaveStatus, ErrorCode, Message, Method, Request, Response,
-    SealState, SealedBlob, TokenEntry,
+    ApiRequest, ApiResponse, EnclaveStatus, ErrorCode, Message, Method, NonceUsage, Request,
+    Response, SealState, SealedBlob, TokenEntry,
 };
 
 /// The newest protocol version this build speaks.

@@ -110,6 +110,18 @@ pub struct EnclaveStatus {
     /// Version of the keyring blob in memory (0 = none).
     pub keyring_version: u64,
     pub enclave_version: String,
+    /// Random-nonce encryptions counted per key version (an upper bound:
+    /// reservations are counted whole).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nonce_usage: Vec<NonceUsage>,
+}
+
+/// One key version's random-nonce count, for the nonce-budget metric.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NonceUsage {
+    pub key: String,
+    pub version: u32,
+    pub encryptions: u64,
 }
 
 /// Requests either side may send.

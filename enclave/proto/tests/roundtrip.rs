@@ -150,7 +150,12 @@ fn arb_response() -> impl Strategy<Value = Response> {
                 anchor_error: e.clone(),
                 seal_error: e,
                 keyring_version: v,
-                enclave_version: s
+                enclave_version: s.clone(),
+                nonce_usage: vec![pii_proto::NonceUsage {
+                    key: s,
+                    version: 1,
+                    encryptions: v
+                }],
             }
         )),
     ]
