@@ -30,6 +30,8 @@ pub struct Ctx<'a> {
     pub params: Params,
     /// Parameter names the handler looked at (for Vault's "ignored" warning).
     pub seen: BTreeSet<&'static str>,
+    /// The signed checkpoint of this request's audit record.
+    pub receipt: Option<pii_proto::audit::SignedCheckpoint>,
 }
 
 /// A handler's successful result.
@@ -58,8 +60,13 @@ fn json_response(status: u16, v: &Value) -> ApiResponse {
     ApiResponse {
         status,
         body: serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()),
+        headers: vec![],
     }
 }
+
+/// The header that carries the signed checkpoint of a request's own audit
+/// record (see [`crate::audit`]).
+pub const RECEIPT_HEADER: &str = "X-Pii-Audit-Receipt";
 
 pub fn error_response(e: &Error) -> ApiResponse {
     json_response(e.status, &serde_json::json!({ "errors": [e.message()] }))
@@ -295,9 +302,10 @@ pub async fn handle(
         path,
         params,
         seen: BTreeSet::new(),
+        receipt: None,
     };
     let result = route(&mut ctx).await;
-    match result {
+    let mut resp = match result {
         Ok(Reply::Data(data)) => {
             let warnings = ctx.ignored_warning();
             json_response(200, &envelope(data, warnings))
@@ -308,10 +316,16 @@ pub async fn handle(
         Ok(Reply::NoContent) => ApiResponse {
             status: 204,
             body: vec![],
+            headers: vec![],
         },
         Ok(Reply::NotFound) => json_response(404, &serde_json::json!({ "errors": [] })),
         Err(e) => error_response(&e),
+    };
+    if let Some(r) = ctx.receipt.take() {
+        resp.headers
+            .push((RECEIPT_HEADER.to_owned(), r.to_receipt()));
     }
+    resp
 }
 
 impl Ctx<'_> {
@@ -333,13 +347,15 @@ impl Ctx<'_> {
     }
 
     /// Record an audit event for this caller; fails the request (503) if the
-    /// record cannot be stored.
-    pub async fn audit(&self, event: crate::audit::Event) -> Result<()> {
+    /// record cannot be stored (or, with an anchor, checkpointed). The
+    /// answer carries the record's signed checkpoint.
+    pub async fn audit(&mut self, event: crate::audit::Event) -> Result<()> {
         let mut e = event.0;
         e.caller = self.identity.display_name.clone();
         e.token = self.identity.token_id.clone();
         e.policies = self.identity.policy_names.clone();
-        self.engine.audit(self.store, e).await
+        self.receipt = Some(self.engine.audit(self.store, e).await?);
+        Ok(())
     }
 
     /// Whether the caller may also use `cap` on this path.

@@ -309,8 +309,10 @@ fn serve(args: ServeArgs, dangerous: Dangerous, mode: Mode) {
         let listener =
             Listener::bind(&addr).unwrap_or_else(|e| fail(format!("cannot listen on {addr}: {e}")));
         tracing::info!(%addr, seal = seal.id(), "pii-enclave listening");
+        let engine = Engine::new(seal);
+        engine.set_audit_checkpoint_secs(cfg.audit.checkpoint_secs);
         let server = Arc::new(Server {
-            engine: Engine::new(seal),
+            engine,
             auth,
             attestor: crate::attest::Attestor::new(nsm),
         });

@@ -24,6 +24,21 @@ pub struct Config {
     /// Outbound connections through the host's egress relay (`[egress]`).
     #[serde(default)]
     pub egress: Option<EgressConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: how often checkpoints of the audit log reach the seal's
+/// anchor (Vault KV / DynamoDB), outside the host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// 0 (default): before every decrypt/decode answer, so the host cannot
+    /// drop an acknowledged record unnoticed; N: at most every N seconds
+    /// (faster; records since the last checkpoint are covered only by the
+    /// receipts callers kept).
+    #[serde(default)]
+    pub checkpoint_secs: u64,
 }
 
 /// Local TCP endpoints inside the enclave that tunnel through the host's
@@ -78,6 +93,7 @@ impl Default for Config {
             seal: SealConfig::None,
             auth: AuthConfig::default(),
             egress: None,
+            audit: AuditConfig::default(),
         }
     }
 }

@@ -144,8 +144,19 @@ impl NonceBudget {
         self.used.load(Ordering::Acquire)
     }
 
-    fn reserve_up_to(&self, n: u64) {
-        self.reserved.fetch_max(n, Ordering::AcqRel);
+    /// After the keyring that moved the stored counter from `from` to `to`
+    /// was stored: this enclave owns `[from, to)`. `used` moves first, so no
+    /// concurrent `take` can draw below `from` (another writer's range).
+    pub fn advance(&self, from: u64, to: u64) {
+        self.used.fetch_max(from, Ordering::AcqRel);
+        self.reserved.fetch_max(to, Ordering::AcqRel);
+    }
+
+    fn unused(reserved: u64) -> NonceBudget {
+        NonceBudget {
+            used: AtomicU64::new(0),
+            reserved: AtomicU64::new(reserved),
+        }
     }
 }
 
@@ -232,6 +243,15 @@ impl KeyDoc {
             .insert(next, VersionDoc::generate(self.key_type, now)?);
         self.latest_version = next;
         Ok(())
+    }
+
+    /// Reserve the latest version's first `n` random nonces in the same
+    /// write that creates it (so a new key or version encrypts without a
+    /// second keyring write).
+    pub fn reserve_latest(&mut self, n: u64) {
+        if let Some(v) = self.versions.get_mut(&self.latest_version) {
+            v.random_nonces = v.random_nonces.max(n);
+        }
     }
 }
 
@@ -442,13 +462,10 @@ impl VersionKeys {
         } else {
             None
         };
-        let budget = match budget {
-            Some(b) => {
-                b.reserve_up_to(doc.random_nonces);
-                b
-            }
-            None => Arc::new(NonceBudget::starting_at(doc.random_nonces)),
-        };
+        // A shared budget is raised only once the keyring that reserves more
+        // is stored ([`NonceBudget::advance`]).
+        let budget =
+            budget.unwrap_or_else(|| Arc::new(NonceBudget::starting_at(doc.random_nonces)));
         Ok(VersionKeys {
             aead: LessSafeKey::new(unbound),
             raw: doc.key.clone(),
@@ -478,6 +495,16 @@ impl Key {
         Key::build(doc, None)
     }
 
+    /// A key this enclave just made (the write that stores it also stores
+    /// its reservations): budgets start at 0.
+    pub fn created(doc: KeyDoc) -> Result<Key> {
+        let none = Key {
+            doc: doc.clone(),
+            versions: BTreeMap::new(),
+        };
+        Key::build(doc, Some(&none))
+    }
+
     /// A changed copy of `self` (same lineage, this enclave's own change):
     /// versions both have share their in-memory budget.
     pub fn successor(&self, doc: KeyDoc) -> Result<Key> {
@@ -491,7 +518,8 @@ impl Key {
             let shared = prev.map(|p| match p.versions.get(v) {
                 Some(pv) if pv.raw == vd.key => pv.budget.clone(),
                 Some(_) => Arc::new(NonceBudget::starting_at(vd.random_nonces)),
-                None => Arc::new(NonceBudget::default()),
+                // Created by this change: not visible before it is stored.
+                None => Arc::new(NonceBudget::unused(vd.random_nonces)),
             });
             versions.insert(
                 *v,
@@ -620,6 +648,24 @@ impl Keyring {
             },
             audit_pkcs8: doc.audit_key,
         })
+    }
+
+    /// Loaded from the store over `old` (another writer's change): versions
+    /// both hold keep this enclave's in-memory budget. Safe because each
+    /// enclave's reservation is a range of the stored counter that no other
+    /// writer gets, and `old`'s `reserved` is never raised to the stored
+    /// value (which counts the other writers' ranges).
+    pub fn keep_nonce_budgets(&mut self, old: &Keyring) {
+        for (name, key) in self.keys.iter_mut() {
+            let (Some(prev), Some(k)) = (old.keys.get(name), Arc::get_mut(key)) else {
+                continue;
+            };
+            for (v, vk) in k.versions.iter_mut() {
+                if let Some(pv) = prev.versions.get(v).filter(|pv| pv.raw == vk.raw) {
+                    vk.budget = pv.budget.clone();
+                }
+            }
+        }
     }
 
     /// A copy with the generation bumped, for several edits at once.
@@ -786,14 +832,22 @@ mod tests {
         assert_eq!((b.used(), b.remaining()), (10, 0), "a load starts used up");
         assert!(!b.take(1));
         doc.versions.get_mut(&1).unwrap().random_nonces = 14;
-        let k2 = k.successor(doc).unwrap();
+        let k2 = k.successor(doc.clone()).unwrap();
         let b2 = &k2.version(1).unwrap().budget;
+        assert!(!b2.take(1), "not raised before the keyring is stored");
+        b2.advance(10, 14);
         assert!(b2.take(3) && !b2.take(2) && b2.take(1));
-        assert_eq!(
-            k.version(1).unwrap().budget.used(),
-            14,
-            "shared with the old copy"
-        );
+        assert_eq!(k.version(1).unwrap().budget.used(), 14, "shared");
+        // Another writer reserved [14, 18); this one then reserves [18, 22).
+        b2.advance(18, 22);
+        assert_eq!(b2.used(), 18, "never draws from another writer's range");
+        assert_eq!(b2.remaining(), 4);
+        // A reload keeps this enclave's range, without raising it.
+        doc.versions.get_mut(&1).unwrap().random_nonces = 30;
+        let mut kr = Keyring::default().with_key("k", Some(Arc::new(Key::from_doc(doc).unwrap())));
+        let old = Keyring::default().with_key("k", Some(Arc::new(k2)));
+        kr.keep_nonce_budgets(&old);
+        assert_eq!(kr.keys["k"].version(1).unwrap().budget.remaining(), 4);
     }
 
     #[test]

@@ -818,6 +818,22 @@ impl KmsSeal {
         Err(unreachable(format!("DynamoDB {op}: {status} {kind}")))
     }
 
+    /// A consistent read of the anchor table's item `key` (the whole answer).
+    async fn get_item(&self, key: &str) -> Result<Value, SealError> {
+        let req = json!({
+            "TableName": self.anchor_table(),
+            "Key": {"deployment": {"S": key}},
+            "ConsistentRead": true,
+        });
+        Ok(self.dynamo_call("GetItem", req).await?.1)
+    }
+
+    /// The audit checkpoints' item: `<deployment>#audit-checkpoints` (the
+    /// anchor user's `dynamodb:LeadingKeys` must allow it too).
+    fn checkpoints_key(&self) -> String {
+        format!("{}#audit-checkpoints", self.cfg.deployment_id)
+    }
+
     fn anchor_table(&self) -> &str {
         self.cfg
             .anchor
@@ -859,16 +875,7 @@ impl Anchor for KmsSeal {
 
     fn read(&self) -> SealFuture<'_, Option<Head>> {
         Box::pin(async move {
-            let (_, v) = self
-                .dynamo_call(
-                    "GetItem",
-                    json!({
-                        "TableName": self.anchor_table(),
-                        "Key": {"deployment": {"S": self.cfg.deployment_id}},
-                        "ConsistentRead": true,
-                    }),
-                )
-                .await?;
+            let v = self.get_item(&self.cfg.deployment_id).await?;
             parse_anchor_item(v.get("Item"))
         })
     }
@@ -905,6 +912,47 @@ impl Anchor for KmsSeal {
             } else {
                 Ok(Advance::Done)
             }
+        })
+    }
+
+    fn read_checkpoints(&self) -> SealFuture<'_, (u64, Option<Vec<u8>>)> {
+        Box::pin(async move {
+            let v = self.get_item(&self.checkpoints_key()).await?;
+            let Some(item) = v.get("Item").filter(|i| !i.is_null()) else {
+                return Ok((0, None));
+            };
+            let malformed =
+                || SealError::Unreachable("the audit checkpoint item is malformed".into());
+            let n = item["n"]["N"]
+                .as_str()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(malformed)?;
+            let set = item["checkpoints"]["S"].as_str().ok_or_else(malformed)?;
+            Ok((n, Some(set.as_bytes().to_vec())))
+        })
+    }
+
+    fn write_checkpoints(&self, version: u64, bytes: Vec<u8>) -> SealFuture<'_, bool> {
+        Box::pin(async move {
+            let set = String::from_utf8(bytes).map_err(|_| SealError::Malformed)?;
+            let mut req = json!({
+                "TableName": self.anchor_table(),
+                "Item": {
+                    "deployment": {"S": self.checkpoints_key()},
+                    "n": {"N": (version + 1).to_string()},
+                    "checkpoints": {"S": set},
+                },
+            });
+            if version == 0 {
+                req["ConditionExpression"] = "attribute_not_exists(#d)".into();
+                req["ExpressionAttributeNames"] = json!({"#d": "deployment"});
+            } else {
+                req["ConditionExpression"] = "#n = :n".into();
+                req["ExpressionAttributeNames"] = json!({"#n": "n"});
+                req["ExpressionAttributeValues"] = json!({":n": {"N": version.to_string()}});
+            }
+            let (lost, _) = self.dynamo_call("PutItem", req).await?;
+            Ok(!lost)
         })
     }
 }

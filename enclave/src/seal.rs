@@ -121,6 +121,13 @@ pub trait Anchor: Send + Sync {
     fn expects_record(&self) -> bool {
         false
     }
+    /// The audit log's checkpoints (bytes the audit layer writes and
+    /// parses) and the record's version for compare-and-swap; `(0, None)`
+    /// when there are none yet.
+    fn read_checkpoints(&self) -> SealFuture<'_, (u64, Option<Vec<u8>>)>;
+    /// Replace the checkpoints if the record is still at `version`;
+    /// `false` when another writer came first.
+    fn write_checkpoints(&self, version: u64, bytes: Vec<u8>) -> SealFuture<'_, bool>;
 }
 
 /// A key-encryption backend.

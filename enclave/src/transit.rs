@@ -228,6 +228,15 @@ impl Engine {
         *lock(&self.nonce_limits)
     }
 
+    /// Random nonces a new key reserves in the write that creates it.
+    fn first_nonces(&self, o: &CreateOpts) -> u64 {
+        if o.convergent {
+            0
+        } else {
+            self.nonce_limits().block
+        }
+    }
+
     /// Random-nonce encryptions counted per key version, for the metrics:
     /// `(key, version, count)`.
     pub fn nonce_usage(&self) -> Vec<(String, u32, u64)> {
@@ -284,44 +293,57 @@ impl Engine {
     ) -> Result<Arc<Key>> {
         let lim = self.nonce_limits();
         let t = now();
-        self.mutate(store, |kr| {
-            let k = key_or_not_found(kr, name)?;
-            let mut v = version.unwrap_or(k.doc.latest_version);
-            let vk = k
-                .version(v)
-                .ok_or_else(|| Error::bad("no such key version"))?;
-            if vk.budget.remaining() >= n {
-                return Ok(Change::Unchanged(k));
-            }
-            let want = n.max(lim.block);
-            let mut doc = k.doc.clone();
-            let reserved = doc.versions.get(&v).map_or(0, |d| d.random_nonces);
-            if version.is_none() && reserved.saturating_add(want) > lim.rotate_at {
-                doc.rotate(t)?;
-                v = doc.latest_version;
-                tracing::warn!(
-                    key = name,
-                    version = v,
-                    "rotated: the previous version has used half of its random-nonce budget"
-                );
-            }
-            let vd = doc
-                .versions
-                .get_mut(&v)
-                .ok_or_else(|| Error::bad("no such key version"))?;
-            let next = vd.random_nonces.saturating_add(want);
-            if next > lim.limit {
-                return Err(Error::bad(format!(
-                    "key version {v} has used its budget of {} random nonces; \
+        let done = self
+            .mutate(store, |kr| {
+                let k = key_or_not_found(kr, name)?;
+                let mut v = version.unwrap_or(k.doc.latest_version);
+                let vk = k
+                    .version(v)
+                    .ok_or_else(|| Error::bad("no such key version"))?;
+                if vk.budget.remaining() >= n {
+                    return Ok(Change::Unchanged((k, None)));
+                }
+                let want = n.max(lim.block);
+                let mut doc = k.doc.clone();
+                let reserved = doc.versions.get(&v).map_or(0, |d| d.random_nonces);
+                if version.is_none() && reserved.saturating_add(want) > lim.rotate_at {
+                    doc.rotate(t)?;
+                    v = doc.latest_version;
+                    tracing::warn!(
+                        key = name,
+                        version = v,
+                        "rotated: the previous version has used half of its random-nonce budget"
+                    );
+                }
+                let vd = doc
+                    .versions
+                    .get_mut(&v)
+                    .ok_or_else(|| Error::bad("no such key version"))?;
+                let next = vd.random_nonces.saturating_add(want);
+                if next > lim.limit {
+                    return Err(Error::bad(format!(
+                        "key version {v} has used its budget of {} random nonces; \
                      encrypt with a newer version (rotate the key)",
-                    lim.limit
-                )));
+                        lim.limit
+                    )));
+                }
+                let from = vd.random_nonces;
+                vd.random_nonces = next;
+                let key = Arc::new(k.successor(doc)?);
+                Ok(Change::Changed(
+                    kr.with_key(name, Some(key.clone())),
+                    (key, Some((v, from, next))),
+                ))
+            })
+            .await?;
+        // Only now, with the reservation stored, may it be used.
+        let (key, reserved) = done;
+        if let Some((v, from, to)) = reserved {
+            if let Some(vk) = key.version(v) {
+                vk.budget.advance(from, to);
             }
-            vd.random_nonces = next;
-            let key = Arc::new(k.successor(doc)?);
-            Ok(Change::Changed(kr.with_key(name, Some(key.clone())), key))
-        })
-        .await
+        }
+        Ok(key)
     }
 
     /// Why the seal backend last failed, if its last call failed.
@@ -360,14 +382,23 @@ impl Engine {
         .await
     }
 
-    /// Record `event` durably in the audit log (fail closed).
+    /// Record `event` durably in the audit log (fail closed); the record's
+    /// signed checkpoint is the answer's receipt.
     pub async fn audit(
         &self,
         store: &dyn BlobStore,
         event: pii_proto::audit::AuditEvent,
-    ) -> Result<()> {
+    ) -> Result<pii_proto::audit::SignedCheckpoint> {
         let key = self.audit_key(store).await?;
-        self.audit.append(store, &key, event).await
+        self.audit
+            .append(store, self.seal.anchor(), &key, event)
+            .await
+    }
+
+    /// 0 (default): an audit checkpoint reaches the anchor before every
+    /// decrypt/decode answer; N: at most every N seconds.
+    pub fn set_audit_checkpoint_secs(&self, secs: u64) {
+        self.audit.set_checkpoint_secs(secs);
     }
 
     pub fn seal_id(&self) -> &str {
@@ -660,7 +691,10 @@ impl Engine {
                 if !force && blob.version <= self.store_version() && self.is_unsealed() {
                     return Ok(());
                 }
-                let (kr, head) = self.open(&blob).await?;
+                let (mut kr, head) = self.open(&blob).await?;
+                if let Some(old) = self.keyring.load_full() {
+                    kr.keep_nonce_budgets(&old);
+                }
                 tracing::info!(
                     version = blob.version,
                     generation = kr.generation,
@@ -764,7 +798,8 @@ impl Engine {
                         version = newer.version,
                         "keyring changed elsewhere; reloading and retrying"
                     );
-                    let (kr, head) = self.open(&newer).await?;
+                    let (mut kr, head) = self.open(&newer).await?;
+                    kr.keep_nonce_budgets(&cur);
                     self.install(kr, Some(head));
                 }
                 Err(e) => {
@@ -781,6 +816,7 @@ impl Engine {
     /// Rotate every key whose `auto_rotate_period` has elapsed since its
     /// newest version was created (Vault's rule). Returns the rotated names.
     pub async fn rotate_due(&self, store: &dyn BlobStore, now: i64) -> Result<Vec<String>> {
+        let block = self.nonce_limits().block;
         let due = |kr: &Keyring| -> Vec<String> {
             kr.keys
                 .values()
@@ -810,6 +846,9 @@ impl Engine {
                 if let Some(k) = kr.keys.get(n) {
                     let mut doc = k.doc.clone();
                     doc.rotate(now)?;
+                    if !doc.convergent {
+                        doc.reserve_latest(block);
+                    }
                     next.keys.insert(n.clone(), Arc::new(k.successor(doc)?));
                 }
             }
@@ -967,10 +1006,11 @@ fn create_opts(ctx: &mut Ctx<'_>, derived_default: bool) -> Result<CreateOpts> {
     })
 }
 
-fn new_key(name: &str, o: &CreateOpts, auto_rotate: u64) -> Result<Arc<Key>> {
+fn new_key(name: &str, o: &CreateOpts, auto_rotate: u64, nonces: u64) -> Result<Arc<Key>> {
     let mut doc = KeyDoc::new(name, o.kt, o.derived, o.convergent, now())?;
     doc.auto_rotate_period = auto_rotate;
-    Ok(Arc::new(Key::from_doc(doc)?))
+    doc.reserve_latest(nonces);
+    Ok(Arc::new(Key::created(doc)?))
 }
 
 fn check_auto_rotate(p: u64) -> Result<()> {
@@ -992,7 +1032,7 @@ async fn create_key(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
         .mutate(ctx.store, |kr| match kr.keys.get(name) {
             Some(k) => Ok(Change::Unchanged(key_info(&k.doc))),
             None => {
-                let k = new_key(name, &o, auto)?;
+                let k = new_key(name, &o, auto, ctx.engine.first_nonces(&o))?;
                 let info = key_info(&k.doc);
                 Ok(Change::Changed(kr.with_key(name, Some(k)), info))
             }
@@ -1047,7 +1087,15 @@ async fn rotate_key(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
     ctx.seen.insert("managed_key_name");
     ctx.seen.insert("managed_key_id");
     let t = now();
-    edit_key(ctx, name, |d| d.rotate(t).map(|_| true)).await
+    let block = ctx.engine.nonce_limits().block;
+    edit_key(ctx, name, |d| {
+        d.rotate(t)?;
+        if !d.convergent {
+            d.reserve_latest(block);
+        }
+        Ok(true)
+    })
+    .await
 }
 
 async fn config_key(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
@@ -1462,7 +1510,7 @@ async fn encrypt(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
                 .mutate(ctx.store, |kr| match kr.keys.get(&n) {
                     Some(k) => Ok(Change::Unchanged(k.clone())),
                     None => {
-                        let k = new_key(&n, &o, 0)?;
+                        let k = new_key(&n, &o, 0, ctx.engine.first_nonces(&o))?;
                         Ok(Change::Changed(kr.with_key(&n, Some(k.clone())), k))
                     }
                 })

@@ -469,7 +469,17 @@ impl VaultTransitSeal {
 
     /// `(KV version, head)` of the record; version 0 when there is none.
     async fn read_head(&self) -> Result<(u32, Option<Head>), SealError> {
-        let (mount, path) = (self.cfg.anchor_kv_mount.clone(), self.anchor_path());
+        let (version, rec) = self.kv_read::<HeadRecord>(self.anchor_path()).await?;
+        Ok((version, rec.map(|r| r.head()).transpose()?))
+    }
+
+    /// `(KV version, data)` of a record of the anchor's mount; version 0
+    /// when there is none. The version and the data come from one version.
+    async fn kv_read<T: serde::de::DeserializeOwned + Send>(
+        &self,
+        path: String,
+    ) -> Result<(u32, Option<T>), SealError> {
+        let mount = self.cfg.anchor_kv_mount.clone();
         let meta = self
             .with_client(|c| {
                 let (mount, path) = (mount.clone(), path.clone());
@@ -485,15 +495,53 @@ impl VaultTransitSeal {
         let Some(version) = meta.filter(|v| *v > 0) else {
             return Ok((0, None));
         };
-        let rec: HeadRecord = self
+        let rec: T = self
             .with_client(|c| {
                 let (mount, path) = (mount.clone(), path.clone());
                 async move { vaultrs::kv2::read_version(c.as_ref(), &mount, &path, version).await }
             })
             .await?;
         let version = u32::try_from(version).map_err(|_| malformed_head())?;
-        Ok((version, Some(rec.head()?)))
+        Ok((version, Some(rec)))
     }
+
+    /// Write `rec` if the record is still at `version` (0: absent); false
+    /// when check-and-set lost.
+    async fn kv_cas_write(
+        &self,
+        path: String,
+        rec: serde_json::Value,
+        version: u32,
+    ) -> Result<bool, SealError> {
+        let mount = self.cfg.anchor_kv_mount.clone();
+        self.with_client(|c| {
+            let (mount, path, rec) = (mount.clone(), path.clone(), rec.clone());
+            async move {
+                let opts = vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: version };
+                match vaultrs::kv2::set_with_options(c.as_ref(), &mount, &path, &rec, opts).await {
+                    Ok(_) => Ok(true),
+                    // check-and-set lost: someone advanced it meanwhile.
+                    Err(ClientError::APIError { code: 400, errors })
+                        if errors.iter().any(|e| e.contains("check-and-set")) =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await
+    }
+
+    fn checkpoints_path(&self) -> String {
+        format!("audit-checkpoints/{}", self.cfg.deployment_id)
+    }
+}
+
+/// The audit checkpoints as stored in KV v2 (one string field: the set's JSON).
+#[derive(serde::Serialize, Deserialize)]
+struct CheckpointRecord {
+    checkpoints: String,
 }
 
 fn malformed_head() -> SealError {
@@ -550,38 +598,37 @@ impl Anchor for VaultTransitSeal {
             if current != expected {
                 return Ok(Advance::Conflict(current));
             }
-            let (mount, path) = (self.cfg.anchor_kv_mount.clone(), self.anchor_path());
             let rec = HeadRecord {
                 generation: next.generation.to_string(),
                 hash: hex::encode(next.hash),
             };
             let rec = serde_json::to_value(&rec).map_err(|_| SealError::Malformed)?;
-            let r = self
-                .with_client(|c| {
-                    let (mount, path, rec) = (mount.clone(), path.clone(), rec.clone());
-                    async move {
-                        let opts =
-                            vaultrs::api::kv2::requests::SetSecretRequestOptions { cas: version };
-                        match vaultrs::kv2::set_with_options(c.as_ref(), &mount, &path, &rec, opts)
-                            .await
-                        {
-                            Ok(_) => Ok(true),
-                            // check-and-set lost: someone advanced it meanwhile.
-                            Err(ClientError::APIError { code: 400, errors })
-                                if errors.iter().any(|e| e.contains("check-and-set")) =>
-                            {
-                                Ok(false)
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                })
-                .await?;
-            if r {
+            if self.kv_cas_write(self.anchor_path(), rec, version).await? {
                 Ok(Advance::Done)
             } else {
                 Ok(Advance::Conflict(self.read_head().await?.1))
             }
+        })
+    }
+
+    fn read_checkpoints(&self) -> SealFuture<'_, (u64, Option<Vec<u8>>)> {
+        Box::pin(async move {
+            let (v, rec) = self
+                .kv_read::<CheckpointRecord>(self.checkpoints_path())
+                .await?;
+            Ok((u64::from(v), rec.map(|r| r.checkpoints.into_bytes())))
+        })
+    }
+
+    fn write_checkpoints(&self, version: u64, bytes: Vec<u8>) -> SealFuture<'_, bool> {
+        Box::pin(async move {
+            let version = u32::try_from(version).map_err(|_| SealError::Malformed)?;
+            let rec = CheckpointRecord {
+                checkpoints: String::from_utf8(bytes).map_err(|_| SealError::Malformed)?,
+            };
+            let rec = serde_json::to_value(&rec).map_err(|_| SealError::Malformed)?;
+            self.kv_cas_write(self.checkpoints_path(), rec, version)
+                .await
         })
     }
 }

@@ -30,6 +30,9 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
+/// The audit receipt header the enclave sets on decrypt/decode answers.
+const RECEIPT_HEADER: &str = "x-pii-audit-receipt";
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -67,16 +70,22 @@ async fn readyz(State(st): State<AppState>) -> Response {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     if let Some(s) = enclave_status(&st).await {
-        st.metrics.key_random_nonces.clear();
-        for u in s.nonce_usage {
-            st.metrics
-                .key_random_nonces
-                .get_or_create(&crate::metrics::KeyVersionLabels {
-                    key: u.key,
-                    version: u.version,
-                })
-                .set(i64::try_from(u.encryptions).unwrap_or(i64::MAX));
-        }
+        let max = s
+            .nonce_usage
+            .iter()
+            .map(|u| u.encryptions)
+            .max()
+            .unwrap_or(0);
+        let past_half = s
+            .nonce_usage
+            .iter()
+            .filter(|u| u.encryptions > 1 << 31)
+            .count();
+        let m = &st.metrics;
+        m.key_random_nonces_max
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+        m.key_versions_past_half_budget
+            .set(i64::try_from(past_half).unwrap_or(i64::MAX));
     }
     (
         [(
@@ -398,6 +407,15 @@ async fn forward(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
+            }
+            // Only headers we know, and only valid values, are passed on.
+            for (name, value) in &a.headers {
+                if name.eq_ignore_ascii_case(RECEIPT_HEADER) {
+                    if let Ok(v) = HeaderValue::from_str(value) {
+                        r.headers_mut()
+                            .insert(axum::http::HeaderName::from_static(RECEIPT_HEADER), v);
+                    }
+                }
             }
             r
         }

@@ -37,12 +37,6 @@ pub struct DirLabels {
     pub direction: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KeyVersionLabels {
-    pub key: String,
-    pub version: u32,
-}
-
 type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -62,7 +56,12 @@ pub struct Metrics {
     pub relay_connections: Family<RelayLabels, Counter>,
     pub relay_active: Gauge,
     pub relay_bytes: Family<DirLabels, Counter>,
-    pub key_random_nonces: Family<KeyVersionLabels, Gauge>,
+    /// The highest random-nonce count of any Transit key version (key
+    /// names never become labels).
+    pub key_random_nonces_max: Gauge,
+    /// Key versions past half their nonce budget (rotated away from, or
+    /// pinned by an explicit `key_version`).
+    pub key_versions_past_half_budget: Gauge,
 }
 
 impl Default for Metrics {
@@ -129,15 +128,22 @@ impl Metrics {
             "Bytes copied by the egress relay, by direction (ciphertext: the enclave's TLS)",
             relay_bytes.clone(),
         );
-        let key_random_nonces = Family::<KeyVersionLabels, Gauge>::default();
+        let key_random_nonces_max = Gauge::default();
         registry.register(
-            "key_random_nonces",
-            "Random-nonce encryptions per Transit key version, counted by the enclave \
-             (an upper bound; the limit is 2^32, keys rotate at 2^31)",
-            key_random_nonces.clone(),
+            "key_random_nonces_max",
+            "Highest random-nonce encryption count of any Transit key version, counted by \
+             the enclave (an upper bound; the limit is 2^32, keys rotate at 2^31)",
+            key_random_nonces_max.clone(),
+        );
+        let key_versions_past_half_budget = Gauge::default();
+        registry.register(
+            "key_versions_past_half_budget",
+            "Transit key versions that have used more than 2^31 random nonces",
+            key_versions_past_half_budget.clone(),
         );
         Metrics {
-            key_random_nonces,
+            key_random_nonces_max,
+            key_versions_past_half_budget,
             registry,
             relay_connections,
             relay_active,

@@ -123,6 +123,9 @@ pub fn policy(mount: &str, key: &str, anchor: &str, deployment: Option<&str>) ->
          # the keyring's rollback anchor (check-and-set writes)\n\
          path \"{anchor}/data/keyring-head/{head}\" {{ capabilities = [\"create\", \"update\", \"read\"] }}\n\
          path \"{anchor}/metadata/keyring-head/{head}\" {{ capabilities = [\"read\"] }}\n\
+         # the audit log's signed checkpoints (check-and-set writes)\n\
+         path \"{anchor}/data/audit-checkpoints/{head}\" {{ capabilities = [\"create\", \"update\", \"read\"] }}\n\
+         path \"{anchor}/metadata/audit-checkpoints/{head}\" {{ capabilities = [\"read\"] }}\n\
          path \"auth/token/renew-self\" {{ capabilities = [\"update\"] }}\n\
          path \"auth/token/lookup-self\" {{ capabilities = [\"read\"] }}\n"
     )

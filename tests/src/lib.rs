@@ -258,6 +258,17 @@ impl Stack {
         self.start_enclave()
     }
 
+    /// Kill the enclave and start a fresh one (empty memory, same store);
+    /// returns once the proxy is connected again.
+    pub async fn restart_enclave(&mut self) {
+        self.kill_enclave().await;
+        self.start_enclave().expect("enclave restarts");
+        assert!(
+            self.pool().wait_live(Duration::from_secs(10)).await,
+            "the proxy reconnects to the restarted enclave"
+        );
+    }
+
     /// Start a fresh enclave (empty memory) on the same socket.
     pub fn start_enclave(&mut self) -> anyhow::Result<()> {
         self.enclave = Some(enclave_for(&self.socket, &self.opts)?);
@@ -293,6 +304,8 @@ pub struct Client {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// The audit receipt (`X-Pii-Audit-Receipt`), if the answer had one.
+    pub receipt: Option<String>,
 }
 
 impl Reply {
@@ -339,6 +352,11 @@ impl Client {
         }
         let resp = rb.send().await?;
         let status = resp.status().as_u16();
+        let receipt = resp
+            .headers()
+            .get("x-pii-audit-receipt")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let bytes = resp.bytes().await?;
         let body = if bytes.is_empty() {
             Value::Null
@@ -346,7 +364,11 @@ impl Client {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body,
+            receipt,
+        })
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Value) -> Reply {

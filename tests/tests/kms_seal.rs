@@ -902,17 +902,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
     pii_tests::assert_serves_pii_version(&c, 2, "the rotation is there").await;
 
     // The anchored head is the newest blob's (read with the principal's key).
-    let (s, v) = pii_tests::aws_call(
-        &moto.host,
-        &anchor_principal,
-        "dynamodb",
-        "DynamoDB_20120810.GetItem",
-        "application/x-amz-json-1.0",
-        &json!({"TableName": "pii-enclave-anchor", "Key": {"deployment": {"S": "pii-tests"}},
-                "ConsistentRead": true}),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
+    let v = anchor_item(&moto, &anchor_principal, "pii-tests").await;
     let newest_blob = &newest.last().unwrap().1;
     assert_eq!(
         v["Item"]["blob_sha256"]["S"],
@@ -920,7 +910,40 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
         "{v}"
     );
 
+    // A decrypt's audit record is checkpointed in DynamoDB before the
+    // answer, and the answer's receipt names it.
+    let ct = c.encrypt_ok("pii", b"078-05-1120").await;
+    let r = c
+        .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let receipt =
+        pii_proto::audit::SignedCheckpoint::parse_receipt(r.receipt.as_deref().unwrap()).unwrap();
+    let v = anchor_item(&moto, &anchor_principal, "pii-tests#audit-checkpoints").await;
+    let cps = verifier::audit::load_checkpoints(&v.to_string()).unwrap();
+    assert!(cps.contains(&receipt), "{cps:?} vs {receipt:?}");
+
     // Control: without the anchor, the restored older keyring is adopted.
     stack.restart_with(&snapshot, seal(false)).await.unwrap();
     pii_tests::assert_serves_pii_version(&c, 1, "without an anchor the rollback succeeds").await;
+}
+
+/// The anchor table's item `key`, read with the anchor principal's key.
+async fn anchor_item(
+    moto: &pii_tests::Moto,
+    principal: &pii_enclave::sigv4::Credentials,
+    key: &str,
+) -> Value {
+    let (s, v) = pii_tests::aws_call(
+        &moto.host,
+        principal,
+        "dynamodb",
+        "DynamoDB_20120810.GetItem",
+        "application/x-amz-json-1.0",
+        &json!({"TableName": "pii-enclave-anchor", "Key": {"deployment": {"S": key}},
+                "ConsistentRead": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v
 }

@@ -149,14 +149,7 @@ async fn every_type_round_trips_and_tokens_survive_restart() {
     assert_eq!(r.status, 400);
 
     // A fresh enclave (empty memory, same sealed keyring) gives the same tokens.
-    stack.kill_enclave().await;
-    stack.start_enclave().unwrap();
-    assert!(
-        stack
-            .pool()
-            .wait_live(std::time::Duration::from_secs(10))
-            .await
-    );
+    stack.restart_enclave().await;
     for (t, v, tok) in &tokens {
         let again = enc(&e
             .post(
@@ -296,7 +289,8 @@ async fn bad_input_and_decode_authorization_with_audit() {
     let key = root.get("sys/audit-key").await;
     let key = key.data("public_key").as_str().unwrap().to_owned();
     let dir = stack.dir.path().join("audit");
-    let report = verifier::audit::verify_dir(&dir, Some(&key)).unwrap();
+    let trust = verifier::audit::KeyTrust::Bare(hex::decode(&key).unwrap());
+    let report = verifier::audit::verify_dir(&dir, &trust, &[]).unwrap();
     assert!(report.ok, "{report:?}");
     let lines: Vec<Value> = std::fs::read_dir(&dir)
         .unwrap()
@@ -339,26 +333,29 @@ async fn bad_input_and_decode_authorization_with_audit() {
     let original = std::fs::read_to_string(&file).unwrap();
     let edited = original.replace("fraud case 77", "routine check");
     std::fs::write(&file, &edited).unwrap();
-    let r = verifier::audit::verify_dir(&dir, Some(&key)).unwrap();
+    let r = verifier::audit::verify_dir(&dir, &trust, &[]).unwrap();
     assert!(!r.ok);
     assert!(
         r.streams[0]
             .problems
             .iter()
-            .any(|p| p.contains("record edited")),
+            .any(|p| p.kind == "edited-record"),
         "{r:?}"
     );
     let mut ls: Vec<&str> = original.lines().collect();
     ls.remove(1);
     std::fs::write(&file, ls.join("\n") + "\n").unwrap();
-    let r = verifier::audit::verify_dir(&dir, Some(&key)).unwrap();
+    let r = verifier::audit::verify_dir(&dir, &trust, &[]).unwrap();
     assert!(
-        r.streams[0].problems.iter().any(|p| p.contains("gap")),
+        r.streams[0]
+            .problems
+            .iter()
+            .any(|p| p.kind == "deleted-records"),
         "{r:?}"
     );
     std::fs::write(&file, &original).unwrap();
-    let other_key = "00".repeat(32);
-    let r = verifier::audit::verify_dir(&dir, Some(&other_key)).unwrap();
+    let other_key = verifier::audit::KeyTrust::Bare(vec![0; 32]);
+    let r = verifier::audit::verify_dir(&dir, &other_key, &[]).unwrap();
     assert!(!r.ok, "a different pinned key is refused");
 }
 

@@ -313,20 +313,36 @@ async fn keys_in_memory_keep_serving_when_openbao_goes_down() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(ok, "old ciphertext did not decrypt after restart + unseal");
+    // The first encryption after a restart stores a nonce reservation (one
+    // keyring write, so the seal backend must be up).
+    let r = c
+        .post("transit/encrypt/pii", json!({"plaintext": b64(b"x")}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 
-    // OpenBao goes away: keys already in memory keep serving…
+    // OpenBao goes away: keys already in memory keep encrypting…
     drop(bao);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for _ in 0..5 {
-        let r = c
-            .post("transit/decrypt/pii", json!({"ciphertext": ct}))
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
         let r = c
             .post("transit/encrypt/pii", json!({"plaintext": b64(b"x")}))
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
+    // …but decrypts fail closed: their audit checkpoint cannot reach the
+    // anchor (OpenBao's KV), and a host that blocks the anchor must not be
+    // able to release plaintext it can then erase from the log
+    // (`[audit] checkpoint_secs = N` trades that for availability).
+    let r = c
+        .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(
+        r.error(),
+        Some("audit checkpoint could not be published"),
+        "{:?}",
+        r.body
+    );
     // …but a change that must be sealed is refused, not half-done.
     let r = c.post("transit/keys/other", json!({})).await;
     assert!(r.status >= 500, "{} {:?}", r.status, r.body);
@@ -757,14 +773,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
 
     // The anchor answering garbage (a record that is not a head): nothing is
     // adopted, and health says why.
-    let admin = vaultrs::client::VaultClient::new(
-        vaultrs::client::VaultClientSettingsBuilder::default()
-            .address(&bao.url)
-            .token(ROOT_TOKEN)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let admin = admin(&bao);
     vaultrs::kv2::set(
         &admin,
         "pii-enclave-anchor",
@@ -916,4 +925,257 @@ async fn a_replica_kept_on_an_old_keyring_stops_serving() {
         .post("transit/decrypt/pii", json!({"ciphertext": ct}))
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+/// The audit key's hash from an attestation document (verified as of its
+/// own time against the development NSM's root), as an auditor takes it.
+async fn attested_audit_key(c: &pii_tests::Client) -> verifier::audit::KeyTrust {
+    let r = c.get("sys/attestation?nonce=00112233445566778899").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let doc = pii_tests::unb64(r.data("document").as_str().unwrap());
+    let root =
+        verifier::attestation::pem_to_der(r.data("dangerous_dev_root_pem").as_str().unwrap())
+            .unwrap();
+    let at = verifier::audit::document_time(&doc).unwrap();
+    let policy = verifier::attestation::Policy::dangerous_with_root(at, root);
+    verifier::audit::KeyTrust::Attested(verifier::audit::attested_key(&doc, &policy).unwrap())
+}
+
+/// The anchor's checkpoint set, read from OpenBao directly (as an auditor
+/// does, not through the host).
+async fn anchored_checkpoints(bao: &OpenBao) -> Vec<pii_proto::audit::SignedCheckpoint> {
+    let admin = admin(bao);
+    let rec: Value =
+        vaultrs::kv2::read(&admin, "pii-enclave-anchor", "audit-checkpoints/pii-tests")
+            .await
+            .unwrap();
+    verifier::audit::load_checkpoints(&rec.to_string()).unwrap()
+}
+
+fn kinds(r: &verifier::audit::Report) -> Vec<&'static str> {
+    let mut k: Vec<&str> = r
+        .problems
+        .iter()
+        .chain(r.streams.iter().flat_map(|s| &s.problems))
+        .map(|f| f.kind)
+        .collect();
+    k.sort_unstable();
+    k.dedup();
+    k
+}
+
+fn stream_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect()
+}
+
+fn drop_last_line(file: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    std::fs::write(file, lines.join("\n") + "\n").unwrap();
+    text
+}
+
+/// The host owns the audit directory and tries every way to cut the trail
+/// after the enclave released plaintext: drop the tail record of an
+/// acknowledged decrypt, force a new stream to make the cut look clean,
+/// delete a whole stream, substitute its own key and re-sign everything,
+/// edit and reorder records. `verifier audit` with the attested key and the
+/// anchor's checkpoints (read from Vault, not through the host) names each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_cannot_cut_the_audit_trail() {
+    use verifier::audit::{verify_dir, KeyTrust};
+    let bao = OpenBao::start().await.unwrap();
+    let role_id = bootstrap(&bao).await;
+    let mut stack = Stack::start_with(StackOpts {
+        seal: Some(anchored_seal(&bao, &role_id, false, "pii-enclave-anchor").await),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    assert_eq!(c.post("transit/keys/pii", json!({})).await.status, 200);
+    let ct = c.encrypt_ok("pii", b"078-05-1120").await;
+    let decrypt = || async {
+        let r = c
+            .post(
+                "transit/decrypt/pii",
+                json!({"ciphertext": ct, "reason": "case 7"}),
+            )
+            .await;
+        (r.status, r.receipt)
+    };
+    let mut receipts = vec![];
+    for _ in 0..3 {
+        let (s, rc) = decrypt().await;
+        assert_eq!(s, 200);
+        receipts.push(rc.expect("every decrypt answer carries a receipt"));
+    }
+    let trust = attested_audit_key(&c).await;
+    let dir = stack.dir.path().join("audit");
+    let cps = anchored_checkpoints(&bao).await;
+    let last = pii_proto::audit::SignedCheckpoint::parse_receipt(&receipts[2]).unwrap();
+    assert!(
+        cps.iter().any(|c| c == &last),
+        "the anchor holds the newest record before the answer: {cps:?}"
+    );
+    let r = verify_dir(&dir, &trust, &cps).unwrap();
+    assert!(r.ok, "{r:#?}");
+
+    // 1. Drop the tail: the last decrypt's record.
+    let files = stream_files(&dir);
+    assert_eq!(files.len(), 1);
+    let s1 = files[0].clone();
+    let original = drop_last_line(&s1);
+    let r = verify_dir(&dir, &trust, &cps).unwrap();
+    assert_eq!(kinds(&r), vec!["deleted-tail"], "{r:#?}");
+    // A receipt alone shows it too (no anchor read needed).
+    let rc = pii_proto::audit::SignedCheckpoint::parse_receipt(&receipts[2]).unwrap();
+    assert_eq!(
+        kinds(&verify_dir(&dir, &trust, &[rc]).unwrap()),
+        vec!["deleted-tail"]
+    );
+    // Without any checkpoint the cut is invisible: that is what they are for.
+    assert!(verify_dir(&dir, &trust, &[]).unwrap().ok);
+
+    // 2. …then make the next write fail so the enclave starts a new stream
+    // (the stream file replaced by a directory), and put the cut file back.
+    let cut = std::fs::read_to_string(&s1).unwrap();
+    std::fs::remove_file(&s1).unwrap();
+    std::fs::create_dir(&s1).unwrap();
+    let (s, rc) = decrypt().await;
+    assert_eq!(s, 503, "no plaintext without a stored record");
+    assert!(rc.is_none());
+    std::fs::remove_dir(&s1).unwrap();
+    std::fs::write(&s1, &cut).unwrap();
+    let (s, _) = decrypt().await;
+    assert_eq!(s, 200);
+    let files = stream_files(&dir);
+    assert_eq!(files.len(), 2, "a new stream");
+    let s2 = files.iter().find(|f| **f != s1).unwrap().clone();
+    let cps = anchored_checkpoints(&bao).await;
+    // Even without the anchor: the new stream's genesis links to the last
+    // record the host acknowledged.
+    let r = verify_dir(&dir, &trust, &[]).unwrap();
+    assert_eq!(kinds(&r), vec!["deleted-tail"], "{r:#?}");
+    assert!(
+        r.problems.iter().any(|p| p.detail.contains("genesis link")),
+        "{r:#?}"
+    );
+    std::fs::write(&s1, &original).unwrap();
+    assert!(verify_dir(&dir, &trust, &cps).unwrap().ok);
+
+    // 3. Delete a whole stream.
+    std::fs::remove_file(&s1).unwrap();
+    let r = verify_dir(&dir, &trust, &cps).unwrap();
+    assert_eq!(kinds(&r), vec!["deleted-stream"], "{r:#?}");
+    std::fs::write(&s1, &original).unwrap();
+    // The newest stream deleted: only the anchor knows it existed.
+    let newest = std::fs::read(&s2).unwrap();
+    std::fs::remove_file(&s2).unwrap();
+    assert_eq!(
+        kinds(&verify_dir(&dir, &trust, &cps).unwrap()),
+        vec!["deleted-stream"]
+    );
+    std::fs::write(&s2, &newest).unwrap();
+
+    // 4. Edit a record, and reorder two.
+    std::fs::write(&s1, original.replace("case 7", "case 8")).unwrap();
+    assert!(kinds(&verify_dir(&dir, &trust, &cps).unwrap()).contains(&"edited-record"));
+    let mut lines: Vec<&str> = original.lines().collect();
+    lines.swap(1, 2);
+    std::fs::write(&s1, lines.join("\n") + "\n").unwrap();
+    assert!(kinds(&verify_dir(&dir, &trust, &cps).unwrap()).contains(&"reordered"));
+    std::fs::write(&s1, &original).unwrap();
+
+    // 5. Swap the key: the host re-signs a whole forged log with its own
+    // key (what `sys/audit-key`, served through the host, could claim).
+    let forged = tempfile::tempdir().unwrap();
+    let host_key =
+        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .unwrap();
+    let host_key = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(host_key.as_ref()).unwrap();
+    forge_stream(
+        &forged.path().join(format!("{}.jsonl", "ab".repeat(16))),
+        &host_key,
+    );
+    let r = verify_dir(forged.path(), &trust, &[]).unwrap();
+    assert_eq!(kinds(&r), vec!["key-not-attested"], "{r:#?}");
+    // Checked against its own key it looks fine: why the attested key matters.
+    assert!(
+        verify_dir(forged.path(), &KeyTrust::Unpinned, &[])
+            .unwrap()
+            .ok
+    );
+
+    // 6. A restart links the new run's first stream to the anchor's
+    // checkpoints: deleting everything before it is still seen.
+    stack.restart_enclave().await;
+    let c = stack.client();
+    let r = c
+        .post("transit/decrypt/pii", json!({"ciphertext": ct}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(stream_files(&dir).len(), 3);
+    for f in [&s1, &s2] {
+        std::fs::remove_file(f).unwrap();
+    }
+    let r = verify_dir(&dir, &trust, &[]).unwrap();
+    assert_eq!(kinds(&r), vec!["deleted-stream"], "{r:#?}");
+}
+
+/// A complete, self-consistent stream signed by `key` (the host's).
+fn forge_stream(path: &std::path::Path, key: &aws_lc_rs::signature::Ed25519KeyPair) {
+    use aws_lc_rs::signature::KeyPair;
+    use pii_proto::audit::{AuditBody, AuditEvent, AuditRecord};
+    let stream = path.file_stem().unwrap().to_str().unwrap().to_owned();
+    let mut prev = "0".repeat(64);
+    let mut out = String::new();
+    for seq in 0..2u64 {
+        let event = AuditEvent {
+            kind: if seq == 0 { "genesis" } else { "decrypt" }.into(),
+            op: String::new(),
+            target: "pii".into(),
+            caller: "nobody".into(),
+            token: String::new(),
+            policies: vec![],
+            reason: String::new(),
+            items: 1,
+            public_key: (seq == 0).then(|| hex::encode(key.public_key().as_ref())),
+            links: vec![],
+        };
+        let body = AuditBody {
+            stream: stream.clone(),
+            seq,
+            time: 1,
+            prev: prev.clone(),
+            event,
+        };
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body.signed_bytes());
+        let rec = AuditRecord {
+            body,
+            hash: hex::encode(d.as_ref()),
+            sig: hex::encode(key.sign(d.as_ref()).as_ref()),
+        };
+        prev = rec.hash.clone();
+        out.push_str(&serde_json::to_string(&rec).unwrap());
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// A vaultrs client with OpenBao's root token.
+fn admin(bao: &OpenBao) -> vaultrs::client::VaultClient {
+    vaultrs::client::VaultClient::new(
+        vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(&bao.url)
+            .token(ROOT_TOKEN)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
 }

@@ -120,20 +120,13 @@ enum Cmd {
         #[arg(long)]
         at: Option<i64>,
     },
-    /// Verify the signed audit log a host stored (hash chain, signatures, gaps).
+    /// Verify the signed audit log a host stored: each stream's chain and
+    /// signatures, the links between streams, and the checkpoints kept
+    /// outside the host. Findings are named: deleted-tail, deleted-stream,
+    /// deleted-records, edited-record, reordered, key-not-attested.
     ///
-    /// Example: verifier audit --dir /var/lib/pii-enclave/audit --public-key $(curl -s -H "X-Vault-Token: $T" $VAULT_ADDR/v1/sys/audit-key | jq -r .data.public_key)
-    Audit {
-        /// Directory with one `<stream>.jsonl` file per enclave run.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Expected Ed25519 public key (hex), from `GET /v1/sys/audit-key`.
-        #[arg(long)]
-        public_key: Option<String>,
-        /// Output format: json or text.
-        #[arg(long, default_value = "text")]
-        format: String,
-    },
+    /// Example: verifier audit --dir /var/lib/pii-enclave/audit --attestation att.cbor --checkpoints checkpoints.json
+    Audit(AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -314,56 +307,135 @@ fn main() -> ExitCode {
             dangerous_root,
             format,
         }),
-        Cmd::Audit {
-            dir,
-            public_key,
-            format,
-        } => {
-            if let Some(k) = &public_key {
-                if hex::decode(k).map(|b| b.len()) != Ok(32) {
-                    eprintln!(
-                        "verifier: --public-key must be 64 hex digits (an Ed25519 public key)"
-                    );
-                    return ExitCode::from(2);
-                }
-            }
-            let report = match verifier::audit::verify_dir(&dir, public_key.as_deref()) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("verifier: cannot read {}: {e}", dir.display());
-                    return ExitCode::from(2);
-                }
-            };
-            if format == "json" {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                );
-            } else {
-                for s in &report.streams {
-                    let status = if s.problems.is_empty() {
-                        "ok"
-                    } else {
-                        "TAMPERED"
-                    };
-                    println!("{status:8} {} ({} records)", s.stream, s.records);
-                    for p in &s.problems {
-                        println!("         - {p}");
-                    }
-                }
-                if report.streams.is_empty() {
-                    println!("no audit streams in {}", dir.display());
-                }
-                if let Some(w) = &report.warning {
-                    println!("warning: {w}");
-                }
-            }
-            if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+        Cmd::Audit(a) => audit_cmd(a),
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    /// Directory with one `<stream>.jsonl` file per enclave run.
+    #[arg(long)]
+    dir: PathBuf,
+    /// An attestation document of the enclave (`GET /v1/attestation?nonce=…`);
+    /// its enclave-built user_data carries the audit key's SHA-256, which
+    /// every stream's key must match. Verified at its own timestamp.
+    #[arg(long)]
+    attestation: Option<PathBuf>,
+    /// Expected PCRs for --attestation (same formats as `verify --expected`).
+    #[arg(long, requires = "attestation")]
+    expected: Option<PathBuf>,
+    /// Accept a debug-mode --attestation document.
+    #[arg(long, requires = "attestation")]
+    allow_debug: bool,
+    /// DANGEROUS: trust this root (PEM) for --attestation, e.g. the dev NSM's.
+    #[arg(long, requires = "attestation")]
+    dangerous_root: Option<PathBuf>,
+    /// DANGEROUS: a bare Ed25519 public key (hex) instead of an attestation
+    /// document; the host serves `sys/audit-key` and can substitute its own.
+    #[arg(long, conflicts_with = "attestation")]
+    dangerous_public_key: Option<String>,
+    /// The anchor's checkpoint record, read from Vault KV or DynamoDB
+    /// directly (not through the host): the set's JSON, `vault kv get
+    /// -format=json` output, or `aws dynamodb get-item` output.
+    #[arg(long)]
+    checkpoints: Option<PathBuf>,
+    /// A receipt (`X-Pii-Audit-Receipt` of a decrypt/decode answer); repeatable.
+    #[arg(long = "receipt")]
+    receipts: Vec<String>,
+    /// Output format: json or text.
+    #[arg(long, default_value = "text")]
+    format: String,
+}
+
+/// The audit key's SHA-256 from a verified document (at its own timestamp).
+fn attested_audit_key(a: &AuditArgs, doc: &std::path::Path) -> Result<[u8; 32], String> {
+    let bytes = std::fs::read(doc).map_err(|e| format!("cannot read {}: {e}", doc.display()))?;
+    let at = verifier::audit::document_time(&bytes).map_err(|e| format!("--attestation: {e}"))?;
+    let mut policy = policy_for(at, a.dangerous_root.as_deref())?;
+    policy.allow_debug = a.allow_debug;
+    if let Some(p) = &a.expected {
+        policy.expected_pcrs = expected_pcrs(p)?;
+    }
+    verifier::audit::attested_key(&bytes, &policy).map_err(|e| format!("--attestation: {e}"))
+}
+
+fn audit_cmd(a: AuditArgs) -> ExitCode {
+    use verifier::audit::KeyTrust;
+    if a.format != "json" && a.format != "text" {
+        return usage("--format must be json or text".into());
+    }
+    let trust = if let Some(doc) = a.attestation.clone() {
+        match attested_audit_key(&a, &doc) {
+            Ok(h) => KeyTrust::Attested(h),
+            Err(e) => return usage(e),
+        }
+    } else if let Some(k) = &a.dangerous_public_key {
+        match hex::decode(k) {
+            Ok(b) if b.len() == 32 => KeyTrust::Bare(b),
+            _ => {
+                return usage(
+                    "--dangerous-public-key must be 64 hex digits (an Ed25519 public key)".into(),
+                )
             }
         }
+    } else {
+        KeyTrust::Unpinned
+    };
+    let mut cps = vec![];
+    if let Some(p) = &a.checkpoints {
+        match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| verifier::audit::load_checkpoints(&t).map_err(|e| e.to_string()))
+        {
+            Ok(c) => cps.extend(c),
+            Err(e) => return usage(format!("--checkpoints {}: {e}", p.display())),
+        }
+    }
+    for r in &a.receipts {
+        match pii_proto::audit::SignedCheckpoint::parse_receipt(r) {
+            Ok(c) => cps.push(c),
+            Err(e) => return usage(format!("--receipt {r:?}: {e}")),
+        }
+    }
+    let report = match verifier::audit::verify_dir(&a.dir, &trust, &cps) {
+        Ok(r) => r,
+        Err(e) => return usage(format!("cannot read {}: {e}", a.dir.display())),
+    };
+    if a.format == "json" {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        for s in &report.streams {
+            let status = if s.problems.is_empty() {
+                "ok"
+            } else {
+                "TAMPERED"
+            };
+            println!("{status:8} {} ({} records)", s.stream, s.records);
+            for p in &s.problems {
+                println!("         - {}: {}", p.kind, p.detail);
+            }
+        }
+        if report.streams.is_empty() {
+            println!("no audit streams in {}", a.dir.display());
+        }
+        for p in &report.problems {
+            println!("TAMPERED {}: {}", p.kind, p.detail);
+        }
+        println!(
+            "{} checkpoint(s) and receipt(s) checked",
+            report.checkpoints
+        );
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -390,8 +462,38 @@ fn hex_arg(name: &str, v: &Option<String>) -> Result<Option<Vec<u8>>, String> {
         .transpose()
 }
 
+/// The pinned AWS root, or (dangerous) another one.
+fn policy_for(
+    at: i64,
+    dangerous_root: Option<&std::path::Path>,
+) -> Result<verifier::attestation::Policy, String> {
+    use verifier::attestation::{pem_to_der, Policy};
+    match dangerous_root {
+        None => Ok(Policy::aws(at)),
+        Some(p) => {
+            let der = std::fs::read_to_string(p)
+                .map_err(|e| e.to_string())
+                .and_then(|t| pem_to_der(&t))
+                .map_err(|e| format!("--dangerous-root {}: {e}", p.display()))?;
+            eprintln!(
+                "verifier: DANGEROUS: trusting {} instead of the AWS Nitro root",
+                p.display()
+            );
+            Ok(Policy::dangerous_with_root(at, der))
+        }
+    }
+}
+
+fn expected_pcrs(p: &std::path::Path) -> Result<std::collections::BTreeMap<u8, Vec<u8>>, String> {
+    std::fs::read_to_string(p)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
+        .and_then(|j| verifier::attestation::parse_expected(&j))
+        .map_err(|e| format!("--expected {}: {e}", p.display()))
+}
+
 fn verify_cmd(a: VerifyArgs) -> ExitCode {
-    use verifier::attestation::{parse_expected, pem_to_der, verify, Policy};
+    use verifier::attestation::verify;
     if a.format != "json" && a.format != "text" {
         return usage("--format must be json or text".into());
     }
@@ -399,31 +501,15 @@ fn verify_cmd(a: VerifyArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return usage(format!("cannot read {}: {e}", a.doc.display())),
     };
-    let mut policy = match &a.dangerous_root {
-        None => Policy::aws(a.at),
-        Some(p) => match std::fs::read_to_string(p)
-            .map_err(|e| e.to_string())
-            .and_then(|t| pem_to_der(&t))
-        {
-            Ok(der) => {
-                eprintln!(
-                    "verifier: DANGEROUS: trusting {} instead of the AWS Nitro root",
-                    p.display()
-                );
-                Policy::dangerous_with_root(a.at, der)
-            }
-            Err(e) => return usage(format!("--dangerous-root {}: {e}", p.display())),
-        },
+    let mut policy = match policy_for(a.at, a.dangerous_root.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return usage(e),
     };
     policy.allow_debug = a.allow_debug;
     if let Some(p) = &a.expected {
-        let parsed = std::fs::read_to_string(p)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
-            .and_then(|j| parse_expected(&j));
-        match parsed {
+        match expected_pcrs(p) {
             Ok(m) => policy.expected_pcrs = m,
-            Err(e) => return usage(format!("--expected {}: {e}", p.display())),
+            Err(e) => return usage(e),
         }
     }
     for (name, arg, slot) in [

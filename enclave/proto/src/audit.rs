@@ -33,6 +33,136 @@ pub struct AuditEvent {
     pub items: u64,
     /// Genesis only: the stream's Ed25519 public key, hex.
     pub public_key: Option<String>,
+    /// Genesis only: the heads of earlier streams this one follows (the
+    /// stream this run abandoned after a failed write, and the checkpoints
+    /// the anchor held when the run began). A deleted stream or tail is a
+    /// link that finds no record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Checkpoint>,
+}
+
+/// A position in the log: record `seq` of `stream`, whose hash is `hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub stream: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// A checkpoint with the enclave's proof: `sig` is the audit key's
+/// signature of the record (Ed25519 over the raw 32-byte `hash`, the same
+/// signature the record carries), so no one else can make one and a
+/// checkpoint whose record is missing proves a deletion. The anchor keeps the
+/// newest per stream; every decrypt and decode answer carries its own
+/// record's (`X-Pii-Audit-Receipt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedCheckpoint {
+    #[serde(flatten)]
+    pub point: Checkpoint,
+    /// Unix seconds (enclave clock) of the record; orders the anchor's set.
+    pub time: u64,
+    /// The record's signature, hex.
+    pub sig: String,
+}
+
+/// Why a receipt or checkpoint set does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    #[error("a receipt is stream:seq:hash:time:sig (hex and decimal)")]
+    Receipt,
+    #[error("not a checkpoint set: {0}")]
+    Set(String),
+}
+
+impl SignedCheckpoint {
+    /// The header form, `stream:seq:hash:time:sig`.
+    pub fn to_receipt(&self) -> String {
+        format!(
+            "{}:{}:{}:{}:{}",
+            self.point.stream, self.point.seq, self.point.hash, self.time, self.sig
+        )
+    }
+
+    pub fn parse_receipt(s: &str) -> Result<SignedCheckpoint, CheckpointError> {
+        let p: Vec<&str> = s.trim().split(':').collect();
+        let hexlen = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit());
+        match p.as_slice() {
+            [stream, seq, hash, time, sig]
+                if valid_stream_id(stream) && hexlen(hash, 64) && hexlen(sig, 128) =>
+            {
+                Ok(SignedCheckpoint {
+                    point: Checkpoint {
+                        stream: (*stream).to_owned(),
+                        seq: seq.parse().map_err(|_| CheckpointError::Receipt)?,
+                        hash: hash.to_ascii_lowercase(),
+                    },
+                    time: time.parse().map_err(|_| CheckpointError::Receipt)?,
+                    sig: sig.to_ascii_lowercase(),
+                })
+            }
+            _ => Err(CheckpointError::Receipt),
+        }
+    }
+}
+
+/// Newest checkpoints kept by the anchor (one per stream, newest first).
+pub const MAX_ANCHORED_STREAMS: usize = 64;
+
+/// What the anchor stores: the newest signed checkpoint of each recent
+/// stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSet {
+    pub v: u32,
+    pub checkpoints: Vec<SignedCheckpoint>,
+}
+
+impl CheckpointSet {
+    pub fn parse(bytes: &[u8]) -> Result<CheckpointSet, CheckpointError> {
+        let set: CheckpointSet =
+            serde_json::from_slice(bytes).map_err(|e| CheckpointError::Set(e.to_string()))?;
+        if set.v != 1 {
+            return Err(CheckpointError::Set(format!("version {}", set.v)));
+        }
+        if set
+            .checkpoints
+            .iter()
+            .any(|c| !valid_stream_id(&c.point.stream))
+        {
+            return Err(CheckpointError::Set("bad stream id".into()));
+        }
+        Ok(set)
+    }
+
+    /// Put `cp` in (replacing an older one of its stream), keep the newest
+    /// [`MAX_ANCHORED_STREAMS`]. Returns false when the set already holds
+    /// this stream at `cp`'s position or later.
+    pub fn merge(&mut self, cp: SignedCheckpoint) -> bool {
+        if let Some(e) = self
+            .checkpoints
+            .iter_mut()
+            .find(|e| e.point.stream == cp.point.stream)
+        {
+            if e.point.seq >= cp.point.seq {
+                return false;
+            }
+            *e = cp;
+        } else {
+            self.checkpoints.push(cp);
+        }
+        self.v = 1;
+        self.checkpoints
+            .sort_by(|a, b| b.time.cmp(&a.time).then(b.point.seq.cmp(&a.point.seq)));
+        self.checkpoints.truncate(MAX_ANCHORED_STREAMS);
+        true
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 /// The signed part of a record.

@@ -50,6 +50,10 @@ pub struct ApiResponse {
     pub status: u16,
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// Response headers the enclave sets (the host proxy forwards only the
+    /// ones it knows, e.g. `X-Pii-Audit-Receipt`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for ApiResponse {

@@ -140,8 +140,13 @@ fn arb_response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(|version| Response::Stored { version }),
         proptest::option::of(arb_blob()).prop_map(Response::Keyring),
         arb_blob().prop_map(Response::Conflict),
-        (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..512))
-            .prop_map(|(status, body)| Response::Api(ApiResponse { status, body })),
+        (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..512)).prop_map(
+            |(status, body)| Response::Api(ApiResponse {
+                status,
+                body,
+                headers: vec![("X-Pii-Audit-Receipt".into(), "r".into())],
+            })
+        ),
         (any::<u64>(), ".*", proptest::option::of(".*")).prop_map(|(v, s, e)| Response::Status(
             EnclaveStatus {
                 seal: SealState::Sealed,

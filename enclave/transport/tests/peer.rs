@@ -20,10 +20,12 @@ impl Handler for Echo {
             Request::Api(a) if a.path == "big" => Response::Api(ApiResponse {
                 status: 200,
                 body: vec![0u8; 2 << 20],
+                headers: vec![],
             }),
             Request::Api(a) => Response::Api(ApiResponse {
                 status: 200,
                 body: a.body,
+                headers: vec![],
             }),
             _ => Response::Error(ErrorCode::BadRequest),
         }
@@ -74,7 +76,14 @@ async fn many_requests_in_flight_both_directions() {
                 .call(api("echo", body.clone()), Duration::from_secs(5))
                 .await
                 .unwrap();
-            assert_eq!(r, Response::Api(ApiResponse { status: 200, body }));
+            assert_eq!(
+                r,
+                Response::Api(ApiResponse {
+                    status: 200,
+                    body,
+                    headers: vec![]
+                })
+            );
             assert_eq!(
                 s.call(Request::Ping, Duration::from_secs(5)).await.unwrap(),
                 Response::Pong
