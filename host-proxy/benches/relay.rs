@@ -140,6 +140,8 @@ fn main() {
             connect_timeout: Duration::from_secs(5),
             dns_cache_ttl: Duration::from_secs(30),
             max_connections: 16_384,
+            idle_timeout: std::time::Duration::from_secs(300),
+            max_lifetime: std::time::Duration::from_secs(3600),
         };
         let relay = Arc::new(Relay::new(&cfg, Arc::new(Metrics::new())).expect("relay"));
         tokio::spawn(relay.serve_on(Listener::bind(&relay_addr).expect("bind relay")));

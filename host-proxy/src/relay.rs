@@ -18,7 +18,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pii_transport::relay::{encode_reply, parse_request, read_line, splice, Refusal, Target};
+use pii_transport::relay::{
+    encode_reply, normalize_host, parse_request, read_line, splice_bounded, Refusal, SpliceEnd,
+    Target,
+};
 use pii_transport::{Addr, Listener};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
@@ -34,6 +37,12 @@ fn default_dns_ttl() -> Duration {
 }
 fn default_max() -> usize {
     16_384
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_lifetime() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// `[relay]` in the proxy's config file.
@@ -58,6 +67,12 @@ pub struct RelayConfig {
     /// Concurrent relayed connections in total.
     #[serde(default = "default_max")]
     pub max_connections: usize,
+    /// A spliced connection with no byte either way for this long is closed.
+    #[serde(default = "default_idle", with = "humantime_de")]
+    pub idle_timeout: Duration,
+    /// Any spliced connection is closed after this long (clients reconnect).
+    #[serde(default = "default_lifetime", with = "humantime_de")]
+    pub max_lifetime: Duration,
 }
 
 mod humantime_de {
@@ -83,12 +98,34 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The rule with its host pattern in [`normalize_host`]'s form (`*`,
+    /// `*.` + a name, or a name or IP), as requests are.
+    fn normalized(&self) -> Result<Rule, String> {
+        let err =
+            |e: pii_transport::relay::TargetError| format!("relay rule host {:?}: {e}", self.host);
+        let host = match self.host.as_str() {
+            "*" => "*".to_owned(),
+            h => match h.strip_prefix("*.") {
+                Some(suffix) => format!("*.{}", normalize_host(suffix).map_err(err)?),
+                None => normalize_host(h).map_err(err)?,
+            },
+        };
+        Ok(Rule {
+            host,
+            ..self.clone()
+        })
+    }
+
+    /// The IP a rule names, if it names one.
+    fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
     fn matches(&self, t: &Target) -> bool {
         if self.port.is_some_and(|p| p != t.port) {
             return false;
         }
-        let pat = self.host.to_ascii_lowercase();
-        let pat = pat.trim_start_matches('[').trim_end_matches(']');
+        let pat = self.host.as_str();
         if pat == "*" {
             return true;
         }
@@ -127,22 +164,75 @@ pub fn parse_vsock_proxy_yaml(text: &str) -> Result<Vec<Rule>, String> {
         .collect())
 }
 
+/// `a.b.c.d/len` ranges of IANA's IPv4 Special-Purpose Address Registry,
+/// plus multicast: none is an upstream a rule for a name means.
+const V4_SPECIAL: &[([u8; 4], u8)] = &[
+    ([0, 0, 0, 0], 8),       // "this network"
+    ([10, 0, 0, 0], 8),      // private
+    ([100, 64, 0, 0], 10),   // shared address space (CGNAT)
+    ([127, 0, 0, 0], 8),     // loopback
+    ([169, 254, 0, 0], 16),  // link local (IMDS)
+    ([172, 16, 0, 0], 12),   // private
+    ([192, 0, 0, 0], 24),    // IETF protocol assignments (DS-Lite, NAT64 discovery)
+    ([192, 0, 2, 0], 24),    // documentation (TEST-NET-1)
+    ([192, 31, 196, 0], 24), // AS112-v4
+    ([192, 52, 193, 0], 24), // AMT
+    ([192, 88, 99, 0], 24),  // deprecated 6to4 relay anycast
+    ([192, 168, 0, 0], 16),  // private
+    ([192, 175, 48, 0], 24), // direct delegation AS112
+    ([198, 18, 0, 0], 15),   // benchmarking
+    ([198, 51, 100, 0], 24), // documentation (TEST-NET-2)
+    ([203, 0, 113, 0], 24),  // documentation (TEST-NET-3)
+    ([224, 0, 0, 0], 4),     // multicast
+    ([240, 0, 0, 0], 4),     // reserved, and 255.255.255.255 broadcast
+];
+
+/// `prefix/len` ranges of IANA's IPv6 Special-Purpose Address Registry
+/// (and multicast, site-local, IPv4-compatible). NAT64's well-known prefix
+/// and IPv4-mapped addresses are judged by the IPv4 address inside them.
+const V6_SPECIAL: &[([u16; 8], u8)] = &[
+    ([0, 0, 0, 0, 0, 0, 0, 0], 96), // unspecified, loopback, IPv4-compatible
+    ([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), // local-use NAT64 (RFC 8215)
+    ([0x100, 0, 0, 0, 0, 0, 0, 0], 64), // discard-only
+    ([0x2001, 0, 0, 0, 0, 0, 0, 0], 23), // IETF protocol assignments (Teredo, ORCHID, …)
+    ([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
+    ([0x2002, 0, 0, 0, 0, 0, 0, 0], 16), // 6to4
+    ([0x2620, 0x4f, 0x8000, 0, 0, 0, 0, 0], 48), // direct delegation AS112
+    ([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), // documentation (RFC 9637)
+    ([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16), // SRv6 SIDs
+    ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), // unique local
+    ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), // link local
+    ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), // site local (deprecated)
+    ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), // multicast
+];
+
+fn in_v4(ip: std::net::Ipv4Addr, net: [u8; 4], len: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(std::net::Ipv4Addr::from(net)) & mask
+}
+
+fn in_v6(ip: std::net::Ipv6Addr, net: [u16; 8], len: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    u128::from(ip) & mask == u128::from(std::net::Ipv6Addr::from(net)) & mask
+}
+
+/// Whether `ip` is loopback, private, link-local, multicast, reserved or any
+/// other special-purpose address (IANA's registries), including IPv4 inside
+/// IPv4-mapped and NAT64 (64:ff9b::/96) addresses.
 fn is_private(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v) => {
-            v.is_loopback()
-                || v.is_private()
-                || v.is_link_local()
-                || v.is_unspecified()
-                || v.is_broadcast()
-                || v.octets()[0] == 100 && (v.octets()[1] & 0xc0) == 64 // CGNAT
-        }
+        IpAddr::V4(v) => V4_SPECIAL.iter().any(|(n, l)| in_v4(v, *n, *l)),
         IpAddr::V6(v) => {
-            v.is_loopback()
-                || v.is_unspecified()
-                || (v.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v.segments()[0] & 0xffc0) == 0xfe80 // link local
-                || v.to_ipv4_mapped().is_some_and(|m| is_private(IpAddr::V4(m)))
+            if let Some(m) = v.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(m));
+            }
+            if in_v6(v, [0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96) {
+                let o = v.octets();
+                return is_private(IpAddr::V4(std::net::Ipv4Addr::new(
+                    o[12], o[13], o[14], o[15],
+                )));
+            }
+            V6_SPECIAL.iter().any(|(n, l)| in_v6(v, *n, *l))
         }
     }
 }
@@ -157,6 +247,8 @@ pub struct Relay {
     dns_ttl: Duration,
     dns: Mutex<HashMap<String, (Instant, Vec<IpAddr>)>>,
     metrics: Arc<Metrics>,
+    idle: Duration,
+    lifetime: Duration,
 }
 
 impl std::fmt::Debug for Relay {
@@ -175,14 +267,15 @@ impl Relay {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
             allow.extend(parse_vsock_proxy_yaml(&text)?);
         }
-        for r in allow.iter().chain(&cfg.deny) {
-            if r.host.is_empty() || r.host.contains(char::is_whitespace) {
-                return Err(format!(
-                    "relay rule host {:?} is not a host pattern",
-                    r.host
-                ));
-            }
-        }
+        let allow = allow
+            .iter()
+            .map(Rule::normalized)
+            .collect::<Result<Vec<_>, _>>()?;
+        let deny = cfg
+            .deny
+            .iter()
+            .map(Rule::normalized)
+            .collect::<Result<Vec<_>, _>>()?;
         if cfg.max_connections == 0 {
             return Err("relay max_connections must be at least 1".into());
         }
@@ -192,7 +285,9 @@ impl Relay {
                 .map(|r| r.max_connections.map(|n| Arc::new(Semaphore::new(n))))
                 .collect(),
             allow,
-            deny: cfg.deny.clone(),
+            deny,
+            idle: cfg.idle_timeout,
+            lifetime: cfg.max_lifetime,
             total: Arc::new(Semaphore::new(cfg.max_connections)),
             connect_timeout: cfg.connect_timeout,
             dns_ttl: cfg.dns_cache_ttl,
@@ -216,9 +311,11 @@ impl Relay {
         if let Ok(ip) = t.host.parse::<IpAddr>() {
             // An IP literal is only reachable through a rule that names it
             // (or allows private addresses explicitly).
-            if is_private(ip) && !rule.allow_private && rule.host.trim_matches(['[', ']']) != t.host
-            {
-                return Err((Refusal::Denied, format!("{ip} is a private address")));
+            if is_private(ip) && !rule.allow_private && rule.ip() != Some(ip) {
+                return Err((
+                    Refusal::Denied,
+                    format!("{ip} is a private or special-purpose address"),
+                ));
             }
             return Ok(vec![SocketAddr::new(ip, t.port)]);
         }
@@ -254,7 +351,22 @@ impl Relay {
         if !rule.allow_private && ips.iter().any(|ip| is_private(*ip)) {
             return Err((
                 Refusal::Denied,
-                format!("{} resolves to a private address", t.host),
+                format!(
+                    "{} resolves to a private or special-purpose address",
+                    t.host
+                ),
+            ));
+        }
+        // A deny rule naming an IP also denies every name resolving to it.
+        if let Some((ip, d)) = ips.iter().find_map(|ip| {
+            self.deny
+                .iter()
+                .find(|d| d.ip() == Some(*ip) && d.port.is_none_or(|p| p == t.port))
+                .map(|d| (ip, d))
+        }) {
+            return Err((
+                Refusal::Denied,
+                format!("{} resolves to {ip}, denied by rule {:?}", t.host, d.host),
             ));
         }
         Ok(ips
@@ -279,7 +391,7 @@ impl Relay {
             Err(e) => {
                 self.count("-", "bad-request");
                 let _ = enclave
-                    .write_all(&encode_reply(Err((Refusal::BadRequest, &e))))
+                    .write_all(&encode_reply(Err((Refusal::BadRequest, &e.to_string()))))
                     .await;
                 return;
             }
@@ -299,9 +411,12 @@ impl Relay {
         }
         self.count(&label, "ok");
         self.metrics.relay_active.inc();
-        let res = splice(&mut enclave, &mut upstream).await;
+        let res = splice_bounded(&mut enclave, &mut upstream, self.idle, self.lifetime).await;
         self.metrics.relay_active.dec();
-        if let Ok((up, down)) = res {
+        if let Ok((up, down, end)) = res {
+            if end != SpliceEnd::Closed {
+                tracing::info!(upstream = %label, reason = ?end, "relay closed the connection");
+            }
             self.metrics
                 .relay_bytes
                 .get_or_create(&crate::metrics::DirLabels {
@@ -391,15 +506,25 @@ mod tests {
         }
     }
 
-    fn relay(allow: Vec<Rule>, deny: Vec<Rule>) -> Relay {
-        let cfg = RelayConfig {
+    fn config() -> RelayConfig {
+        RelayConfig {
             listen: "unix:/nonexistent".into(),
-            allow,
-            deny,
+            allow: vec![],
+            deny: vec![],
             vsock_proxy_allowlist: None,
             connect_timeout: Duration::from_secs(1),
             dns_cache_ttl: Duration::from_secs(30),
             max_connections: 10,
+            idle_timeout: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(3600),
+        }
+    }
+
+    fn relay(allow: Vec<Rule>, deny: Vec<Rule>) -> Relay {
+        let cfg = RelayConfig {
+            allow,
+            deny,
+            ..config()
         };
         Relay::new(&cfg, Arc::new(Metrics::new())).unwrap()
     }
@@ -434,6 +559,112 @@ mod tests {
     }
 
     #[test]
+    fn names_are_normalised_before_matching() {
+        let r = relay(
+            vec![
+                rule("*.example.com", Some(443)),
+                rule("Bücher.example", None),
+            ],
+            vec![
+                rule("*.internal.example.com", None),
+                rule("VAULT.example.com.", None),
+            ],
+        );
+        // A trailing dot or capitals do not dodge a deny rule.
+        for host in [
+            "x.internal.example.com.:443",
+            "X.INTERNAL.example.com:443",
+            "vault.example.com.:443",
+        ] {
+            let e = r.decide(&t(host)).unwrap_err();
+            assert!(e.contains("deny rule"), "{host}: {e}");
+        }
+        assert_eq!(r.decide(&t("kms.example.com.:443")), Ok(0));
+        // A rule written in Unicode matches its punycode form.
+        assert_eq!(r.decide(&t("xn--bcher-kva.example:443")), Ok(1));
+        // Numeric names that resolvers read as addresses never get this far.
+        assert!("2130706433:443".parse::<Target>().is_err());
+        // A rule that cannot be normalised is a configuration error.
+        let cfg = RelayConfig {
+            allow: vec![rule("bad..name", None)],
+            ..config()
+        };
+        assert!(Relay::new(&cfg, Arc::new(Metrics::new())).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_deny_rule_for_an_ip_also_denies_names_resolving_to_it() {
+        let mut allow = rule("localhost", None);
+        allow.allow_private = true;
+        let r = relay(
+            vec![allow],
+            vec![rule("127.0.0.1", None), rule("::1", None)],
+        );
+        let e = r.connect(&t("localhost:1")).await.unwrap_err();
+        assert_eq!(e.0, Refusal::Denied, "{e:?}");
+        assert!(e.1.contains("denied by rule"), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn idle_and_long_lived_connections_are_closed() {
+        use tokio::io::AsyncReadExt;
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = up.local_addr().unwrap().port();
+        // The upstream accepts and then says nothing.
+        tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = up.accept().await {
+                held.push(s);
+            }
+        });
+        let mut cfg = config();
+        cfg.allow = vec![rule("127.0.0.1", None)];
+        cfg.idle_timeout = Duration::from_millis(300);
+        let r = Arc::new(Relay::new(&cfg, Arc::new(Metrics::new())).unwrap());
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        let task = tokio::spawn(r.clone().handle(Box::new(theirs)));
+        ours.write_all(format!("PIIRELAY/1 CONNECT 127.0.0.1:{port}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 3];
+        ours.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"OK\n");
+        let t0 = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("an idle splice ends")
+            .unwrap();
+        assert!(
+            t0.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t0.elapsed()
+        );
+        // Busy but past its lifetime: closed too.
+        cfg.idle_timeout = Duration::from_secs(60);
+        cfg.max_lifetime = Duration::from_millis(400);
+        let r = Arc::new(Relay::new(&cfg, Arc::new(Metrics::new())).unwrap());
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        let task = tokio::spawn(r.handle(Box::new(theirs)));
+        ours.write_all(format!("PIIRELAY/1 CONNECT 127.0.0.1:{port}\n").as_bytes())
+            .await
+            .unwrap();
+        ours.read_exact(&mut buf).await.unwrap();
+        let chatter = tokio::spawn(async move {
+            for _ in 0..100 {
+                if ours.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .expect("a splice past its lifetime ends")
+            .unwrap();
+        chatter.abort();
+    }
+
+    #[test]
     fn vsock_proxy_yaml_is_accepted() {
         let y = "allowlist:\n- {address: kms.us-east-1.amazonaws.com, port: 443}\n- address: vault.example.com\n  port: 8200\n";
         let rules = parse_vsock_proxy_yaml(y).unwrap();
@@ -461,10 +692,38 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "0.0.0.0",
+            // The rest of IANA's special-purpose registries, and multicast.
+            "192.0.0.170",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "192.88.99.1",
+            "224.0.0.251",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "64:ff9b::a00:1", // NAT64 of 10.0.0.1
+            "64:ff9b:1::1",   // local-use NAT64
+            "100::1",
+            "2001::1", // Teredo
+            "2001:db8::1",
+            "2002:a00:1::1", // 6to4
+            "3fff::1",
+            "5f00::1",
+            "fec0::1",
+            "ff02::1",
+            "::127.0.0.1", // IPv4-compatible
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["52.94.1.1", "2600:1f18::1"] {
+        for ip in [
+            "52.94.1.1",
+            "2600:1f18::1",
+            "64:ff9b::3400:1",
+            "8.8.8.8",
+            "2606:4700::1111",
+        ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }

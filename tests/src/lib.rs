@@ -626,6 +626,8 @@ pub async fn egress_via_relay(dir: &Path, upstream: u16) -> u16 {
                 connect_timeout: Duration::from_secs(5),
                 dns_cache_ttl: Duration::from_secs(30),
                 max_connections: 64,
+                idle_timeout: std::time::Duration::from_secs(300),
+                max_lifetime: std::time::Duration::from_secs(3600),
             },
             Arc::new(host_proxy::metrics::Metrics::new()),
         )

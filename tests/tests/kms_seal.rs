@@ -579,6 +579,8 @@ async fn kms_over_tls_through_the_connect_proxy() {
                 connect_timeout: std::time::Duration::from_secs(5),
                 dns_cache_ttl: std::time::Duration::from_secs(30),
                 max_connections: 64,
+                idle_timeout: std::time::Duration::from_secs(300),
+                max_lifetime: std::time::Duration::from_secs(3600),
             },
             Arc::new(host_proxy::metrics::Metrics::new()),
         )

@@ -49,6 +49,8 @@ async fn relay(allow: Vec<Rule>, deny: Vec<Rule>) -> Setup {
         connect_timeout: Duration::from_secs(2),
         dns_cache_ttl: Duration::from_secs(30),
         max_connections: 4096,
+        idle_timeout: std::time::Duration::from_secs(300),
+        max_lifetime: std::time::Duration::from_secs(3600),
     };
     let metrics = Arc::new(Metrics::new());
     let r = Arc::new(Relay::new(&cfg, metrics.clone()).unwrap());

@@ -46,33 +46,85 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Why a host name, target or request line is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TargetError {
+    #[error("expected host:port or [ipv6]:port")]
+    Shape,
+    #[error("{0:?} is not an IPv6 address")]
+    BadIpv6(String),
+    #[error("{0:?} is not a port")]
+    BadPort(String),
+    #[error("{0:?} is not a host name or IP address")]
+    BadHost(String),
+    #[error(
+        "{0:?} is numeric but not a dotted-quad IPv4 address (resolvers read such forms as \
+         addresses, so rules written for names would not apply)"
+    )]
+    NumericName(String),
+    #[error("not a PIIRELAY/1 CONNECT request")]
+    NotRequest,
+}
+
+/// The canonical form of a host name or IP literal, as both requests and
+/// rules are compared: one trailing dot removed, IDNA (UTS 46) to ASCII —
+/// lowercase, punycode — with every label 1–63 letters, digits or hyphens,
+/// and IP literals in their canonical text. Numeric names that are not a
+/// canonical dotted quad (`2130706433`, `0x7f.1`, `127.1`) are refused:
+/// `getaddrinfo` would read them as addresses.
+pub fn normalize_host(h: &str) -> Result<String, TargetError> {
+    let bad = || TargetError::BadHost(h.to_owned());
+    let trimmed = h
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h);
+    if let Ok(ip) = trimmed.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let name = h.strip_suffix('.').unwrap_or(h);
+    if name.is_empty() || name.ends_with('.') {
+        return Err(bad());
+    }
+    let ascii = idna::domain_to_ascii_strict(name).map_err(|_| bad())?;
+    let labels: Vec<&str> = ascii.split('.').collect();
+    let ldh = |l: &&str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if ascii.is_empty() || ascii.len() > 253 || !labels.iter().all(ldh) {
+        return Err(bad());
+    }
+    let last = labels.last().copied().unwrap_or_default();
+    let numeric = last.bytes().all(|b| b.is_ascii_digit())
+        || (last.starts_with("0x") && last[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+    if numeric {
+        return Err(TargetError::NumericName(h.to_owned()));
+    }
+    Ok(ascii)
+}
+
 impl std::str::FromStr for Target {
-    type Err = String;
-    /// `host:port` or `[v6]:port`; host names are lowercased.
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = TargetError;
+    /// `host:port` or `[v6]:port`; the host in [`normalize_host`]'s form.
+    fn from_str(s: &str) -> Result<Self, TargetError> {
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, p) = rest.split_once("]:").ok_or("expected [ipv6]:port")?;
-            h.parse::<std::net::Ipv6Addr>()
-                .map_err(|_| format!("{h:?} is not an IPv6 address"))?;
-            (h.to_owned(), p)
+            let (h, p) = rest.split_once("]:").ok_or(TargetError::Shape)?;
+            let ip = h
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| TargetError::BadIpv6(h.to_owned()))?;
+            (ip.to_string(), p)
         } else {
-            let (h, p) = s.rsplit_once(':').ok_or("expected host:port")?;
-            (h.to_ascii_lowercase(), p)
+            let (h, p) = s.rsplit_once(':').ok_or(TargetError::Shape)?;
+            if h.contains(':') {
+                return Err(TargetError::Shape);
+            }
+            (normalize_host(h)?, p)
         };
         let port: u16 = port
             .parse()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{port:?} is not a port"))?;
-        let valid = !host.is_empty()
-            && host.len() <= 253
-            && (host.contains(':')
-                || host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
-        if !valid {
-            return Err(format!("{host:?} is not a host name or IP address"));
-        }
+            .ok_or_else(|| TargetError::BadPort(port.to_owned()))?;
         Ok(Target { host, port })
     }
 }
@@ -83,9 +135,9 @@ pub fn encode_request(t: &Target) -> Vec<u8> {
 }
 
 /// Parse a request line (without its newline).
-pub fn parse_request(line: &str) -> Result<Target, String> {
+pub fn parse_request(line: &str) -> Result<Target, TargetError> {
     line.strip_prefix(MAGIC)
-        .ok_or_else(|| "not a PIIRELAY/1 CONNECT request".to_string())?
+        .ok_or(TargetError::NotRequest)?
         .parse()
 }
 
@@ -182,6 +234,70 @@ where
     tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUF, COPY_BUF).await
 }
 
+/// How a [`splice_bounded`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceEnd {
+    /// Both sides closed.
+    Closed,
+    /// No byte in either direction for the idle timeout.
+    Idle,
+    /// The connection reached its maximum lifetime.
+    Lifetime,
+}
+
+/// [`splice`] with an idle timeout (no byte either way) and a maximum
+/// lifetime; half-closes are passed on. Returns the bytes copied each way
+/// (a → b, b → a) and why it ended.
+pub async fn splice_bounded<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    lifetime: Duration,
+) -> io::Result<(u64, u64, SpliceEnd)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let end = tokio::time::Instant::now() + lifetime;
+    let (mut buf_a, mut buf_b) = (vec![0u8; COPY_BUF], vec![0u8; COPY_BUF]);
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut a_open, mut b_open) = (true, true);
+    while a_open || b_open {
+        let idle_at = (tokio::time::Instant::now() + idle).min(end);
+        tokio::select! {
+            r = a.read(&mut buf_a), if a_open => {
+                let n = r?;
+                if n == 0 {
+                    a_open = false;
+                    b.shutdown().await?;
+                } else {
+                    b.write_all(&buf_a[..n]).await?;
+                    up += n as u64;
+                }
+            }
+            r = b.read(&mut buf_b), if b_open => {
+                let n = r?;
+                if n == 0 {
+                    b_open = false;
+                    a.shutdown().await?;
+                } else {
+                    a.write_all(&buf_b[..n]).await?;
+                    down += n as u64;
+                }
+            }
+            () = tokio::time::sleep_until(idle_at) => {
+                let why = if tokio::time::Instant::now() >= end {
+                    SpliceEnd::Lifetime
+                } else {
+                    SpliceEnd::Idle
+                };
+                return Ok((up, down, why));
+            }
+        }
+    }
+    Ok((up, down, SpliceEnd::Closed))
+}
+
 /// Enclave side: every connection to `local` is relayed to `target`.
 pub async fn serve_fixed(
     local: TcpListener,
@@ -249,7 +365,7 @@ async fn connect_proxy_one(client: TcpStream, relay: Addr, timeout: Duration) ->
     }
     let mut parts = request_line.split(' ');
     let target = match (parts.next(), parts.next()) {
-        (Some("CONNECT"), Some(t)) => t.parse::<Target>(),
+        (Some("CONNECT"), Some(t)) => t.parse::<Target>().map_err(|e| e.to_string()),
         _ => Err("only CONNECT is supported".to_string()),
     };
     let target = match target {
@@ -313,6 +429,37 @@ mod tests {
             ":1",
             "[zz]:1",
             "evil\n.com:1",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+        // Normalised: a trailing dot, case, IDNA; numeric names refused.
+        let dot: Target = "X.Internal.Example.COM.:443".parse().unwrap();
+        assert_eq!(dot.host, "x.internal.example.com");
+        let idn: Target = "xn--bcher-kva.example:443".parse().unwrap();
+        assert_eq!(idn.host, "xn--bcher-kva.example");
+        assert_eq!(
+            normalize_host("Bücher.example").unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            normalize_host("[::FFFF:7F00:1]").unwrap(),
+            "::ffff:127.0.0.1"
+        );
+        for numeric in ["2130706433", "0x7f.1", "127.1", "10.0.0.010"] {
+            assert!(
+                normalize_host(numeric).is_err(),
+                "{numeric} passed as a name"
+            );
+            let r = format!("{numeric}:443").parse::<Target>();
+            assert!(r.is_err(), "{numeric}: {r:?}");
+        }
+        for bad in [
+            "a..b:1",
+            ".a:1",
+            "a.:1.:1",
+            "a..:1",
+            "-a.com:1",
+            "xn--zz.com:1",
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }
