@@ -41,12 +41,17 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
-/// A token binding in configuration: the token's hash, never the token.
+/// A token binding in configuration: the token's keyed hash, never the token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBinding {
-    /// `hex(SHA-256("pii-enclave/token/v1" ‖ 0x00 ‖ token))`; see `pii-enclave hash-token`.
-    pub sha256: String,
+    /// `hex(HMAC-SHA256(key = "pii-enclave/token-hmac/v2", token))`; see
+    /// `pii-enclave hash-token` (which refuses tokens below 128 bits).
+    #[serde(default)]
+    pub token_hmac: String,
+    /// The v1 form (plain SHA-256): refused with a message saying what to do.
+    #[serde(default, skip_serializing)]
+    pub sha256: Option<String>,
     pub policies: Vec<String>,
     /// Shown by `auth/token/lookup-self`.
     #[serde(default)]
@@ -63,15 +68,91 @@ pub struct AuthConfig {
     pub policies: HashMap<String, Policy>,
 }
 
-/// Domain-separated hash under which a token is known.
+/// The key of [`token_hash`]: a domain label, so a table of hashes made for
+/// any other system (or any other use of HMAC) is useless here. It is not
+/// secret — the configuration is part of the public measured image — so the
+/// entropy floor ([`MIN_TOKEN_BITS`]) is what keeps a token unguessable.
+const TOKEN_HMAC_KEY: &[u8] = b"pii-enclave/token-hmac/v2";
+
+/// The keyed hash under which a token is known.
 pub fn token_hash(token: &str) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        &[b"pii-enclave/token/v1\0".as_slice(), token.as_bytes()].concat(),
-    );
+    static KEY: std::sync::OnceLock<aws_lc_rs::hmac::Key> = std::sync::OnceLock::new();
+    let key =
+        KEY.get_or_init(|| aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, TOKEN_HMAC_KEY));
+    let tag = aws_lc_rs::hmac::sign(key, token.as_bytes());
     let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
+    out.copy_from_slice(tag.as_ref());
     out
+}
+
+/// Configured tokens need at least this much entropy: an attacker with the
+/// (public) configuration can test guesses offline at hash speed.
+pub const MIN_TOKEN_BITS: f64 = 128.0;
+
+/// A conservative estimate of a token's entropy in bits, from its length and
+/// the character classes it uses (known prefixes such as `hvs.` count for
+/// nothing, and few distinct characters cap it). It cannot see that a long
+/// phrase is made of words: generate tokens with `pii-enclave new-token`.
+pub fn token_entropy_bits(token: &str) -> f64 {
+    let body = ["hvs.", "hvb.", "hvr.", "s.", "b.", "r.", "pii_"]
+        .iter()
+        .find_map(|p| token.strip_prefix(p))
+        .unwrap_or(token);
+    let chars: Vec<char> = body.chars().collect();
+    let has = |f: fn(&char) -> bool| chars.iter().any(f);
+    let pool = [
+        (has(|c| c.is_ascii_digit()), 10.0),
+        (has(|c| c.is_ascii_lowercase()), 26.0),
+        (has(|c| c.is_ascii_uppercase()), 26.0),
+        (has(|c| c.is_ascii_punctuation()), 32.0),
+        (has(|c| !c.is_ascii() || c.is_ascii_whitespace()), 64.0),
+    ]
+    .iter()
+    .filter(|(present, _)| *present)
+    .map(|(_, n)| n)
+    .sum::<f64>();
+    if pool < 2.0 {
+        return 0.0;
+    }
+    let mut distinct = chars.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    // A token drawn at random uses most of its alphabet; one that repeats a
+    // few characters does not get credit for its length.
+    let effective = chars.len().min(distinct.len() * 3) as f64;
+    effective * pool.log2()
+}
+
+/// Why a token may not be configured.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "this token has about {bits:.0} bits of entropy (judged by its length and characters); \
+     configured tokens need at least {MIN_TOKEN_BITS:.0} — for example 22 random base64url \
+     characters. Make one with `pii-enclave new-token`."
+)]
+pub struct WeakToken {
+    pub bits: f64,
+}
+
+/// Refuse a token below [`MIN_TOKEN_BITS`].
+pub fn check_token_strength(token: &str) -> Result<(), WeakToken> {
+    let bits = token_entropy_bits(token);
+    if bits < MIN_TOKEN_BITS {
+        Err(WeakToken { bits })
+    } else {
+        Ok(())
+    }
+}
+
+/// A new token: `pii_` and 32 random bytes in base64url (256 bits).
+pub fn new_token() -> Option<String> {
+    use base64::Engine as _;
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).ok()?;
+    Some(format!(
+        "pii_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    ))
 }
 
 /// An authenticated caller.
@@ -93,8 +174,13 @@ pub struct Auth {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("token binding {0}: sha256 must be 64 hex characters")]
+    #[error("token binding {0}: token_hmac must be 64 hex characters")]
     BadHash(usize),
+    #[error(
+        "token binding {0}: `sha256` is the v1 hash, no longer accepted; hash the token again \
+         with `pii-enclave hash-token` and put the result in `token_hmac`"
+    )]
+    OldHash(usize),
     #[error("token binding {index}: unknown policy {policy:?}")]
     UnknownPolicy { index: usize, policy: String },
     #[error("policy {0:?}: the name \"root\" is reserved")]
@@ -116,7 +202,10 @@ impl Auth {
         }
         let mut tokens = HashMap::new();
         for (i, t) in cfg.tokens.iter().enumerate() {
-            let raw = hex::decode(&t.sha256).map_err(|_| AuthConfigError::BadHash(i))?;
+            if t.sha256.is_some() {
+                return Err(AuthConfigError::OldHash(i));
+            }
+            let raw = hex::decode(&t.token_hmac).map_err(|_| AuthConfigError::BadHash(i))?;
             let hash: [u8; 32] = raw.try_into().map_err(|_| AuthConfigError::BadHash(i))?;
             let mut policies: Vec<&Policy> = vec![];
             let mut root = false;
@@ -460,7 +549,7 @@ mod tests {
         let cfg: AuthConfig = toml::from_str(&format!(
             r#"
             [[tokens]]
-            sha256 = "{}"
+            token_hmac = "{}"
             policies = ["pii-svc"]
 
             [policies.pii-svc]
@@ -648,7 +737,7 @@ mod tests {
         let bad: AuthConfig = toml::from_str(
             r#"
             [[tokens]]
-            sha256 = "abcd"
+            token_hmac = "abcd"
             policies = []
             "#,
         )
@@ -658,7 +747,7 @@ mod tests {
             Err(AuthConfigError::BadHash(0))
         ));
         let unknown: AuthConfig = toml::from_str(&format!(
-            "[[tokens]]\nsha256 = \"{}\"\npolicies = [\"nope\"]\n",
+            "[[tokens]]\ntoken_hmac = \"{}\"\npolicies = [\"nope\"]\n",
             "00".repeat(32)
         ))
         .unwrap();
@@ -666,6 +755,43 @@ mod tests {
             Auth::from_config(&unknown),
             Err(AuthConfigError::UnknownPolicy { .. })
         ));
+    }
+
+    #[test]
+    fn old_hashes_and_weak_tokens_are_refused() {
+        let old: AuthConfig = toml::from_str(&format!(
+            "[[tokens]]\nsha256 = \"{}\"\npolicies = []\n",
+            "00".repeat(32)
+        ))
+        .unwrap();
+        let e = Auth::from_config(&old).unwrap_err();
+        assert!(matches!(e, AuthConfigError::OldHash(0)));
+        assert!(e.to_string().contains("pii-enclave hash-token"), "{e}");
+        for weak in [
+            "dev-root-token",
+            "s.pii-svc",
+            "hunter2hunter2hunter2",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "hvs.0123456789",
+            "",
+        ] {
+            let e = check_token_strength(weak).unwrap_err();
+            assert!(
+                e.to_string().contains("pii-enclave new-token"),
+                "{weak}: {e}"
+            );
+        }
+        let t = new_token().unwrap();
+        assert!(
+            check_token_strength(&t).is_ok(),
+            "{t}: {}",
+            token_entropy_bits(&t)
+        );
+        assert!(check_token_strength("Xk9#mQ2$vL7!pR4&wN8*zT3@bJ6^hF1%").is_ok());
+        // The hash is keyed: not SHA-256 of the token, nor of the v1 input.
+        let plain = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+        assert_ne!(token_hash(&t).as_slice(), plain.as_ref());
+        assert_eq!(token_hash(&t), token_hash(&t));
     }
 
     #[cfg(feature = "dangerous-dev")]

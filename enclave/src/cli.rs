@@ -55,22 +55,27 @@ struct DevCli {
 enum DevCmd {
     /// Serve, with the development switches.
     Serve(DevServeArgs),
-    /// Print the hash under which a token is configured (`[[auth.tokens]] sha256`).
+    /// Print the keyed hash under which a token is configured (`token_hmac`).
     HashToken {
         /// The token; read from stdin when omitted.
         token: Option<String>,
     },
+    /// Make a token (256 random bits) and print it with its `token_hmac`.
+    NewToken,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve the host proxy over vsock (or a Unix socket in development).
     Serve(ServeArgs),
-    /// Print the hash under which a token is configured (`[[auth.tokens]] sha256`).
+    /// Print the keyed hash under which a token is configured
+    /// (`[[auth.tokens]] token_hmac`); refuses tokens below 128 bits.
     HashToken {
         /// The token; read from stdin when omitted.
         token: Option<String>,
     },
+    /// Make a token (256 random bits) and print it with its `token_hmac`.
+    NewToken,
 }
 
 #[derive(clap::Args, Debug)]
@@ -215,7 +220,18 @@ fn hash_token(token: Option<String>) {
             s.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
+    if let Err(e) = crate::auth::check_token_strength(&t) {
+        fail(e);
+    }
     println!("{}", hex::encode(token_hash(&t)));
+}
+
+fn new_token() {
+    let Some(t) = crate::auth::new_token() else {
+        fail("the random number generator failed");
+    };
+    println!("token      = {t}");
+    println!("token_hmac = {}", hex::encode(token_hash(&t)));
 }
 
 /// The entry point of both binaries.
@@ -231,12 +247,14 @@ pub fn main(mode: Mode) {
             }
             match Cli::parse().cmd {
                 Cmd::HashToken { token } => hash_token(token),
+                Cmd::NewToken => new_token(),
                 Cmd::Serve(args) => serve(args, Dangerous::default(), mode),
             }
         }
         #[cfg(feature = "dangerous-dev")]
         Mode::DangerousDev => match DevCli::parse().cmd {
             DevCmd::HashToken { token } => hash_token(token),
+            DevCmd::NewToken => new_token(),
             DevCmd::Serve(a) => serve(
                 a.base,
                 Dangerous {

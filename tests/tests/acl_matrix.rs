@@ -233,7 +233,8 @@ fn auth_config(tokens: &[String]) -> AuthConfig {
             .iter()
             .zip(tokens)
             .map(|(policies, t)| TokenBinding {
-                sha256: hex::encode(token_hash(t)),
+                token_hmac: hex::encode(token_hash(t)),
+                sha256: None,
                 policies: policies.iter().map(|p| (*p).to_owned()).collect(),
                 display_name: None,
             })
@@ -401,7 +402,8 @@ async fn transform_configuration_needs_create_then_update() {
     let tok = token(99);
     let cfg = AuthConfig {
         tokens: vec![TokenBinding {
-            sha256: hex::encode(token_hash(&tok)),
+            token_hmac: hex::encode(token_hash(&tok)),
+            sha256: None,
             policies: vec!["make".into()],
             display_name: None,
         }],

@@ -170,7 +170,7 @@ async fn authorization_is_decided_in_the_enclave() {
     let cfg: AuthConfig = toml_cfg(&format!(
         r#"
         [[tokens]]
-        sha256 = "{}"
+        token_hmac = "{}"
         policies = ["pii-svc"]
         [policies.pii-svc]
         rules = [

@@ -283,3 +283,47 @@ fn production_binary_refuses_every_development_switch() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--dangerous-dev-seal-passphrase"), "{help}");
 }
+
+/// `hash-token` refuses weak tokens with a clear message; `new-token` makes
+/// one it accepts, with the same hash.
+#[test]
+fn weak_tokens_are_refused_and_new_ones_hash() {
+    let bins = ensure_binaries();
+    let prod = bins.join("pii-enclave");
+    let out = std::process::Command::new(&prod)
+        .args(["hash-token", "dev-root-token"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("at least 128") && err.contains("new-token"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no hash for a weak token");
+
+    let out = std::process::Command::new(&prod)
+        .arg("new-token")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches([' ', '=']).trim().to_owned())
+            .unwrap()
+    };
+    let (token, hmac) = (field("token "), field("token_hmac"));
+    let out = std::process::Command::new(&prod)
+        .args(["hash-token", &token])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), hmac);
+    assert_eq!(hmac, hex::encode(pii_enclave::auth::token_hash(&token)));
+}

@@ -15,11 +15,11 @@ fn auth() -> AuthConfig {
     toml::from_str(&format!(
         r#"
         [[tokens]]
-        sha256 = "{}"
+        token_hmac = "{}"
         policies = ["encode"]
         display_name = "edge-worker"
         [[tokens]]
-        sha256 = "{}"
+        token_hmac = "{}"
         policies = ["encode", "decode"]
         display_name = "support-agent"
         [policies.encode]
