@@ -374,3 +374,259 @@ async fn postgres_dying_mid_batch_loses_no_acknowledged_token() {
     drop(stack);
     pg.drop_db().await;
 }
+
+/// A second PostgreSQL of this machine's installation, in a temp folder, with
+/// `ssl=on` and a server certificate from a test CA for the name `localhost`
+/// only (run as the `postgres` user: initdb refuses root).
+struct TlsPostgres {
+    child: tokio::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+    other_ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn as_postgres(cmd: &str, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("runuser");
+    c.args(["-u", "postgres", "--", cmd]).args(args);
+    c
+}
+
+impl TlsPostgres {
+    async fn start() -> TlsPostgres {
+        let bin = [
+            "/usr/lib/postgresql/15/bin",
+            "/usr/lib/postgresql/16/bin",
+            "/usr/lib/postgresql/17/bin",
+        ]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|d| d.join("initdb").exists())
+        .or_else(|| pii_tests::which("initdb").and_then(|p| p.parent().map(|d| d.to_path_buf())))
+        .expect("PostgreSQL's initdb is required for the TLS test");
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let chown = |p: &std::path::Path| {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(p)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown {}", p.display());
+        };
+        chown(dir.path());
+        let out = as_postgres(
+            bin.join("initdb").to_str().unwrap(),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )
+        .output()
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Test CA and a server certificate for `localhost` only.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let srv_key = rcgen::KeyPair::generate().unwrap();
+        let srv = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&srv_key, &ca)
+            .unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (crt, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+        std::fs::write(&crt, srv.pem()).unwrap();
+        std::fs::write(&key, srv_key.serialize_pem()).unwrap();
+        let (ca_file, other_file) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        std::fs::write(&other_file, other.cert.pem()).unwrap();
+        chown(dir.path());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
+        let child = as_postgres(
+            bin.join("postgres").to_str().unwrap(),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-p",
+                &port.to_string(),
+                "-k",
+                dir.path().to_str().unwrap(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "ssl=on",
+                "-c",
+                &format!("ssl_cert_file={}", crt.display()),
+                "-c",
+                &format!("ssl_key_file={}", key.display()),
+                "-c",
+                "fsync=off",
+            ],
+        )
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "PostgreSQL with TLS did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Accepting connections is not yet accepting logins.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        TlsPostgres {
+            child,
+            port,
+            ca: ca_file,
+            other_ca: other_file,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
+    }
+}
+
+impl Drop for TlsPostgres {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_verified_tls_and_every_way_it_must_fail() {
+    use host_proxy::tokens::{open, TokenStoreError};
+    let pg = TlsPostgres::start().await;
+    let err =
+        |r: Result<std::sync::Arc<dyn host_proxy::tokens::TokenStore>, TokenStoreError>| match r {
+            Ok(_) => panic!("connected where it must not"),
+            Err(e) => e.to_string(),
+        };
+    // verify-full with the right CA and name: a working store.
+    let good = pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", pg.ca.display()),
+    );
+    let store = open(&good).await.unwrap();
+    store
+        .put(vec![pii_proto::TokenEntry {
+            key: "k1".into(),
+            value: b"sealed".to_vec(),
+            expires_at: 0,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(vec!["k1".into()]).await.unwrap(),
+        vec![Some(b"sealed".to_vec())]
+    );
+    // The whole token-store path over TLS: the stack's stored tokens.
+    let mut stack = Stack::start_with(StackOpts {
+        token_store: Some(good.clone()),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let c = stack.client();
+    setup(&c).await;
+    let r = c
+        .post(
+            "transform/encode/svc",
+            json!({"value": "4111-1111-1111-1111", "transformation": "stored"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let tok = r.data("encoded_value").as_str().unwrap().to_owned();
+    let r = c
+        .post(
+            "transform/decode/svc",
+            json!({"value": tok, "transformation": "stored"}),
+        )
+        .await;
+    assert_eq!(
+        r.data("decoded_value"),
+        "4111-1111-1111-1111",
+        "{:?}",
+        r.body
+    );
+    stack.kill_enclave().await;
+
+    // The right CA, the wrong name: the certificate is for `localhost`.
+    let e = err(open(&pg.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={}", pg.ca.display()),
+    ))
+    .await);
+    assert!(
+        e.contains("certificate") || e.contains("NotValidForName"),
+        "{e}"
+    );
+    // Another CA.
+    let e = err(open(&pg.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", pg.other_ca.display()),
+    ))
+    .await);
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // A server without TLS (this machine's PostgreSQL on 5432).
+    let e = err(open(&format!(
+        "postgres://postgres@localhost:5432/postgres?sslmode=verify-full&sslrootcert={}",
+        pg.ca.display()
+    ))
+    .await);
+    assert!(
+        e.contains("TLS") || e.contains("tls") || e.contains("ssl"),
+        "{e}"
+    );
+    // Modes that verify nothing, and settings that cannot work.
+    for (q, want) in [
+        ("sslmode=require", "encrypts without checking"),
+        ("sslmode=prefer", "encrypts without checking"),
+        ("sslmode=verify-ca", "encrypts without checking"),
+        ("sslmode=bogus", "is not one of"),
+        (
+            "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "sslrootcert /nonexistent/ca.pem",
+        ),
+        ("sslcert=/x.pem", "not supported"),
+    ] {
+        let e = err(open(&pg.url("localhost", q)).await);
+        assert!(e.contains(want), "{q}: {e}");
+    }
+    // A remote host without sslmode defaults to verify-full (here: fails
+    // closed on the system roots instead of connecting in the clear).
+    let e = err(open(&format!(
+        "postgres://postgres@pg.invalid:{}/postgres",
+        pg.port
+    ))
+    .await);
+    assert!(!e.is_empty());
+}
