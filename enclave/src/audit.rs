@@ -62,6 +62,10 @@ impl Event {
     pub fn decrypt(op: &str, key: &str, reason: &str, items: usize) -> Event {
         Event::new("decrypt", op, key, reason, items)
     }
+    /// An encode on a low-entropy role (an encoder could enumerate it).
+    pub fn encode(op: &str, role: &str, reason: &str, items: usize) -> Event {
+        Event::new("encode", op, role, reason, items)
+    }
 }
 
 /// A request's wait for its record: the receipt, or why it failed.

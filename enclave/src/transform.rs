@@ -102,7 +102,18 @@ pub struct TransformationDoc {
 #[derive(Clone, Serialize, Deserialize, Default)]
 pub struct RoleDoc {
     pub transformations: Vec<String>,
+    /// The values are from a small domain (SSNs, birth dates, card BINs):
+    /// every encode is audited and rate-limited per token, since an encoder
+    /// can invert deterministic tokens by trying the whole domain.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub low_entropy: bool,
+    /// Encodes per minute per token on a low-entropy role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode_per_minute: Option<u32>,
 }
+
+/// Encodes per minute per token on a low-entropy role, unless the role says.
+pub const LOW_ENTROPY_ENCODES_PER_MINUTE: u32 = 60;
 
 /// Everything the Transform engine persists (inside the sealed keyring).
 #[derive(Clone, Serialize, Deserialize, Default)]

@@ -116,7 +116,16 @@ fn read(ctx: &mut Ctx<'_>, what: &str, name: &str) -> Result<Reply> {
             .get(name)
             .map(|t| json!({"name": name, "type": "regex", "pattern": t.pattern, "alphabet": t.alphabet})),
         "transformation" => d.transformations.get(name).map(|t| transform::transformation_info(name, t)),
-        _ => d.roles.get(name).map(|r| json!({"name": name, "transformations": r.transformations})),
+        _ => d.roles.get(name).map(|r| {
+            let mut v = json!({"name": name, "transformations": r.transformations});
+            if r.low_entropy {
+                v["low_entropy"] = json!(true);
+                v["encode_per_minute"] = json!(r
+                    .encode_per_minute
+                    .unwrap_or(transform::LOW_ENTROPY_ENCODES_PER_MINUTE));
+            }
+            v
+        }),
     };
     Ok(v.map(Reply::Data).unwrap_or(Reply::NotFound))
 }
@@ -365,6 +374,21 @@ async fn write_transformation(ctx: &mut Ctx<'_>, kind: &str, name: &str) -> Resu
 async fn write_role(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
     let ts = str_list(ctx.params.get("transformations"));
     ctx.seen.insert("transformations");
+    let low_entropy = ctx.field_bool("low_entropy")?.unwrap_or(false);
+    let per_minute = match ctx.field_int("encode_per_minute")? {
+        None => None,
+        Some(n) if (1..=1_000_000).contains(&n) => Some(n as u32),
+        Some(n) => {
+            return Err(Error::bad(format!(
+                "encode_per_minute must be between 1 and 1000000, not {n}"
+            )))
+        }
+    };
+    if per_minute.is_some() && !low_entropy {
+        return Err(Error::bad(
+            "encode_per_minute applies only to low_entropy roles",
+        ));
+    }
     let n = name.to_owned();
     edit(ctx, move |d| {
         for t in &ts {
@@ -376,6 +400,8 @@ async fn write_role(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
             n.clone(),
             RoleDoc {
                 transformations: ts.clone(),
+                low_entropy,
+                encode_per_minute: per_minute,
             },
         );
         Ok(())
@@ -415,6 +441,7 @@ async fn encode(ctx: &mut Ctx<'_>, role: &str) -> Result<Reply> {
     }
     let kr = ctx.engine.current()?;
     let st = kr.transform.clone();
+    low_entropy_gate(ctx, role, "transform/encode", its.len()).await?;
     let now = now();
     let entries = std::cell::RefCell::new(Vec::new());
     let reply = run_items(ctx, &its, batch, OnItemError::Status400, &[], |it| {
@@ -489,6 +516,37 @@ fn open_stored(
         .get(&key)
         .ok_or_else(|| Error::bad("token not found"))?;
     t.open_stored(&key, sealed)
+}
+
+/// On a low-entropy role: take `n` encodes from the caller's per-minute
+/// allowance (429 when it is spent) and audit the request before any token
+/// is returned.
+async fn low_entropy_gate(ctx: &mut Ctx<'_>, role: &str, op: &str, n: usize) -> Result<()> {
+    let kr = ctx.engine.current()?;
+    let Some(r) = kr.transform.doc.roles.get(role).filter(|r| r.low_entropy) else {
+        return Ok(());
+    };
+    let per_minute = r
+        .encode_per_minute
+        .unwrap_or(transform::LOW_ENTROPY_ENCODES_PER_MINUTE);
+    let caller = ctx.identity.token_id.clone();
+    if n > per_minute as usize {
+        return Err(Error::new(
+            429,
+            format!("role {role} is low-entropy: a request may encode at most {per_minute} values"),
+        ));
+    }
+    if !ctx.engine.take_encodes(role, &caller, per_minute, n as u32) {
+        return Err(Error::new(
+            429,
+            format!(
+                "role {role} is low-entropy: this token may encode {per_minute} values a minute, \
+                 and has used them"
+            ),
+        ));
+    }
+    let reason = reason(ctx);
+    ctx.audit(Event::encode(op, role, &reason, n)).await
 }
 
 fn reason(ctx: &mut Ctx<'_>) -> String {
@@ -789,6 +847,8 @@ async fn document(ctx: &mut Ctx<'_>, role: &str, decoding: bool) -> Result<Reply
             fields.len(),
         ))
         .await?;
+    } else {
+        low_entropy_gate(ctx, role, "transform/document/encode", fields.len()).await?;
     }
     let text = |v: &Value| match v {
         Value::String(s) => s.clone(),

@@ -174,6 +174,17 @@ pub struct Engine {
     /// The seal backend's last failure, cleared by the next success.
     seal_error: std::sync::Mutex<Option<String>>,
     nonce_limits: std::sync::Mutex<NonceLimits>,
+    /// Encode allowances on low-entropy roles, per (role, token).
+    encodes: std::sync::Mutex<std::collections::HashMap<(String, String), Allowance>>,
+}
+
+/// A token bucket refilled continuously at `per_minute`. A new one (and so
+/// every one after a restart) starts empty: restarting the enclave grants no
+/// burst.
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    left: f64,
+    at: std::time::Instant,
 }
 
 impl std::fmt::Debug for Engine {
@@ -216,6 +227,31 @@ impl Engine {
             audit: crate::audit::AuditLog::default(),
             seal_error: std::sync::Mutex::new(None),
             nonce_limits: std::sync::Mutex::new(NonceLimits::default()),
+            encodes: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Take `n` encodes on a low-entropy `role` for `caller` (a token id);
+    /// false when its allowance does not hold that many.
+    pub fn take_encodes(&self, role: &str, caller: &str, per_minute: u32, n: u32) -> bool {
+        let now = std::time::Instant::now();
+        let rate = f64::from(per_minute) / 60.0;
+        let cap = f64::from(per_minute);
+        let mut g = lock(&self.encodes);
+        if g.len() > 100_000 {
+            // Bounded memory; dropping buckets only ever makes them empty.
+            g.clear();
+        }
+        let a = g
+            .entry((role.to_owned(), caller.to_owned()))
+            .or_insert(Allowance { left: 0.0, at: now });
+        a.left = (a.left + now.duration_since(a.at).as_secs_f64() * rate).min(cap);
+        a.at = now;
+        if a.left >= f64::from(n) {
+            a.left -= f64::from(n);
+            true
+        } else {
+            false
         }
     }
 

@@ -446,3 +446,104 @@ async fn json_documents_round_trip() {
         .await;
     assert_eq!(r.error(), Some("invalid field rule \"$..x\""));
 }
+
+/// A low-entropy role: an encoder could invert its deterministic tokens by
+/// encoding the whole domain, so every encode is audited and each token gets
+/// a per-minute allowance (empty at first, so a restart grants no burst).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_entropy_roles_rate_limit_and_audit_encoders() {
+    let stack = Stack::start_with(StackOpts {
+        auth: auth(),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
+    let root = stack.client();
+    setup(&root).await;
+    // Bad settings are refused.
+    for (body, want) in [
+        (
+            json!({"transformations": ["ssn"], "low_entropy": true, "encode_per_minute": 0}),
+            "between 1 and",
+        ),
+        (
+            json!({"transformations": ["ssn"], "encode_per_minute": 10}),
+            "only to low_entropy",
+        ),
+        (
+            json!({"transformations": ["ssn"], "low_entropy": "maybe"}),
+            "bool",
+        ),
+    ] {
+        let r = root.post("transform/role/edge", body).await;
+        assert_eq!(r.status, 400, "{:?}", r.body);
+        assert!(r.error().unwrap().contains(want), "{:?}", r.body);
+    }
+    let r = root
+        .post(
+            "transform/role/edge",
+            json!({"transformations": ["emails", "ssn"], "low_entropy": true, "encode_per_minute": 120}),
+        )
+        .await;
+    assert_eq!(r.status / 100, 2, "{:?}", r.body);
+    let role = root.get("transform/role/edge").await;
+    assert_eq!(role.data("low_entropy"), true);
+    assert_eq!(role.data("encode_per_minute"), 120);
+
+    let e = root.with_token(ENCODER);
+    let ssn = |v: &str| json!({"value": v, "transformation": "ssn", "reason": "signup"});
+    // The allowance starts empty and refills at 2 a second.
+    let r = e.post("transform/encode/edge", ssn("078-05-1120")).await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    assert!(r.error().unwrap().contains("low-entropy"), "{:?}", r.body);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..6 {
+        let r = e
+            .post("transform/encode/edge", ssn(&format!("078-05-11{i:02}")))
+            .await;
+        match r.status {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("{s}: {:?}", r.body),
+        }
+    }
+    assert!(
+        (2..=3).contains(&ok) && limited >= 3,
+        "{ok} ok, {limited} limited"
+    );
+    // Per token: the decoder has its own allowance; batches above the rate
+    // never fit.
+    let big: Vec<_> = (0..121)
+        .map(|i| json!({"value": format!("078-05-{i:04}"), "transformation": "ssn"}))
+        .collect();
+    let r = root
+        .with_token(DECODER)
+        .post("transform/encode/edge", json!({"batch_input": big}))
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(r.error().unwrap().contains("at most 120"), "{:?}", r.body);
+
+    // Every successful encode was audited, with the caller.
+    let dir = stack.dir.path().join("audit");
+    let trust = verifier::audit::KeyTrust::Unpinned;
+    assert!(verifier::audit::verify_dir(&dir, &trust, &[]).unwrap().ok);
+    let encodes = std::fs::read_dir(&dir)
+        .unwrap()
+        .flat_map(|f| {
+            std::fs::read_to_string(f.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| l["body"]["event"]["kind"] == "encode")
+        .collect::<Vec<_>>();
+    assert_eq!(encodes.len(), ok, "one record per allowed encode");
+    assert!(encodes
+        .iter()
+        .all(|l| l["body"]["event"]["caller"] == "edge-worker"
+            && l["body"]["event"]["reason"] == "signup"
+            && l["body"]["event"]["target"] == "edge"));
+}
