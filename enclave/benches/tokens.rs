@@ -31,6 +31,7 @@ fn main() {
             "r".into(),
             RoleDoc {
                 transformations: vec!["t".into()],
+                ..RoleDoc::default()
             },
         );
         TransformState::from_doc(doc)

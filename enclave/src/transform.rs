@@ -989,6 +989,7 @@ mod tests {
             "r".into(),
             RoleDoc {
                 transformations: vec!["t".into()],
+                ..RoleDoc::default()
             },
         );
         TransformState::from_doc(doc).unwrap()
@@ -1171,6 +1172,7 @@ mod tests {
             "intruder".into(),
             RoleDoc {
                 transformations: vec!["t".into()],
+                ..RoleDoc::default()
             },
         );
         let s2 = TransformState::from_doc(doc).unwrap();
