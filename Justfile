@@ -34,7 +34,7 @@ bench-seal:
 bench-eif:
     cargo bench -p eif --bench pcr
 
-# Longer fuzzing of the frame/message decoder (seconds per target).
+# Longer fuzzing of every parser of untrusted bytes (seconds per target; report in target/fuzz-report.txt).
 fuzz seconds="300":
     FUZZ_SECONDS={{seconds}} ./ci/fuzz-smoke.sh
 

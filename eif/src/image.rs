@@ -335,7 +335,7 @@ pub struct DescribeOptions {
 }
 
 fn read_exact_at(
-    f: &mut File,
+    f: &mut (impl Read + Seek),
     path: &Path,
     len: u64,
     what: &str,
@@ -383,6 +383,18 @@ pub fn describe(
 ) -> Result<Description, EifError> {
     let mut f = File::open(path).map_err(EifError::io(path))?;
     let len = f.metadata().map_err(EifError::io(path))?.len();
+    describe_reader(&mut f, len, path, opts, progress)
+}
+
+/// [`describe`] over any reader of `len` bytes (`path` names it in errors).
+pub fn describe_reader(
+    f: &mut (impl Read + Seek),
+    len: u64,
+    path: &Path,
+    opts: DescribeOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Description, EifError> {
+    let mut f = f;
     let mut hbuf = [0u8; HEADER_LEN];
     read_exact_at(&mut f, path, len, "the EIF header", 0, &mut hbuf)?;
     let header = parse_header(&hbuf)?;

@@ -399,28 +399,9 @@ impl KmsSeal {
                 .header("x-aws-ec2-metadata-token", token.as_str()))
             .await?,
         );
-        #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct ImdsCreds {
-            access_key_id: String,
-            secret_access_key: String,
-            token: Option<String>,
-            expiration: String,
-        }
-        let c: ImdsCreds = serde_json::from_str(&body)
-            .map_err(|_| unreachable("IMDS: malformed credentials document"))?;
-        let expires = parse_rfc3339_utc(&c.expiration)
-            .ok_or_else(|| unreachable("IMDS: malformed Expiration"))?;
+        let creds = parse_imds_credentials(&body)?;
         tracing::info!(role = %role, "AWS credentials from IMDSv2");
-        Ok((
-            Credentials {
-                access_key_id: c.access_key_id,
-                secret_access_key: Zeroizing::new(c.secret_access_key),
-                session_token: c.token,
-            },
-            // Refresh five minutes early (and never cache an expired set).
-            expires - 300,
-        ))
+        Ok(creds)
     }
 
     /// One SigV4-signed AWS JSON POST; the status and the JSON answer.
@@ -843,7 +824,34 @@ impl KmsSeal {
     }
 }
 
-fn parse_anchor_item(item: Option<&Value>) -> Result<Option<Head>, SealError> {
+/// The credentials document IMDS serves (the host answers IMDS: untrusted),
+/// and when to refresh it: five minutes before its `Expiration`.
+pub fn parse_imds_credentials(body: &str) -> Result<(Credentials, i64), SealError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct ImdsCreds {
+        access_key_id: String,
+        secret_access_key: String,
+        token: Option<String>,
+        expiration: String,
+    }
+    let c: ImdsCreds = serde_json::from_str(body)
+        .map_err(|_| unreachable("IMDS: malformed credentials document"))?;
+    let expires = parse_rfc3339_utc(&c.expiration)
+        .ok_or_else(|| unreachable("IMDS: malformed Expiration"))?;
+    Ok((
+        Credentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: Zeroizing::new(c.secret_access_key),
+            session_token: c.token,
+        },
+        // Refresh five minutes early (and never cache an expired set).
+        expires.saturating_sub(300),
+    ))
+}
+
+/// The rollback anchor's DynamoDB item (`GetItem`'s `Item`), strictly.
+pub fn parse_anchor_item(item: Option<&Value>) -> Result<Option<Head>, SealError> {
     let Some(item) = item.filter(|i| !i.is_null()) else {
         return Ok(None);
     };

@@ -178,6 +178,27 @@ pub fn encode_reply(r: Result<(), (Refusal, &str)>) -> Vec<u8> {
     }
 }
 
+/// Why the relay refused, as its reply line says (printable characters
+/// only: the host wrote it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// The relay's reply line (without its newline): `OK`, or `ERR <code> <reason>`.
+pub fn parse_reply(line: &str) -> Result<(), Refused> {
+    if line == "OK" {
+        return Ok(());
+    }
+    let why: String = line
+        .strip_prefix("ERR ")
+        .unwrap_or(line)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LINE)
+        .collect();
+    Err(Refused(why))
+}
+
 /// Read one `\n`-terminated line of at most [`MAX_LINE`] bytes, byte by byte
 /// so that nothing after it is consumed.
 pub async fn read_line<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<String> {
@@ -205,16 +226,12 @@ pub async fn open(relay: &Addr, target: &Target, timeout: Duration) -> io::Resul
         let mut s = connect(relay).await?;
         s.write_all(&encode_request(target)).await?;
         let reply = read_line(&mut s).await?;
-        if reply == "OK" {
-            Ok(s)
-        } else {
-            Err(io::Error::new(
+        match parse_reply(&reply) {
+            Ok(()) => Ok(s),
+            Err(why) => Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
-                format!(
-                    "relay refused {target}: {}",
-                    reply.strip_prefix("ERR ").unwrap_or(&reply)
-                ),
-            ))
+                format!("relay refused {target}: {why}"),
+            )),
         }
     };
     tokio::time::timeout(timeout, fut).await.map_err(|_| {
