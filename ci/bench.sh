@@ -10,7 +10,9 @@ ci/setup.sh >/dev/null
 DUR=${BENCH_DURATION:-10s}
 WARM=${BENCH_WARMUP:-2s}
 out=target/bench; mkdir -p "$out"
-cargo build --release -q -p host-proxy -p pii-enclave --bins
+cargo build --release -q -p host-proxy --bins
+# `host-proxy dev` runs the development enclave binary (dev NSM, dev seal).
+cargo build --release -q -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev
 if ! command -v wrk >/dev/null 2>&1; then
   echo "ci/bench.sh: installing wrk (Debian package)"
   { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null
@@ -38,7 +40,7 @@ psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $PGDB" 
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"; psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $PGDB" >/dev/null 2>&1 || true' EXIT
 target/release/host-proxy dev --listen 127.0.0.1:$side_port --data-dir "$tmp/dev" --log-format json \
   --token-store "postgres://postgres@127.0.0.1:5432/$PGDB" \
-  --enclave-bin target/release/pii-enclave >"$tmp/dev.out" 2>"$tmp/dev.log" &
+  --enclave-bin target/release/pii-enclave-dangerous-dev >"$tmp/dev.out" 2>"$tmp/dev.log" &
 
 wait_up() { for _ in $(seq 1 100); do curl -sf "$1/v1/sys/health" >/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
 BAO=http://127.0.0.1:$bao_port; SIDE=http://127.0.0.1:$side_port

@@ -25,7 +25,9 @@
 //! without a checkpoint, a link or a receipt pointing at what is missing;
 //! `verifier audit` names each.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(test)]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
@@ -100,8 +102,6 @@ pub struct AuditLog {
     chain: Mutex<Option<Chain>>,
     /// Links for the next stream: heads of streams this run left.
     links: Mutex<Vec<Checkpoint>>,
-    /// Whether the anchor's checkpoints were read into `links` (once a run).
-    anchor_read: AtomicBool,
     /// 0: checkpoint before every answer; N: at most every N seconds.
     checkpoint_secs: AtomicU64,
     last_checkpoint: AtomicU64,
@@ -112,7 +112,6 @@ impl Default for AuditLog {
         AuditLog {
             chain: Mutex::new(None),
             links: Mutex::new(vec![]),
-            anchor_read: AtomicBool::new(false),
             checkpoint_secs: AtomicU64::new(0),
             last_checkpoint: AtomicU64::new(0),
         }
@@ -154,6 +153,7 @@ fn record(
         },
         time: body.time,
         sig: hex::encode(sig.as_ref()),
+        links: vec![],
     };
     let rec = AuditRecord {
         body,
@@ -201,8 +201,13 @@ fn unavailable() -> Error {
     Error::new(503, STORE_FAILED)
 }
 
-/// Put `cp` into the anchor's checkpoint set (compare-and-swap, retried).
-async fn publish(anchor: &dyn Anchor, cp: &SignedCheckpoint) -> Result<()> {
+/// Put `cp` into the anchor's checkpoint set (compare-and-swap, retried),
+/// with `links`, what its stream's genesis linked to.
+async fn publish(anchor: &dyn Anchor, cp: &SignedCheckpoint, links: &[Checkpoint]) -> Result<()> {
+    let cp = SignedCheckpoint {
+        links: links.to_vec(),
+        ..cp.clone()
+    };
     let failed = |e: String| {
         tracing::error!(error = %e, anchor = %anchor.describe(), "audit checkpoint not published");
         Error::new(503, ANCHOR_FAILED)
@@ -216,7 +221,7 @@ async fn publish(anchor: &dyn Anchor, cp: &SignedCheckpoint) -> Result<()> {
             Some(b) => CheckpointSet::parse(&b).map_err(|e| failed(e.to_string()))?,
             None => CheckpointSet::default(),
         };
-        if !set.merge(cp.clone()) {
+        if !set.merge(cp.clone()).map_err(|e| failed(e.to_string()))? {
             return Ok(());
         }
         if anchor
@@ -236,12 +241,9 @@ impl AuditLog {
         self.checkpoint_secs.store(secs, Ordering::Relaxed);
     }
 
-    /// Read the anchor's checkpoints once per run: the first stream links
-    /// to them.
-    async fn read_anchor_links(&self, anchor: &dyn Anchor) -> Result<()> {
-        if self.anchor_read.load(Ordering::Acquire) {
-            return Ok(());
-        }
+    /// The anchor's checkpoints, read whenever a stream starts: the new
+    /// stream links to every one of them (and to what this run left).
+    async fn anchor_links(&self, anchor: &dyn Anchor) -> Result<Vec<Checkpoint>> {
         let (_, bytes) = anchor.read_checkpoints().await.map_err(|e| {
             tracing::error!(error = %e, "audit anchor unreachable; refusing to start a stream");
             Error::new(503, "audit anchor unreachable")
@@ -253,15 +255,7 @@ impl AuditLog {
             })?,
             None => CheckpointSet::default(),
         };
-        let mut links = lock(&self.links);
-        if !self.anchor_read.swap(true, Ordering::AcqRel) {
-            for c in set.checkpoints {
-                if !links.contains(&c.point) {
-                    links.push(c.point);
-                }
-            }
-        }
-        Ok(())
+        Ok(set.checkpoints.into_iter().map(|c| c.point).collect())
     }
 
     /// Append `event` and wait until the host has stored it (and, with an
@@ -274,16 +268,22 @@ impl AuditLog {
         key: &Arc<Ed25519KeyPair>,
         event: AuditEvent,
     ) -> Result<SignedCheckpoint> {
+        let mut fresh_links = vec![];
         if let Some(a) = anchor {
             if lock(&self.chain).is_none() {
-                self.read_anchor_links(a).await?;
+                fresh_links = self.anchor_links(a).await?;
             }
         }
         let (tx, rx) = oneshot::channel();
         let lead = {
             let mut g = lock(&self.chain);
             if g.is_none() {
-                let links = std::mem::take(&mut *lock(&self.links));
+                let mut links = std::mem::take(&mut *lock(&self.links));
+                for l in fresh_links {
+                    if !links.contains(&l) {
+                        links.push(l);
+                    }
+                }
                 *g = Some(new_chain(key, links)?);
             }
             let c = g.as_mut().ok_or_else(unavailable)?;
@@ -323,14 +323,19 @@ impl AuditLog {
     /// Writer loop: send queued records until the queue is empty.
     async fn write_all(&self, store: &dyn BlobStore, anchor: Option<&dyn Anchor>) {
         loop {
-            let (stream, batch, first) = {
+            let (stream, batch, first, links) = {
                 let mut g = lock(&self.chain);
                 let Some(c) = g.as_mut() else { return };
                 if c.queue.is_empty() {
                     c.writing = false;
                     return;
                 }
-                (c.stream.clone(), std::mem::take(&mut c.queue), !c.anchored)
+                (
+                    c.stream.clone(),
+                    std::mem::take(&mut c.queue),
+                    !c.anchored,
+                    c.links.clone(),
+                )
             };
             let lines: Vec<Vec<u8>> = batch.iter().map(|q| q.line.clone()).collect();
             let Some(head) = batch.last().map(|q| q.point.clone()) else {
@@ -356,7 +361,7 @@ impl AuditLog {
                     .saturating_add(every);
             if let Some(a) = anchor {
                 if first || every == 0 {
-                    if publish(a, &head).await.is_err() {
+                    if publish(a, &head, &links).await.is_err() {
                         fail(batch, ANCHOR_FAILED);
                         self.abandon(ANCHOR_FAILED);
                         return;
@@ -364,7 +369,7 @@ impl AuditLog {
                     self.published(t);
                 } else if due {
                     succeed(batch);
-                    if publish(a, &head).await.is_ok() {
+                    if publish(a, &head, &links).await.is_ok() {
                         self.published(t);
                     }
                     continue;
@@ -521,11 +526,20 @@ mod tests {
                 .1,
         )
         .unwrap();
-        assert_eq!(genesis.body.event.links.len(), 1);
-        assert_eq!(genesis.body.event.links[0].stream, r1.point.stream);
-        assert_eq!(
-            genesis.body.event.links[0].seq, 3,
-            "the failed one was stored"
+        // To the last record the host acknowledged (the failed answer's,
+        // stored but never anchored), and to what the anchor holds.
+        let links = &genesis.body.event.links;
+        assert!(
+            links.iter().all(|l| l.stream == r1.point.stream),
+            "{links:?}"
+        );
+        assert!(
+            links.iter().any(|l| l.seq == 3),
+            "the failed one was stored: {links:?}"
+        );
+        assert!(
+            links.iter().any(|l| l.seq == 2),
+            "the anchored one: {links:?}"
         );
         assert_eq!(anchor.set().checkpoints.len(), 2, "one per stream");
     }

@@ -461,6 +461,12 @@ impl Acl {
             }
             if let Some(bare) = path.strip_suffix('/') {
                 if let Some(c) = self.non_exact(bare) {
+                    // Stricter than Vault: a deny for the slashed form (a
+                    // `transit/keys/*` deny) is not outranked by a broader
+                    // grant that matches the bare form (`transit/*`).
+                    if self.non_exact(path).is_some_and(Caps::is_deny) {
+                        return Some(Caps(Caps::DENY));
+                    }
                     return Some(c);
                 }
             }
@@ -687,6 +693,13 @@ mod tests {
         // Without its slash first: `transit/key*` decides over `transit/keys/*`.
         let id = with(&[&[("transit/key*", &[Read]), ("transit/keys/*", &[List])]]);
         assert!(!id.allows("transit/keys/", List));
+    }
+
+    #[test]
+    fn a_deny_on_the_listed_folder_is_not_outranked_by_a_broader_grant() {
+        let id = with(&[&[("transit/*", &[List, Read]), ("transit/keys/*", &[Deny])]]);
+        assert!(!id.allows("transit/keys/", List));
+        assert!(id.allows("transit/other/", List));
     }
 
     #[test]

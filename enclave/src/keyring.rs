@@ -75,6 +75,11 @@ pub struct VersionDoc {
     /// the encryptions made with it (see [`NonceBudget`]).
     #[serde(default)]
     pub random_nonces: u64,
+    /// Made after convergent nonces began to bind associated data. Older
+    /// versions may hold ciphertexts whose nonce is `HMAC(plaintext)` under
+    /// associated data, so none of their new nonces takes that form.
+    #[serde(default)]
+    pub nonce_v2: bool,
 }
 
 /// Random 96-bit nonces per key version: NIST SP 800-38D §8.3 allows 2^32
@@ -208,6 +213,7 @@ impl VersionDoc {
             hmac_key: random_vec(32)?,
             created: now,
             random_nonces: 0,
+            nonce_v2: true,
         })
     }
 }
@@ -294,11 +300,16 @@ struct NonceKeys {
     /// GCM's authentication key (Poly1305's for ChaCha20) and lets anyone
     /// forge. OpenBao 2.7.2 still does that; we do not.
     with_ad: hmac::Key,
+    /// A version from before v2: every nonce takes the `with_ad` form (a
+    /// `plain` nonce could equal an old ciphertext's, made under other
+    /// associated data). Equality with its pre-v2 ciphertexts is lost.
+    legacy: bool,
 }
 
 impl NonceKeys {
-    fn derive(ikm: &[u8], context: &[u8]) -> Result<NonceKeys> {
+    fn derive(ikm: &[u8], context: &[u8], legacy: bool) -> Result<NonceKeys> {
         Ok(NonceKeys {
+            legacy,
             plain: hmac::Key::new(
                 hmac::HMAC_SHA256,
                 &hkdf(ikm, LABEL_CONVERGENT, context, 32)?,
@@ -311,7 +322,7 @@ impl NonceKeys {
     }
 
     fn nonce(&self, plaintext: &[u8], aad: &[u8]) -> [u8; NONCE_LEN] {
-        let tag = if aad.is_empty() {
+        let tag = if aad.is_empty() && !self.legacy {
             hmac::sign(&self.plain, plaintext)
         } else {
             let mut c = hmac::Context::with_key(&self.with_ad);
@@ -336,6 +347,8 @@ pub struct VersionKeys {
     /// Random-nonce encryptions of this version (shared by every copy of
     /// the key in memory).
     pub budget: Arc<NonceBudget>,
+    /// Made before convergent nonces v2 ([`VersionDoc::nonce_v2`]).
+    legacy_nonce: bool,
 }
 
 /// The AEAD to use for one operation: the version key, or one derived from it.
@@ -458,7 +471,7 @@ impl VersionKeys {
         let unbound = UnboundKey::new(kt.algorithm(), &doc.key)
             .map_err(|_| Error::internal("bad key length in keyring"))?;
         let nonce_key = if convergent {
-            Some(NonceKeys::derive(&doc.key, &[])?)
+            Some(NonceKeys::derive(&doc.key, &[], !doc.nonce_v2)?)
         } else {
             None
         };
@@ -472,6 +485,7 @@ impl VersionKeys {
             hmac_raw: doc.hmac_key.clone(),
             nonce_key,
             budget,
+            legacy_nonce: !doc.nonce_v2,
         })
     }
 
@@ -548,7 +562,7 @@ impl Key {
         let unbound = UnboundKey::new(kt.algorithm(), &dk)
             .map_err(|_| Error::internal("key derivation failed"))?;
         let nonce_key = if self.doc.convergent {
-            Some(NonceKeys::derive(&dk, ctx)?)
+            Some(NonceKeys::derive(&dk, ctx, vk.legacy_nonce)?)
         } else {
             None
         };
@@ -797,6 +811,40 @@ mod tests {
             let v1 = hmac::sign(&nk.unwrap().plain, b"4111-1111");
             assert_eq!(e[..NONCE_LEN], v1.as_ref()[..NONCE_LEN]);
         }
+    }
+
+    #[test]
+    fn versions_from_before_v2_never_make_a_plain_nonce() {
+        let mut doc = KeyDoc::new("k", KeyType::Aes256Gcm96, false, true, 0).unwrap();
+        doc.versions.get_mut(&1).unwrap().nonce_v2 = false;
+        let k = Key::from_doc(doc).unwrap();
+        let op = k.op_key(k.version(1).unwrap(), None).unwrap();
+        let (_, nk) = op.parts();
+        let v1 = hmac::sign(&nk.unwrap().plain, b"secret");
+        let ct = op.seal(b"secret", b"").unwrap();
+        assert_ne!(ct[..NONCE_LEN], v1.as_ref()[..NONCE_LEN], "not v1's nonce");
+        assert_eq!(ct, op.seal(b"secret", b"").unwrap(), "still deterministic");
+        // A stored version without the field is from before v2.
+        #[derive(Serialize)]
+        struct Old<'a> {
+            #[serde(with = "serde_bytes")]
+            key: &'a [u8],
+            #[serde(with = "serde_bytes")]
+            hmac_key: &'a [u8],
+            created: i64,
+        }
+        let mut b = vec![];
+        ciborium::into_writer(
+            &Old {
+                key: &[0u8; 32],
+                hmac_key: &[0u8; 32],
+                created: 1,
+            },
+            &mut b,
+        )
+        .unwrap();
+        let old: VersionDoc = ciborium::from_reader(&b[..]).unwrap();
+        assert!(!old.nonce_v2);
     }
 
     #[test]

@@ -424,6 +424,22 @@ impl TransformState {
     }
 
     /// The transformation a role uses for a request.
+    /// The encode allowance (per minute per token) of `transformation` if
+    /// any low-entropy role lists it: the smallest of theirs. It holds for
+    /// every role that reaches the transformation, so no second role is a
+    /// way around it.
+    pub fn low_entropy_rate(&self, transformation: &str) -> Option<u32> {
+        self.doc
+            .roles
+            .values()
+            .filter(|r| r.low_entropy && r.transformations.iter().any(|t| t == transformation))
+            .map(|r| {
+                r.encode_per_minute
+                    .unwrap_or(LOW_ENTROPY_ENCODES_PER_MINUTE)
+            })
+            .min()
+    }
+
     pub fn resolve(&self, role: &str, requested: Option<&str>) -> Result<Arc<Transformation>> {
         let r = self
             .doc

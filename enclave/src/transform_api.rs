@@ -441,7 +441,13 @@ async fn encode(ctx: &mut Ctx<'_>, role: &str) -> Result<Reply> {
     }
     let kr = ctx.engine.current()?;
     let st = kr.transform.clone();
-    low_entropy_gate(ctx, role, "transform/encode", its.len()).await?;
+    let mut uses = std::collections::BTreeMap::new();
+    for it in &its {
+        if let Ok(t) = st.resolve(role, it.str("transformation").as_deref()) {
+            *uses.entry(t.name().to_owned()).or_insert(0) += 1;
+        }
+    }
+    low_entropy_gate(ctx, role, "transform/encode", &uses).await?;
     let now = now();
     let entries = std::cell::RefCell::new(Vec::new());
     let reply = run_items(ctx, &its, batch, OnItemError::Status400, &[], |it| {
@@ -518,35 +524,47 @@ fn open_stored(
     t.open_stored(&key, sealed)
 }
 
-/// On a low-entropy role: take `n` encodes from the caller's per-minute
-/// allowance (429 when it is spent) and audit the request before any token
-/// is returned.
-async fn low_entropy_gate(ctx: &mut Ctx<'_>, role: &str, op: &str, n: usize) -> Result<()> {
+/// Encodes of low-entropy transformations (any listed by a low-entropy
+/// role): take each transformation's count from the caller's per-minute
+/// allowance for it (429 when spent) and audit the request before any token
+/// is returned. `uses` counts the values each transformation will encode.
+async fn low_entropy_gate(
+    ctx: &mut Ctx<'_>,
+    role: &str,
+    op: &str,
+    uses: &std::collections::BTreeMap<String, usize>,
+) -> Result<()> {
     let kr = ctx.engine.current()?;
-    let Some(r) = kr.transform.doc.roles.get(role).filter(|r| r.low_entropy) else {
-        return Ok(());
-    };
-    let per_minute = r
-        .encode_per_minute
-        .unwrap_or(transform::LOW_ENTROPY_ENCODES_PER_MINUTE);
     let caller = ctx.identity.token_id.clone();
-    if n > per_minute as usize {
-        return Err(Error::new(
-            429,
-            format!("role {role} is low-entropy: a request may encode at most {per_minute} values"),
-        ));
+    let mut total = 0;
+    for (t, n) in uses {
+        let Some(per_minute) = kr.transform.low_entropy_rate(t) else {
+            continue;
+        };
+        if *n > per_minute as usize {
+            return Err(Error::new(
+                429,
+                format!(
+                    "transformation {t} is low-entropy: a request may encode at most {per_minute} values"
+                ),
+            ));
+        }
+        if !ctx.engine.take_encodes(t, &caller, per_minute, *n as u32) {
+            return Err(Error::new(
+                429,
+                format!(
+                    "transformation {t} is low-entropy: this token may encode {per_minute} values \
+                     a minute, and has used them"
+                ),
+            ));
+        }
+        total += n;
     }
-    if !ctx.engine.take_encodes(role, &caller, per_minute, n as u32) {
-        return Err(Error::new(
-            429,
-            format!(
-                "role {role} is low-entropy: this token may encode {per_minute} values a minute, \
-                 and has used them"
-            ),
-        ));
+    if total == 0 {
+        return Ok(());
     }
     let reason = reason(ctx);
-    ctx.audit(Event::encode(op, role, &reason, n)).await
+    ctx.audit(Event::encode(op, role, &reason, total)).await
 }
 
 fn reason(ctx: &mut Ctx<'_>) -> String {
@@ -845,16 +863,31 @@ async fn document(ctx: &mut Ctx<'_>, role: &str, decoding: bool) -> Result<Reply
     for (r, t) in &fields {
         rules.push((parse_rule(r)?, st.resolve(role, t.as_deref())?));
     }
+    // Every value the rules reach (not the number of rules) is what the
+    // audit records and a low-entropy allowance is charged.
+    let mut uses = std::collections::BTreeMap::new();
+    let mut probe = doc.clone();
+    for (rule, t) in &rules {
+        let mut n = 0usize;
+        apply_rule(
+            &mut probe,
+            rule,
+            &mut |_: &str, v: &Value| Ok(v.clone()),
+            &mut n,
+        )?;
+        *uses.entry(t.name().to_owned()).or_insert(0) += n;
+    }
     if decoding {
+        let values = uses.values().sum();
         ctx.audit(Event::decode(
             "transform/document/decode",
             role,
             &reason,
-            fields.len(),
+            values,
         ))
         .await?;
     } else {
-        low_entropy_gate(ctx, role, "transform/document/encode", fields.len()).await?;
+        low_entropy_gate(ctx, role, "transform/document/encode", &uses).await?;
     }
     let text = |v: &Value| match v {
         Value::String(s) => s.clone(),

@@ -1486,21 +1486,31 @@ async fn take_item_nonces(
     mut key: Arc<Key>,
     items: &[Item],
 ) -> Result<Arc<Key>> {
-    let mut demand: std::collections::BTreeMap<Option<u32>, u64> = Default::default();
-    for it in items {
-        let Ok(requested) = it.int("key_version") else {
-            continue;
-        };
-        if encryption_version(&key.doc, requested).is_err() {
-            continue;
+    // Until the key stays the same: a take may return a newer key (another
+    // request rotated it), and items must be charged to the versions they
+    // will really use. Extra rounds only over-count.
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let mut demand: std::collections::BTreeMap<Option<u32>, u64> = Default::default();
+        for it in items {
+            let Ok(requested) = it.int("key_version") else {
+                continue;
+            };
+            if encryption_version(&key.doc, requested).is_err() {
+                continue;
+            }
+            let v = requested.filter(|v| *v != 0).map(|v| v as u32);
+            *demand.entry(v).or_default() += 1;
         }
-        let v = requested.filter(|v| *v != 0).map(|v| v as u32);
-        *demand.entry(v).or_default() += 1;
+        let before = (key.doc.latest_version, key.doc.min_encryption_version);
+        for (v, n) in demand {
+            key = ctx.engine.take_nonces(ctx.store, name, key, v, n).await?;
+        }
+        // The same versions resolve as when the demand was counted.
+        if before == (key.doc.latest_version, key.doc.min_encryption_version) {
+            return Ok(key);
+        }
     }
-    for (v, n) in demand {
-        key = ctx.engine.take_nonces(ctx.store, name, key, v, n).await?;
-    }
-    Ok(key)
+    Err(Error::new(503, "the key kept changing; retry"))
 }
 
 fn key_or_not_found(kr: &Keyring, name: &str) -> Result<Arc<Key>> {

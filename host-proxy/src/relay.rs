@@ -116,9 +116,10 @@ impl Rule {
         })
     }
 
-    /// The IP a rule names, if it names one.
+    /// The IP a rule names, if it names one (canonical: IPv4-mapped IPv6
+    /// is the IPv4 address).
     fn ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
+        self.host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
     }
 
     fn matches(&self, t: &Target) -> bool {
@@ -361,7 +362,7 @@ impl Relay {
         if let Some((ip, d)) = ips.iter().find_map(|ip| {
             self.deny
                 .iter()
-                .find(|d| d.ip() == Some(*ip) && d.port.is_none_or(|p| p == t.port))
+                .find(|d| d.ip() == Some(ip.to_canonical()) && d.port.is_none_or(|p| p == t.port))
                 .map(|d| (ip, d))
         }) {
             return Err((
@@ -582,6 +583,9 @@ mod tests {
         assert_eq!(r.decide(&t("kms.example.com.:443")), Ok(0));
         // A rule written in Unicode matches its punycode form.
         assert_eq!(r.decide(&t("xn--bcher-kva.example:443")), Ok(1));
+        // IPv4-mapped IPv6 is the IPv4 address, for deny rules too.
+        let r2 = relay(vec![rule("*", None)], vec![rule("10.1.2.3", None)]);
+        assert!(r2.decide(&t("[::ffff:10.1.2.3]:443")).is_err());
         // Numeric names that resolvers read as addresses never get this far.
         assert!("2130706433:443".parse::<Target>().is_err());
         // A rule that cannot be normalised is a configuration error.

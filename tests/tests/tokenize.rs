@@ -525,6 +525,35 @@ async fn low_entropy_roles_rate_limit_and_audit_encoders() {
     assert_eq!(r.status, 429);
     assert!(r.error().unwrap().contains("at most 120"), "{:?}", r.body);
 
+    // A JSON document is charged per value its rules reach, not per rule.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let many: Vec<String> = (0..50).map(|i| format!("078-05-{i:04}")).collect();
+    let r = e
+        .post(
+            "transform/document/encode/edge",
+            json!({"document": {"ssn": many}, "fields": {"ssn": "ssn"}}),
+        )
+        .await;
+    assert_eq!(r.status, 429, "50 values on a 2/s allowance: {:?}", r.body);
+    // Another role that reaches the same transformation is no way around it.
+    let r = root
+        .post("transform/role/side", json!({"transformations": ["ssn"]}))
+        .await;
+    assert_eq!(r.status / 100, 2, "{:?}", r.body);
+    let r = root
+        .post(
+            "transform/transformations/fpe/ssn",
+            json!({"template": "builtin/socialsecuritynumber", "tweak_source": "internal", "allowed_roles": ["edge", "side"]}),
+        )
+        .await;
+    assert_eq!(r.status / 100, 2, "{:?}", r.body);
+    let r = root.post("transform/encode/side", ssn("078-05-1199")).await;
+    assert_eq!(
+        r.status, 429,
+        "the transformation is low-entropy: {:?}",
+        r.body
+    );
+
     // Every successful encode was audited, with the caller.
     let dir = stack.dir.path().join("audit");
     let trust = verifier::audit::KeyTrust::Unpinned;

@@ -318,8 +318,10 @@ struct AuditArgs {
     dir: PathBuf,
     /// An attestation document of the enclave (`GET /v1/attestation?nonce=…`);
     /// its enclave-built user_data carries the audit key's SHA-256, which
-    /// every stream's key must match. Verified at its own timestamp.
-    #[arg(long)]
+    /// every stream's key must match. Verified at its own timestamp, against
+    /// --expected (required: any genuine document of another image would
+    /// otherwise vouch for a key the host chose).
+    #[arg(long, requires = "expected")]
     attestation: Option<PathBuf>,
     /// Expected PCRs for --attestation (same formats as `verify --expected`).
     #[arg(long, requires = "attestation")]
@@ -353,10 +355,25 @@ fn attested_audit_key(a: &AuditArgs, doc: &std::path::Path) -> Result<[u8; 32], 
     let at = verifier::audit::document_time(&bytes).map_err(|e| format!("--attestation: {e}"))?;
     let mut policy = policy_for(at, a.dangerous_root.as_deref())?;
     policy.allow_debug = a.allow_debug;
-    if let Some(p) = &a.expected {
-        policy.expected_pcrs = expected_pcrs(p)?;
+    let p = a
+        .expected
+        .as_deref()
+        .ok_or("--attestation needs --expected")?;
+    policy.expected_pcrs = expected_pcrs(p)?;
+    if !policy.expected_pcrs.contains_key(&0) {
+        return Err(format!(
+            "--expected {}: PCR0 (the image) must be pinned",
+            p.display()
+        ));
     }
-    verifier::audit::attested_key(&bytes, &policy).map_err(|e| format!("--attestation: {e}"))
+    let key = verifier::audit::attested_key(&bytes, &policy)
+        .map_err(|e| format!("--attestation: {e}"))?;
+    eprintln!(
+        "verifier: audit key {} attested by an enclave with PCR0 {}",
+        hex::encode(key),
+        hex::encode(&policy.expected_pcrs[&0])
+    );
+    Ok(key)
 }
 
 fn audit_cmd(a: AuditArgs) -> ExitCode {

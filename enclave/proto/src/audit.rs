@@ -65,6 +65,11 @@ pub struct SignedCheckpoint {
     pub time: u64,
     /// The record's signature, hex.
     pub sig: String,
+    /// In the anchor's set only: what this stream's genesis linked to. An
+    /// entry is dropped from the set only once another entry's stream links
+    /// to it at or past its position, so every stream stays reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Checkpoint>,
 }
 
 /// Why a receipt or checkpoint set does not parse.
@@ -101,6 +106,7 @@ impl SignedCheckpoint {
                     },
                     time: time.parse().map_err(|_| CheckpointError::Receipt)?,
                     sig: sig.to_ascii_lowercase(),
+                    links: vec![],
                 })
             }
             _ => Err(CheckpointError::Receipt),
@@ -108,8 +114,11 @@ impl SignedCheckpoint {
     }
 }
 
-/// Newest checkpoints kept by the anchor (one per stream, newest first).
+/// Entries the anchor's set is trimmed to, when older ones are covered.
 pub const MAX_ANCHORED_STREAMS: usize = 64;
+/// Entries it may never exceed (uncovered entries are never dropped; past
+/// this, publishing fails and, with strict checkpoints, reveals fail closed).
+pub const HARD_MAX_ANCHORED_STREAMS: usize = 1024;
 
 /// What the anchor stores: the newest signed checkpoint of each recent
 /// stream.
@@ -137,17 +146,20 @@ impl CheckpointSet {
         Ok(set)
     }
 
-    /// Put `cp` in (replacing an older one of its stream), keep the newest
-    /// [`MAX_ANCHORED_STREAMS`]. Returns false when the set already holds
-    /// this stream at `cp`'s position or later.
-    pub fn merge(&mut self, cp: SignedCheckpoint) -> bool {
+    /// Put `cp` in (replacing an older one of its stream). Returns false when
+    /// the set already holds this stream at `cp`'s position or later. Then
+    /// trims to [`MAX_ANCHORED_STREAMS`], dropping only the oldest entries
+    /// that another entry's links cover (an entry nothing links to stays,
+    /// or its stream could be deleted unseen); errs past
+    /// [`HARD_MAX_ANCHORED_STREAMS`].
+    pub fn merge(&mut self, cp: SignedCheckpoint) -> Result<bool, CheckpointError> {
         if let Some(e) = self
             .checkpoints
             .iter_mut()
             .find(|e| e.point.stream == cp.point.stream)
         {
             if e.point.seq >= cp.point.seq {
-                return false;
+                return Ok(false);
             }
             *e = cp;
         } else {
@@ -156,8 +168,29 @@ impl CheckpointSet {
         self.v = 1;
         self.checkpoints
             .sort_by(|a, b| b.time.cmp(&a.time).then(b.point.seq.cmp(&a.point.seq)));
-        self.checkpoints.truncate(MAX_ANCHORED_STREAMS);
-        true
+        while self.checkpoints.len() > MAX_ANCHORED_STREAMS {
+            let covered = |i: usize| {
+                let e = &self.checkpoints[i].point;
+                self.checkpoints.iter().enumerate().any(|(j, k)| {
+                    j != i
+                        && k.links
+                            .iter()
+                            .any(|l| l.stream == e.stream && l.seq >= e.seq)
+                })
+            };
+            match (0..self.checkpoints.len()).rev().find(|i| covered(*i)) {
+                Some(i) => {
+                    self.checkpoints.remove(i);
+                }
+                None => break,
+            }
+        }
+        if self.checkpoints.len() > HARD_MAX_ANCHORED_STREAMS {
+            return Err(CheckpointError::Set(format!(
+                "more than {HARD_MAX_ANCHORED_STREAMS} streams no later stream links to"
+            )));
+        }
+        Ok(true)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -201,4 +234,70 @@ pub fn valid_stream_id(s: &str) -> bool {
     s.len() == 32
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cp(stream: u8, seq: u64, time: u64, links: Vec<Checkpoint>) -> SignedCheckpoint {
+        SignedCheckpoint {
+            point: Checkpoint {
+                stream: format!("{stream:032x}"),
+                seq,
+                hash: "ab".repeat(32),
+            },
+            time,
+            sig: "cd".repeat(64),
+            links,
+        }
+    }
+
+    #[test]
+    fn the_set_drops_only_entries_another_links_to() {
+        let mut set = CheckpointSet::default();
+        // Stream 0, which no later stream links to (another replica's), then
+        // a chain of 80 streams each linking to the one before.
+        assert!(set.merge(cp(0, 5, 0, vec![])).unwrap());
+        for i in 1..=80u8 {
+            let prev = (i > 1).then(|| cp(i - 1, 1, 0, vec![]).point);
+            assert!(set
+                .merge(cp(i, 1, u64::from(i), prev.into_iter().collect()))
+                .unwrap());
+        }
+        assert_eq!(set.checkpoints.len(), MAX_ANCHORED_STREAMS);
+        let has = |s: u8| {
+            set.checkpoints
+                .iter()
+                .any(|c| c.point.stream == format!("{s:032x}"))
+        };
+        assert!(has(0), "nothing links to stream 0: it stays");
+        assert!(has(80) && !has(1));
+        // An older position of a stream does not replace a newer one.
+        assert!(!set.merge(cp(80, 0, 99, vec![])).unwrap());
+        // Past the hard cap (nothing links to anything): an error, not a drop.
+        let mut wide = CheckpointSet::default();
+        let mut r = Ok(true);
+        for i in 0..=HARD_MAX_ANCHORED_STREAMS as u64 {
+            let mut c = cp(0, 0, i, vec![]);
+            c.point.stream = format!("{i:032x}");
+            r = wide.merge(c);
+        }
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn receipts_round_trip_and_refuse_garbage() {
+        let c = cp(7, 3, 9, vec![]);
+        assert_eq!(SignedCheckpoint::parse_receipt(&c.to_receipt()).unwrap(), c);
+        for bad in [
+            "",
+            "a:b:c:d:e",
+            &format!("{}:x:{}:1:{}", c.point.stream, c.point.hash, c.sig),
+        ] {
+            assert!(SignedCheckpoint::parse_receipt(bad).is_err(), "{bad}");
+        }
+        assert!(CheckpointSet::parse(b"{\"v\":2,\"checkpoints\":[]}").is_err());
+        assert!(CheckpointSet::parse(b"not json").is_err());
+    }
 }

@@ -80,7 +80,8 @@ pub fn normalize_host(h: &str) -> Result<String, TargetError> {
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(h);
     if let Ok(ip) = trimmed.parse::<std::net::IpAddr>() {
-        return Ok(ip.to_string());
+        // `::ffff:1.2.3.4` is 1.2.3.4: one form for rules and requests.
+        return Ok(ip.to_canonical().to_string());
     }
     let name = h.strip_suffix('.').unwrap_or(h);
     if name.is_empty() || name.ends_with('.') {
@@ -112,7 +113,7 @@ impl std::str::FromStr for Target {
             let ip = h
                 .parse::<std::net::Ipv6Addr>()
                 .map_err(|_| TargetError::BadIpv6(h.to_owned()))?;
-            (ip.to_string(), p)
+            (std::net::IpAddr::V6(ip).to_canonical().to_string(), p)
         } else {
             let (h, p) = s.rsplit_once(':').ok_or(TargetError::Shape)?;
             if h.contains(':') {
@@ -262,6 +263,14 @@ pub enum SpliceEnd {
     Lifetime,
 }
 
+fn stalled(end: tokio::time::Instant) -> SpliceEnd {
+    if tokio::time::Instant::now() >= end {
+        SpliceEnd::Lifetime
+    } else {
+        SpliceEnd::Idle
+    }
+}
+
 /// [`splice`] with an idle timeout (no byte either way) and a maximum
 /// lifetime; half-closes are passed on. Returns the bytes copied each way
 /// (a → b, b → a) and why it ended.
@@ -284,32 +293,28 @@ where
         tokio::select! {
             r = a.read(&mut buf_a), if a_open => {
                 let n = r?;
-                if n == 0 {
-                    a_open = false;
-                    b.shutdown().await?;
-                } else {
-                    b.write_all(&buf_a[..n]).await?;
-                    up += n as u64;
+                // A peer that stops reading must not stall the limits.
+                let write = async {
+                    if n == 0 { b.shutdown().await } else { b.write_all(&buf_a[..n]).await }
+                };
+                match tokio::time::timeout_at(idle_at, write).await {
+                    Ok(w) => w?,
+                    Err(_) => return Ok((up, down, stalled(end))),
                 }
+                if n == 0 { a_open = false } else { up += n as u64 }
             }
             r = b.read(&mut buf_b), if b_open => {
                 let n = r?;
-                if n == 0 {
-                    b_open = false;
-                    a.shutdown().await?;
-                } else {
-                    a.write_all(&buf_b[..n]).await?;
-                    down += n as u64;
-                }
-            }
-            () = tokio::time::sleep_until(idle_at) => {
-                let why = if tokio::time::Instant::now() >= end {
-                    SpliceEnd::Lifetime
-                } else {
-                    SpliceEnd::Idle
+                let write = async {
+                    if n == 0 { a.shutdown().await } else { a.write_all(&buf_b[..n]).await }
                 };
-                return Ok((up, down, why));
+                match tokio::time::timeout_at(idle_at, write).await {
+                    Ok(w) => w?,
+                    Err(_) => return Ok((up, down, stalled(end))),
+                }
+                if n == 0 { b_open = false } else { down += n as u64 }
             }
+            () = tokio::time::sleep_until(idle_at) => return Ok((up, down, stalled(end))),
         }
     }
     Ok((up, down, SpliceEnd::Closed))
