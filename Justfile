@@ -26,6 +26,10 @@ bench:
     cargo bench -p host-proxy --bench relay
     cargo bench -p pii-tests --bench seal
 
+# This tree's sidecar against REV's, side by side (alternating wrk runs).
+bench-compare rev="HEAD~1":
+    ./ci/bench-compare.sh {{rev}}
+
 # Seal/unseal latency: dev seal, Vault Transit (OpenBao), AWS KMS (emulator).
 bench-seal:
     cargo bench -p pii-tests --bench seal

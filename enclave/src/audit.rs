@@ -278,11 +278,12 @@ impl AuditLog {
         let lead = {
             let mut g = lock(&self.chain);
             if g.is_none() {
-                let mut links = std::mem::take(&mut *lock(&self.links));
-                for l in fresh_links {
-                    if !links.contains(&l) {
-                        links.push(l);
-                    }
+                let mut links = vec![];
+                for l in std::mem::take(&mut *lock(&self.links))
+                    .into_iter()
+                    .chain(fresh_links)
+                {
+                    pii_proto::audit::add_link(&mut links, l);
                 }
                 *g = Some(new_chain(key, links)?);
             }
@@ -314,9 +315,12 @@ impl AuditLog {
         };
         fail(c.queue, why);
         let mut links = lock(&self.links);
-        match c.acked {
-            Some(a) => links.push(a.point),
-            None => links.extend(c.links),
+        let carried = match c.acked {
+            Some(a) => vec![a.point],
+            None => c.links,
+        };
+        for l in carried {
+            pii_proto::audit::add_link(&mut links, l);
         }
     }
 
@@ -527,21 +531,18 @@ mod tests {
         )
         .unwrap();
         // To the last record the host acknowledged (the failed answer's,
-        // stored but never anchored), and to what the anchor holds.
+        // stored but never anchored; past what the anchor holds, seq 2): one
+        // link per stream, the furthest.
         let links = &genesis.body.event.links;
-        assert!(
-            links.iter().all(|l| l.stream == r1.point.stream),
-            "{links:?}"
+        assert_eq!(links.len(), 1, "{links:?}");
+        assert_eq!(
+            (links[0].stream.as_str(), links[0].seq),
+            (r1.point.stream.as_str(), 3)
         );
-        assert!(
-            links.iter().any(|l| l.seq == 3),
-            "the failed one was stored: {links:?}"
-        );
-        assert!(
-            links.iter().any(|l| l.seq == 2),
-            "the anchored one: {links:?}"
-        );
-        assert_eq!(anchor.set().checkpoints.len(), 2, "one per stream");
+        // The new stream's link covers the old one's entry: one entry left.
+        let set = anchor.set().checkpoints;
+        assert_eq!(set.len(), 1, "{set:?}");
+        assert_eq!(set[0].point.stream, r4.point.stream);
     }
 
     #[tokio::test]

@@ -114,11 +114,21 @@ impl SignedCheckpoint {
     }
 }
 
-/// Entries the anchor's set is trimmed to, when older ones are covered.
-pub const MAX_ANCHORED_STREAMS: usize = 64;
-/// Entries it may never exceed (uncovered entries are never dropped; past
-/// this, publishing fails and, with strict checkpoints, reveals fail closed).
+/// Entries the anchor's set may hold (uncovered entries are never dropped;
+/// past this, publishing fails and, with strict checkpoints, reveals fail
+/// closed).
 pub const HARD_MAX_ANCHORED_STREAMS: usize = 1024;
+/// Largest serialized set (DynamoDB items stop at 400 KB).
+pub const MAX_SET_BYTES: usize = 350 * 1024;
+
+/// Add `l` to `links`, keeping one link per stream: the furthest.
+pub fn add_link(links: &mut Vec<Checkpoint>, l: Checkpoint) {
+    match links.iter_mut().find(|x| x.stream == l.stream) {
+        Some(x) if x.seq >= l.seq => {}
+        Some(x) => *x = l,
+        None => links.push(l),
+    }
+}
 
 /// What the anchor stores: the newest signed checkpoint of each recent
 /// stream.
@@ -147,47 +157,61 @@ impl CheckpointSet {
     }
 
     /// Put `cp` in (replacing an older one of its stream). Returns false when
-    /// the set already holds this stream at `cp`'s position or later. Then
-    /// trims to [`MAX_ANCHORED_STREAMS`], dropping only the oldest entries
-    /// that another entry's links cover (an entry nothing links to stays,
-    /// or its stream could be deleted unseen); errs past
-    /// [`HARD_MAX_ANCHORED_STREAMS`].
-    pub fn merge(&mut self, cp: SignedCheckpoint) -> Result<bool, CheckpointError> {
+    /// the set already holds this stream at `cp`'s position or later. The
+    /// entry keeps only its links to streams in the set, and every entry
+    /// another entry's links cover (at or past its position) is dropped: the
+    /// covering stream's genesis record names it, so it stays reachable, and
+    /// the set holds about one entry per live writer. Errs past
+    /// [`HARD_MAX_ANCHORED_STREAMS`] entries or [`MAX_SET_BYTES`].
+    pub fn merge(&mut self, mut cp: SignedCheckpoint) -> Result<bool, CheckpointError> {
         if let Some(e) = self
             .checkpoints
-            .iter_mut()
+            .iter()
             .find(|e| e.point.stream == cp.point.stream)
         {
             if e.point.seq >= cp.point.seq {
                 return Ok(false);
             }
-            *e = cp;
-        } else {
-            self.checkpoints.push(cp);
         }
-        self.v = 1;
-        self.checkpoints
-            .sort_by(|a, b| b.time.cmp(&a.time).then(b.point.seq.cmp(&a.point.seq)));
-        while self.checkpoints.len() > MAX_ANCHORED_STREAMS {
-            let covered = |i: usize| {
-                let e = &self.checkpoints[i].point;
-                self.checkpoints.iter().enumerate().any(|(j, k)| {
-                    j != i
-                        && k.links
-                            .iter()
-                            .any(|l| l.stream == e.stream && l.seq >= e.seq)
-                })
-            };
-            match (0..self.checkpoints.len()).rev().find(|i| covered(*i)) {
-                Some(i) => {
-                    self.checkpoints.remove(i);
-                }
-                None => break,
+        let mut links = vec![];
+        for l in std::mem::take(&mut cp.links) {
+            if l.stream != cp.point.stream {
+                add_link(&mut links, l);
             }
         }
-        if self.checkpoints.len() > HARD_MAX_ANCHORED_STREAMS {
+        self.checkpoints
+            .retain(|e| e.point.stream != cp.point.stream);
+        cp.links = links
+            .into_iter()
+            .filter(|l| self.checkpoints.iter().any(|e| e.point.stream == l.stream))
+            .collect();
+        self.checkpoints.push(cp);
+        self.v = 1;
+        let covered: Vec<bool> = self
+            .checkpoints
+            .iter()
+            .map(|e| {
+                self.checkpoints.iter().any(|k| {
+                    k.point.stream != e.point.stream
+                        && k.links
+                            .iter()
+                            .any(|l| l.stream == e.point.stream && l.seq >= e.point.seq)
+                })
+            })
+            .collect();
+        let mut i = 0;
+        self.checkpoints.retain(|_| {
+            i += 1;
+            !covered[i - 1]
+        });
+        self.checkpoints
+            .sort_by(|a, b| b.time.cmp(&a.time).then(b.point.seq.cmp(&a.point.seq)));
+        if self.checkpoints.len() > HARD_MAX_ANCHORED_STREAMS
+            || self.to_json().len() > MAX_SET_BYTES
+        {
             return Err(CheckpointError::Set(format!(
-                "more than {HARD_MAX_ANCHORED_STREAMS} streams no later stream links to"
+                "{} streams that no later stream links to (at most {HARD_MAX_ANCHORED_STREAMS})",
+                self.checkpoints.len()
             )));
         }
         Ok(true)
@@ -265,16 +289,32 @@ mod tests {
                 .merge(cp(i, 1, u64::from(i), prev.into_iter().collect()))
                 .unwrap());
         }
-        assert_eq!(set.checkpoints.len(), MAX_ANCHORED_STREAMS);
-        let has = |s: u8| {
-            set.checkpoints
+        let has = |s: &CheckpointSet, n: u8| {
+            s.checkpoints
                 .iter()
-                .any(|c| c.point.stream == format!("{s:032x}"))
+                .any(|c| c.point.stream == format!("{n:032x}"))
         };
-        assert!(has(0), "nothing links to stream 0: it stays");
-        assert!(has(80) && !has(1));
+        assert_eq!(set.checkpoints.len(), 2, "one entry per live writer");
+        assert!(has(&set, 0), "nothing links to stream 0: it stays");
+        assert!(has(&set, 80) && !has(&set, 79));
+        // A link to an older position does not cover a newer one.
+        let mut s2 = CheckpointSet::default();
+        s2.merge(cp(1, 9, 0, vec![])).unwrap();
+        s2.merge(cp(2, 1, 1, vec![cp(1, 3, 0, vec![]).point]))
+            .unwrap();
+        assert!(has(&s2, 1), "stream 1 is at 9, the link only at 3");
         // An older position of a stream does not replace a newer one.
         assert!(!set.merge(cp(80, 0, 99, vec![])).unwrap());
+        // Links are one per stream and only to streams in the set.
+        let mut s3 = CheckpointSet::default();
+        s3.merge(cp(1, 1, 0, vec![])).unwrap();
+        let many: Vec<Checkpoint> = (0..50)
+            .map(|i| cp(1, i, 0, vec![]).point)
+            .chain((0..50u8).map(|i| cp(100 + i, 1, 0, vec![]).point))
+            .collect();
+        s3.merge(cp(2, 1, 1, many)).unwrap();
+        assert_eq!(s3.checkpoints.len(), 1);
+        assert_eq!(s3.checkpoints[0].links.len(), 1);
         // Past the hard cap (nothing links to anything): an error, not a drop.
         let mut wide = CheckpointSet::default();
         let mut r = Ok(true);

@@ -297,7 +297,8 @@ where
                 let write = async {
                     if n == 0 { b.shutdown().await } else { b.write_all(&buf_a[..n]).await }
                 };
-                match tokio::time::timeout_at(idle_at, write).await {
+                let deadline = (tokio::time::Instant::now() + idle).min(end);
+                match tokio::time::timeout_at(deadline, write).await {
                     Ok(w) => w?,
                     Err(_) => return Ok((up, down, stalled(end))),
                 }
@@ -308,7 +309,8 @@ where
                 let write = async {
                     if n == 0 { a.shutdown().await } else { a.write_all(&buf_b[..n]).await }
                 };
-                match tokio::time::timeout_at(idle_at, write).await {
+                let deadline = (tokio::time::Instant::now() + idle).min(end);
+                match tokio::time::timeout_at(deadline, write).await {
                     Ok(w) => w?,
                     Err(_) => return Ok((up, down, stalled(end))),
                 }
