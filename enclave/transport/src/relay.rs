@@ -467,7 +467,8 @@ mod tests {
         );
         assert_eq!(
             normalize_host("[::FFFF:7F00:1]").unwrap(),
-            "::ffff:127.0.0.1"
+            "127.0.0.1",
+            "IPv4-mapped IPv6 is its IPv4 address"
         );
         for numeric in ["2130706433", "0x7f.1", "127.1", "10.0.0.010"] {
             assert!(
