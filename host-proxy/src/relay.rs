@@ -97,12 +97,22 @@ pub struct Rule {
     pub allow_private: bool,
 }
 
+/// A relay rule whose host pattern cannot be normalised.
+#[derive(Debug, thiserror::Error)]
+#[error("relay rule host {host:?}: {source}")]
+pub struct BadRule {
+    pub host: String,
+    pub source: pii_transport::relay::TargetError,
+}
+
 impl Rule {
     /// The rule with its host pattern in [`normalize_host`]'s form (`*`,
     /// `*.` + a name, or a name or IP), as requests are.
-    fn normalized(&self) -> Result<Rule, String> {
-        let err =
-            |e: pii_transport::relay::TargetError| format!("relay rule host {:?}: {e}", self.host);
+    fn normalized(&self) -> Result<Rule, BadRule> {
+        let err = |source| BadRule {
+            host: self.host.clone(),
+            source,
+        };
         let host = match self.host.as_str() {
             "*" => "*".to_owned(),
             h => match h.strip_prefix("*.") {
@@ -268,15 +278,14 @@ impl Relay {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
             allow.extend(parse_vsock_proxy_yaml(&text)?);
         }
-        let allow = allow
-            .iter()
-            .map(Rule::normalized)
-            .collect::<Result<Vec<_>, _>>()?;
-        let deny = cfg
-            .deny
-            .iter()
-            .map(Rule::normalized)
-            .collect::<Result<Vec<_>, _>>()?;
+        let normalize = |rules: &[Rule]| {
+            rules
+                .iter()
+                .map(Rule::normalized)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())
+        };
+        let (allow, deny) = (normalize(&allow)?, normalize(&cfg.deny)?);
         if cfg.max_connections == 0 {
             return Err("relay max_connections must be at least 1".into());
         }

@@ -349,25 +349,41 @@ struct AuditArgs {
     format: String,
 }
 
+/// A command-line argument that cannot be used (exit 2).
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--dangerous-root {path}: {reason}")]
+    Root { path: String, reason: String },
+    #[error("--expected {path}: {reason}")]
+    Expected { path: String, reason: String },
+    #[error("--attestation needs --expected")]
+    NoExpected,
+    #[error("--expected {0}: PCR0 (the image) must be pinned")]
+    NoPcr0(String),
+    #[error("--attestation: {0}")]
+    Attested(#[from] verifier::audit::AttestedKeyError),
+}
+
 /// The audit key's SHA-256 from a verified document (at its own timestamp).
-fn attested_audit_key(a: &AuditArgs, doc: &std::path::Path) -> Result<[u8; 32], String> {
-    let bytes = std::fs::read(doc).map_err(|e| format!("cannot read {}: {e}", doc.display()))?;
-    let at = verifier::audit::document_time(&bytes).map_err(|e| format!("--attestation: {e}"))?;
+fn attested_audit_key(a: &AuditArgs, doc: &std::path::Path) -> Result<[u8; 32], ArgError> {
+    let bytes = std::fs::read(doc).map_err(|source| ArgError::Read {
+        path: doc.display().to_string(),
+        source,
+    })?;
+    let at = verifier::audit::document_time(&bytes)?;
     let mut policy = policy_for(at, a.dangerous_root.as_deref())?;
     policy.allow_debug = a.allow_debug;
-    let p = a
-        .expected
-        .as_deref()
-        .ok_or("--attestation needs --expected")?;
+    let p = a.expected.as_deref().ok_or(ArgError::NoExpected)?;
     policy.expected_pcrs = expected_pcrs(p)?;
     if !policy.expected_pcrs.contains_key(&0) {
-        return Err(format!(
-            "--expected {}: PCR0 (the image) must be pinned",
-            p.display()
-        ));
+        return Err(ArgError::NoPcr0(p.display().to_string()));
     }
-    let key = verifier::audit::attested_key(&bytes, &policy)
-        .map_err(|e| format!("--attestation: {e}"))?;
+    let key = verifier::audit::attested_key(&bytes, &policy)?;
     eprintln!(
         "verifier: audit key {} attested by an enclave with PCR0 {}",
         hex::encode(key),
@@ -379,7 +395,7 @@ fn attested_audit_key(a: &AuditArgs, doc: &std::path::Path) -> Result<[u8; 32], 
 fn audit_cmd(a: AuditArgs) -> ExitCode {
     use verifier::audit::KeyTrust;
     if a.format != "json" && a.format != "text" {
-        return usage("--format must be json or text".into());
+        return usage("--format must be json or text");
     }
     let trust = if let Some(doc) = a.attestation.clone() {
         match attested_audit_key(&a, &doc) {
@@ -391,7 +407,7 @@ fn audit_cmd(a: AuditArgs) -> ExitCode {
             Ok(b) if b.len() == 32 => KeyTrust::Bare(b),
             _ => {
                 return usage(
-                    "--dangerous-public-key must be 64 hex digits (an Ed25519 public key)".into(),
+                    "--dangerous-public-key must be 64 hex digits (an Ed25519 public key)",
                 )
             }
         }
@@ -468,7 +484,7 @@ struct VerifyArgs {
     format: String,
 }
 
-fn usage(msg: String) -> ExitCode {
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("verifier: {msg}");
     ExitCode::from(2)
 }
@@ -483,7 +499,7 @@ fn hex_arg(name: &str, v: &Option<String>) -> Result<Option<Vec<u8>>, String> {
 fn policy_for(
     at: i64,
     dangerous_root: Option<&std::path::Path>,
-) -> Result<verifier::attestation::Policy, String> {
+) -> Result<verifier::attestation::Policy, ArgError> {
     use verifier::attestation::{pem_to_der, Policy};
     match dangerous_root {
         None => Ok(Policy::aws(at)),
@@ -491,7 +507,10 @@ fn policy_for(
             let der = std::fs::read_to_string(p)
                 .map_err(|e| e.to_string())
                 .and_then(|t| pem_to_der(&t))
-                .map_err(|e| format!("--dangerous-root {}: {e}", p.display()))?;
+                .map_err(|reason| ArgError::Root {
+                    path: p.display().to_string(),
+                    reason,
+                })?;
             eprintln!(
                 "verifier: DANGEROUS: trusting {} instead of the AWS Nitro root",
                 p.display()
@@ -501,18 +520,21 @@ fn policy_for(
     }
 }
 
-fn expected_pcrs(p: &std::path::Path) -> Result<std::collections::BTreeMap<u8, Vec<u8>>, String> {
+fn expected_pcrs(p: &std::path::Path) -> Result<std::collections::BTreeMap<u8, Vec<u8>>, ArgError> {
     std::fs::read_to_string(p)
         .map_err(|e| e.to_string())
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
         .and_then(|j| verifier::attestation::parse_expected(&j))
-        .map_err(|e| format!("--expected {}: {e}", p.display()))
+        .map_err(|reason| ArgError::Expected {
+            path: p.display().to_string(),
+            reason,
+        })
 }
 
 fn verify_cmd(a: VerifyArgs) -> ExitCode {
     use verifier::attestation::verify;
     if a.format != "json" && a.format != "text" {
-        return usage("--format must be json or text".into());
+        return usage("--format must be json or text");
     }
     let bytes = match std::fs::read(&a.doc) {
         Ok(b) => b,

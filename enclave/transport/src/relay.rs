@@ -263,6 +263,29 @@ pub enum SpliceEnd {
     Lifetime,
 }
 
+/// Write `data` to `w` (empty: shut its write side), within the idle
+/// timeout and the lifetime: a peer that stops reading must not stall the
+/// limits. `false` when the deadline passed first.
+async fn forward<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    data: &[u8],
+    idle: Duration,
+    end: tokio::time::Instant,
+) -> io::Result<bool> {
+    let deadline = (tokio::time::Instant::now() + idle).min(end);
+    let write = async {
+        if data.is_empty() {
+            w.shutdown().await
+        } else {
+            w.write_all(data).await
+        }
+    };
+    match tokio::time::timeout_at(deadline, write).await {
+        Ok(r) => r.map(|()| true),
+        Err(_) => Ok(false),
+    }
+}
+
 fn stalled(end: tokio::time::Instant) -> SpliceEnd {
     if tokio::time::Instant::now() >= end {
         SpliceEnd::Lifetime
@@ -293,26 +316,15 @@ where
         tokio::select! {
             r = a.read(&mut buf_a), if a_open => {
                 let n = r?;
-                // A peer that stops reading must not stall the limits.
-                let write = async {
-                    if n == 0 { b.shutdown().await } else { b.write_all(&buf_a[..n]).await }
-                };
-                let deadline = (tokio::time::Instant::now() + idle).min(end);
-                match tokio::time::timeout_at(deadline, write).await {
-                    Ok(w) => w?,
-                    Err(_) => return Ok((up, down, stalled(end))),
+                if !forward(&mut *b, &buf_a[..n], idle, end).await? {
+                    return Ok((up, down, stalled(end)));
                 }
                 if n == 0 { a_open = false } else { up += n as u64 }
             }
             r = b.read(&mut buf_b), if b_open => {
                 let n = r?;
-                let write = async {
-                    if n == 0 { a.shutdown().await } else { a.write_all(&buf_b[..n]).await }
-                };
-                let deadline = (tokio::time::Instant::now() + idle).min(end);
-                match tokio::time::timeout_at(deadline, write).await {
-                    Ok(w) => w?,
-                    Err(_) => return Ok((up, down, stalled(end))),
+                if !forward(&mut *a, &buf_b[..n], idle, end).await? {
+                    return Ok((up, down, stalled(end)));
                 }
                 if n == 0 { b_open = false } else { down += n as u64 }
             }
