@@ -7,54 +7,17 @@
 
 use std::collections::BTreeSet;
 
+use pii_custody::attest::{AttestError, Attestor};
 use pii_proto::{ApiRequest, ApiResponse, Method};
 use serde_json::{Map, Value};
 
-use crate::attest::{AttestError, Attestor};
-use crate::auth::{Auth, Capability, Identity};
+use crate::auth::{Auth, Capability};
 use crate::error::{Error, Result};
-use crate::transit::{BlobStore, Engine};
-
-pub type Params = Map<String, Value>;
-
-/// Request context passed to handlers.
-pub struct Ctx<'a> {
-    pub engine: &'a Engine,
-    pub store: &'a dyn BlobStore,
-    pub attestor: &'a Attestor,
-    /// The raw query string (GET parameters of `sys/attestation`).
-    pub query: &'a str,
-    pub identity: &'a Identity,
-    pub method: Method,
-    pub path: &'a str,
-    pub params: Params,
-    /// Parameter names the handler looked at (for Vault's "ignored" warning).
-    pub seen: BTreeSet<&'static str>,
-    /// The signed checkpoint of this request's audit record.
-    pub receipt: Option<pii_proto::audit::SignedCheckpoint>,
-}
-
-/// A handler's successful result.
-pub enum Reply {
-    /// 200 with `{"data": …}` (plus warnings).
-    Data(Value),
-    /// Batch results with a status decided by the handler.
-    Batch { status: u16, data: Value },
-    /// 204, empty body.
-    NoContent,
-    /// 404 with `{"errors":[]}` (Vault's "not found" for reads).
-    NotFound,
-}
-
-const UNSUPPORTED_PATH: &str = "1 error occurred:\n\t* unsupported path\n\n";
-const UNSUPPORTED_OP: &str = "1 error occurred:\n\t* unsupported operation\n\n";
-
-pub fn unsupported_path() -> Error {
-    Error::new(404, UNSUPPORTED_PATH)
-}
-pub fn unsupported_operation() -> Error {
-    Error::new(405, UNSUPPORTED_OP)
-}
+use crate::request::{
+    unsupported_operation, unsupported_path, value_to_string, Ctx, Params, Reply,
+};
+use crate::service::Engine;
+use crate::store::BlobStore;
 
 fn json_response(status: u16, v: &Value) -> ApiResponse {
     ApiResponse {
@@ -74,7 +37,7 @@ pub fn error_response(e: &Error) -> ApiResponse {
 
 fn request_id() -> String {
     let mut b = [0u8; 16];
-    if crate::keyring::random(&mut b).is_err() {
+    if pii_engine::keyring::random(&mut b).is_err() {
         return String::new();
     }
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -235,6 +198,24 @@ fn is_reveal(path: &str) -> bool {
     .any(|p| path.starts_with(p))
 }
 
+/// The answer to one API call.
+#[derive(Debug)]
+pub struct Answer {
+    pub response: ApiResponse,
+    /// A refusal in it might not hold against a newer keyring (see
+    /// [`crate::error::ApiError::newer_keyring_may_help`]).
+    pub newer_keyring_may_help: bool,
+}
+
+impl Answer {
+    fn plain(response: ApiResponse) -> Answer {
+        Answer {
+            response,
+            newer_keyring_may_help: false,
+        }
+    }
+}
+
 /// Serve one API call.
 pub async fn handle(
     engine: &Engine,
@@ -242,7 +223,7 @@ pub async fn handle(
     attestor: &Attestor,
     store: &dyn BlobStore,
     req: ApiRequest,
-) -> ApiResponse {
+) -> Answer {
     let mut method = req.method;
     if method == Method::Get && query_param(&req.query, "list") == Some("true") {
         method = Method::List;
@@ -254,7 +235,7 @@ pub async fn handle(
         path
     };
     let Some(identity) = auth.authenticate(req.token.as_deref()) else {
-        return error_response(&Error::denied());
+        return Answer::plain(error_response(&Error::denied()));
     };
     // Vault checks the ACL before parsing the body. Every token may look
     // itself up (Vault's `default` policy grants the same). LIST is checked
@@ -288,11 +269,11 @@ pub async fn handle(
                 }
             }
         }
-        return error_response(&Error::denied());
+        return Answer::plain(error_response(&Error::denied()));
     }
     let params = match parse_body(&req.body) {
         Ok(p) => p,
-        Err(e) => return error_response(&e),
+        Err(e) => return Answer::plain(error_response(&e)),
     };
     let mut ctx = Ctx {
         engine,
@@ -305,6 +286,7 @@ pub async fn handle(
         params,
         seen: BTreeSet::new(),
         receipt: None,
+        newer_keyring_may_help: false,
     };
     let result = route(&mut ctx).await;
     let mut resp = match result {
@@ -321,181 +303,18 @@ pub async fn handle(
             headers: vec![],
         },
         Ok(Reply::NotFound) => json_response(404, &serde_json::json!({ "errors": [] })),
-        Err(e) => error_response(&e),
+        Err(e) => {
+            ctx.newer_keyring_may_help |= e.newer_keyring_may_help;
+            error_response(&e)
+        }
     };
     if let Some(r) = ctx.receipt.take() {
         resp.headers
             .push((RECEIPT_HEADER.to_owned(), r.to_receipt()));
     }
-    resp
-}
-
-impl Ctx<'_> {
-    fn ignored_warning(&self) -> Option<Vec<String>> {
-        let ignored: Vec<&str> = self
-            .params
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !self.seen.contains(k))
-            .collect();
-        if ignored.is_empty() {
-            None
-        } else {
-            Some(vec![format!(
-                "Endpoint ignored these unrecognized parameters: [{}]",
-                ignored.join(" ")
-            )])
-        }
-    }
-
-    /// Record an audit event for this caller; fails the request (503) if the
-    /// record cannot be stored (or, with an anchor, checkpointed). The
-    /// answer carries the record's signed checkpoint.
-    pub async fn audit(&mut self, event: crate::audit::Event) -> Result<()> {
-        let mut e = event.0;
-        e.caller = self.identity.display_name.clone();
-        e.token = self.identity.token_id.clone();
-        e.policies = self.identity.policy_names.clone();
-        self.receipt = Some(self.engine.audit(self.store, e).await?);
-        Ok(())
-    }
-
-    /// Whether the caller may also use `cap` on this path.
-    pub fn allowed(&self, cap: Capability) -> bool {
-        self.identity.allows(self.path, cap)
-    }
-
-    fn take(&mut self, name: &'static str) -> Option<&Value> {
-        self.seen.insert(name);
-        match self.params.get(name) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v),
-        }
-    }
-
-    /// A string parameter; scalars are converted as Vault's field decoder does.
-    pub fn str(&mut self, name: &'static str) -> Option<String> {
-        self.take(name).map(value_to_string)
-    }
-
-    pub fn int(&mut self, name: &'static str) -> Result<Option<i64>> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(v) => value_to_int(v)
-                .map(Some)
-                .ok_or_else(|| Error::bad(int_error(name))),
-        }
-    }
-
-    /// As [`Ctx::int`] with the "Field validation failed" prefix Vault uses on
-    /// key management endpoints.
-    pub fn field_int(&mut self, name: &'static str) -> Result<Option<i64>> {
-        self.int(name)
-            .map_err(|e| Error::bad(format!("Field validation failed: {}", e.message())))
-    }
-
-    pub fn field_bool(&mut self, name: &'static str) -> Result<Option<bool>> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => match value_to_string(v).as_str() {
-                "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(Some(true)),
-                "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
-                _ => Err(Error::bad(format!(
-                    "Field validation failed: error converting input for field \"{name}\": '' cannot parse value as 'bool': strconv.ParseBool: invalid syntax"
-                ))),
-            },
-        }
-    }
-
-    /// A duration in seconds: an integer or a Go duration string (`1h`, `90m`).
-    pub fn field_duration(&mut self, name: &'static str) -> Result<Option<u64>> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| Error::bad(format!("Field validation failed: error converting input for field \"{name}\": invalid duration"))),
-            Some(v) => {
-                let s = value_to_string(v);
-                if let Ok(n) = s.parse::<u64>() {
-                    return Ok(Some(n));
-                }
-                humantime::parse_duration(&s)
-                    .map(|d| Some(d.as_secs()))
-                    .map_err(|_| {
-                        Error::bad(format!(
-                            "Field validation failed: error converting input for field \"{name}\": time: invalid duration \"{s}\""
-                        ))
-                    })
-            }
-        }
-    }
-
-    /// The raw `batch_input`, if present.
-    pub fn batch(&mut self) -> Result<Option<Vec<Map<String, Value>>>> {
-        match self.take("batch_input") {
-            None => Ok(None),
-            Some(Value::Array(items)) => {
-                let mut out = Vec::with_capacity(items.len());
-                for it in items {
-                    match it {
-                        Value::Object(m) => out.push(m.clone()),
-                        other => {
-                            return Err(Error::new(
-                                500,
-                                format!(
-                                    "1 error occurred:\n\t* failed to parse batch input: '[{}]' expected a map, got '{}'\n\n",
-                                    out.len(),
-                                    go_kind(other)
-                                ),
-                            ))
-                        }
-                    }
-                }
-                Ok(Some(out))
-            }
-            Some(other) => Err(Error::new(
-                500,
-                format!(
-                    "1 error occurred:\n\t* failed to parse batch input: source data must be an array or slice, got {}\n\n",
-                    go_kind(other)
-                ),
-            )),
-        }
-    }
-}
-
-fn go_kind(v: &Value) -> &'static str {
-    match v {
-        Value::String(_) => "string",
-        Value::Number(_) => "float64",
-        Value::Bool(_) => "bool",
-        Value::Object(_) => "map",
-        Value::Array(_) => "slice",
-        Value::Null => "invalid",
-    }
-}
-
-pub fn int_error(name: &str) -> String {
-    format!("error converting input for field \"{name}\": '' cannot parse value as 'int': strconv.ParseInt: invalid syntax")
-}
-
-pub fn value_to_string(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-pub fn value_to_int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        Value::Bool(_) | Value::Null | Value::Array(_) | Value::Object(_) => None,
+    Answer {
+        response: resp,
+        newer_keyring_may_help: ctx.newer_keyring_may_help,
     }
 }
 
@@ -504,7 +323,7 @@ async fn route(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let path = ctx.path.to_owned();
     let segs: Vec<&str> = path.split('/').collect();
     match segs.as_slice() {
-        ["transit", rest @ ..] => crate::transit::route(ctx, rest).await,
+        ["transit", rest @ ..] => crate::transit_api::route(ctx, rest).await,
         ["transform", rest @ ..] => crate::transform_api::route(ctx, rest).await,
         ["sys", "audit-key"] => match ctx.method {
             Method::Get => {
@@ -577,7 +396,7 @@ fn capabilities_self(ctx: &mut Ctx<'_>) -> Result<Reply> {
 
 /// `GET sys/attestation?nonce=HEX[&user_data=HEX]`: a document with the
 /// caller's nonce, no public key, and the enclave's own `user_data` (which
-/// binds only the SHA-256 of the caller's data). See [`crate::attest`].
+/// binds only the SHA-256 of the caller's data). See [`pii_custody::attest`].
 async fn attestation(ctx: &mut Ctx<'_>) -> Result<Reply> {
     only_query_params(ctx.query, &["nonce", "user_data", "format"])?;
     let hex_param = |name: &str| query_hex(ctx.query, name);
@@ -614,7 +433,8 @@ fn attest_error(e: AttestError) -> Error {
             tracing::error!(error = %err, "attestation failed");
             Error::new(503, "attestation failed")
         }
-        AttestError::KeyGeneration => Error::new(503, e.to_string()),
+        // Key generation, and whatever a later NSM layer adds: unavailable.
+        _ => Error::new(503, e.to_string()),
     }
 }
 
@@ -673,7 +493,7 @@ async fn bootstrap_deliver(ctx: &mut Ctx<'_>) -> Result<Reply> {
     let ct = ctx
         .str("ciphertext")
         .ok_or_else(|| Error::bad("missing ciphertext"))?;
-    let ct = crate::b64::decode(&ct).map_err(|_| Error::bad("ciphertext must be base64"))?;
+    let ct = pii_engine::b64::decode(&ct).map_err(|_| Error::bad("ciphertext must be base64"))?;
     let attestor = ctx.attestor.clone();
     let secret = tokio::task::spawn_blocking(move || attestor.open_bootstrap(&ct))
         .await

@@ -37,8 +37,8 @@ use pii_proto::audit::{
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::seal::Anchor;
-use crate::transit::BlobStore;
+use crate::store::BlobStore;
+use pii_custody::seal::Anchor;
 
 /// An event as handlers describe it; caller fields are filled by the API layer.
 pub struct Event(pub AuditEvent);
@@ -165,7 +165,7 @@ fn record(
 
 fn new_chain(key: &Ed25519KeyPair, links: Vec<Checkpoint>) -> Result<Chain> {
     let mut id = [0u8; 16];
-    crate::keyring::random(&mut id)?;
+    pii_engine::keyring::random(&mut id)?;
     let mut chain = Chain {
         stream: hex::encode(id),
         next_seq: 0,
@@ -407,24 +407,11 @@ fn fail(batch: Vec<Queued>, why: &'static str) {
     }
 }
 
-/// Parse a stored PKCS#8 audit key.
-pub fn load_key(pkcs8: &[u8]) -> Result<Ed25519KeyPair> {
-    Ed25519KeyPair::from_pkcs8(pkcs8)
-        .map_err(|_| Error::internal("audit key in keyring is invalid"))
-}
-
-/// A fresh PKCS#8 Ed25519 key.
-pub fn generate_key() -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
-        .map_err(|_| Error::internal("audit key generation failed"))?;
-    Ok(zeroize::Zeroizing::new(doc.as_ref().to_vec()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seal::{Advance, Head, SealError, SealFuture};
-    use crate::transit::MemoryStore;
+    use crate::store::MemoryStore;
+    use pii_custody::seal::{Advance, Head, SealError, SealFuture};
 
     /// An anchor in memory that can be switched off.
     #[derive(Default)]
@@ -480,7 +467,7 @@ mod tests {
     }
 
     fn key() -> Arc<Ed25519KeyPair> {
-        Arc::new(load_key(&generate_key().unwrap()).unwrap())
+        Arc::new(pii_engine::audit_key::load(&pii_engine::audit_key::generate().unwrap()).unwrap())
     }
 
     fn event() -> AuditEvent {

@@ -17,9 +17,9 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::{token_hash, Auth};
 use crate::config::{Config, SealConfig};
-use crate::seal::Seal;
 use crate::server::Server;
-use crate::transit::Engine;
+use crate::service::Engine;
+use pii_custody::seal::Seal;
 use pii_transport::{Addr, Listener, PeerConfig};
 
 /// Which binary is running.
@@ -130,27 +130,27 @@ const NOT_IN_PRODUCTION: &str = "exists only in the pii-enclave-dangerous-dev bi
     (a build with the dangerous-dev feature); this pii-enclave has no path to it";
 
 #[allow(unused_variables)]
-fn nsm(dev: bool, config: &[u8]) -> Option<Arc<dyn crate::nsm::Nsm>> {
+fn nsm(dev: bool, config: &[u8]) -> Option<Arc<dyn pii_custody::nsm::Nsm>> {
     #[cfg(feature = "dangerous-dev")]
     if dev {
         let image = std::env::current_exe()
             .and_then(std::fs::read)
             .unwrap_or_default();
-        let n = crate::nsm::DangerousDevNsm::new(&image, config).unwrap_or_else(|e| fail(e));
+        let n = pii_custody::nsm::DangerousDevNsm::new(&image, config).unwrap_or_else(|e| fail(e));
         tracing::warn!(
             "DANGEROUS: attestation documents come from the development NSM, not AWS hardware"
         );
         return Some(Arc::new(n));
     }
     #[cfg(target_os = "linux")]
-    if let Some(n) = crate::nsm::RealNsm::open() {
-        use crate::nsm::Nsm as _;
+    if let Some(n) = pii_custody::nsm::RealNsm::open() {
+        use pii_custody::nsm::Nsm as _;
         tracing::info!("NSM: /dev/nsm");
         // Mix the NSM's hardware randomness into the kernel pool that
         // aws-lc's DRBG draws from (writing to /dev/urandom mixes, never
         // replaces).
         match n.random(64).and_then(|b| {
-            std::fs::write("/dev/urandom", b).map_err(|e| crate::nsm::NsmError(e.to_string()))
+            std::fs::write("/dev/urandom", b).map_err(|e| pii_custody::nsm::NsmError(e.to_string()))
         }) {
             Ok(()) => tracing::info!("mixed 64 bytes of NSM randomness into the kernel pool"),
             Err(e) => tracing::warn!(error = %e, "could not mix NSM randomness"),
@@ -183,7 +183,9 @@ fn dev_seal(mode: Mode, passphrase: &str) -> Arc<dyn Seal> {
             tracing::warn!(
                 "DANGEROUS: keyring sealed with the development seal; the host can read every key"
             );
-            Arc::new(crate::seal::DangerousDevSeal::from_passphrase(passphrase))
+            Arc::new(pii_custody::seal::DangerousDevSeal::from_passphrase(
+                passphrase,
+            ))
         }
         _ => fail(format!(
             "config [seal] type = \"dangerous-dev\": the development seal {NOT_IN_PRODUCTION}"
@@ -296,13 +298,13 @@ fn serve(args: ServeArgs, dangerous: Dangerous, mode: Mode) {
     let seal: Arc<dyn Seal> = match &cfg.seal {
         SealConfig::DangerousDev { passphrase } => dev_seal(mode, passphrase),
         SealConfig::VaultTransit(v) => Arc::new(
-            crate::vault_seal::VaultTransitSeal::new(v.clone()).unwrap_or_else(|e| fail(e)),
+            pii_custody::vault_seal::VaultTransitSeal::new(v.clone()).unwrap_or_else(|e| fail(e)),
         ),
         SealConfig::AwsKms(k) => {
             let Some(n) = nsm.clone() else {
                 fail("the aws-kms seal needs an NSM for attestation (run in an enclave, or the development NSM of pii-enclave-dangerous-dev)")
             };
-            Arc::new(crate::kms_seal::KmsSeal::new(k.clone(), n).unwrap_or_else(|e| fail(e)))
+            Arc::new(pii_custody::kms_seal::KmsSeal::new(k.clone(), n).unwrap_or_else(|e| fail(e)))
         }
         SealConfig::None => fail("no seal configured: set [seal] in the config file"),
     };
@@ -332,7 +334,7 @@ fn serve(args: ServeArgs, dangerous: Dangerous, mode: Mode) {
         let server = Arc::new(Server {
             engine,
             auth,
-            attestor: crate::attest::Attestor::new(nsm),
+            attestor: pii_custody::attest::Attestor::new(nsm),
         });
         let peer_cfg = PeerConfig {
             max_frame: cfg.max_frame_bytes,

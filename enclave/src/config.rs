@@ -72,9 +72,9 @@ pub enum SealConfig {
     /// **Development only**: passphrase-derived key; the host can unseal.
     DangerousDev { passphrase: String },
     /// Envelope encryption under a Vault/OpenBao Transit key (AppRole).
-    VaultTransit(crate::vault_seal::VaultSealConfig),
+    VaultTransit(pii_custody::vault_seal::VaultSealConfig),
     /// Data key from AWS KMS, released only to an attested enclave.
-    AwsKms(crate::kms_seal::KmsSealConfig),
+    AwsKms(pii_custody::kms_seal::KmsSealConfig),
 }
 
 fn default_listen() -> String {

@@ -1,32 +1,27 @@
 //! # pii-enclave — the in-enclave PII crypto service
 //!
-//! Everything that touches key material lives in this crate and runs inside
-//! the Nitro Enclave: the keyring ([`keyring`]), the Vault-Transit-compatible
-//! engine ([`transit`]), the API router and authorization ([`api`], [`auth`]),
-//! sealing ([`seal`]) and the protocol server ([`server`]).
+//! The Vault-compatible API ([`api`], [`transit_api`], [`transform_api`]),
+//! authorization ([`auth`]), the signed audit log ([`audit`]), the running
+//! state ([`service`]: the keyring in memory and its compare-and-swap life
+//! cycle over [`store::BlobStore`]), the protocol server ([`server`]) and the
+//! binary ([`cli`], [`config`]).
 //!
-//! What it does **not** do: open network connections of its own, write files,
-//! or trust anything the host says beyond "here are some bytes". The host
-//! stores sealed blobs it cannot read and forwards API calls it cannot
-//! authorize.
+//! Key handling is in `pii-engine`; custody of the keyring (seals, NSM,
+//! attestation) in `pii-custody`. What this crate does **not** do: open
+//! network connections of its own, write files, or trust anything the host
+//! says beyond "here are some bytes". The host stores sealed blobs it cannot
+//! read and forwards API calls it cannot authorize.
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod attest;
 pub mod audit;
 pub mod auth;
-pub mod b64;
 pub mod cli;
-pub mod cms;
 pub mod config;
 pub mod error;
-pub mod keyring;
-pub mod kms_seal;
-pub mod nsm;
-pub mod seal;
+pub mod request;
 pub mod server;
-pub mod sigv4;
-pub mod transform;
+pub mod service;
+pub mod store;
 pub mod transform_api;
-pub mod transit;
-pub mod vault_seal;
+pub mod transit_api;

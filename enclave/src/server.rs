@@ -8,7 +8,8 @@ use pii_proto::{EnclaveStatus, ErrorCode, Request, Response, SealState, SealedBl
 use pii_transport::{handshake_server, CallError, Handler, Listener, Peer, PeerConfig};
 
 use crate::auth::Auth;
-use crate::transit::{BlobStore, Engine, StoreError, StoreFuture, StoreOutcome};
+use crate::service::Engine;
+use crate::store::{BlobStore, StoreError, StoreFuture, StoreOutcome};
 
 /// Timeout for the enclave's calls to the host's store.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -18,7 +19,7 @@ pub struct Server {
     pub engine: Engine,
     pub auth: Auth,
     /// Attestation documents (the NSM, when there is one).
-    pub attestor: crate::attest::Attestor,
+    pub attestor: pii_custody::attest::Attestor,
 }
 
 /// How often keys are checked for auto-rotation.
@@ -146,9 +147,11 @@ impl Handler for Server {
                         tracing::warn!(error = %e, "keyring not available");
                     }
                 }
-                self.engine.check_fresh_if_due(&store, unix_now()).await;
+                self.engine
+                    .check_fresh_if_due(&store, self.engine.now())
+                    .await;
                 let before = self.engine.store_version();
-                let resp = crate::api::handle(
+                let first = crate::api::handle(
                     &self.engine,
                     &self.auth,
                     &self.attestor,
@@ -158,25 +161,16 @@ impl Handler for Server {
                 .await;
                 // Another replica may have written a key or version this one
                 // has not loaded yet: reload once and retry.
-                if resp.status == 400
-                    && may_be_stale(&resp.body)
+                if first.newer_keyring_may_help
                     && self.engine.load(&store).await.is_ok()
                     && self.engine.store_version() != before
                 {
-                    {
-                        return Response::Api(
-                            crate::api::handle(
-                                &self.engine,
-                                &self.auth,
-                                &self.attestor,
-                                &store,
-                                api,
-                            )
-                            .await,
-                        );
-                    }
+                    let again =
+                        crate::api::handle(&self.engine, &self.auth, &self.attestor, &store, api)
+                            .await;
+                    return Response::Api(again.response);
                 }
-                Response::Api(resp)
+                Response::Api(first.response)
             }
             Request::KeyringChanged { version } => {
                 if version > self.engine.store_version() || !self.engine.is_unsealed() {
@@ -192,16 +186,6 @@ impl Handler for Server {
             _ => Response::Error(ErrorCode::BadRequest),
         }
     }
-}
-
-/// Errors that a newer keyring in the store could resolve.
-fn may_be_stale(body: &[u8]) -> bool {
-    const HINTS: [&[u8]; 3] = [
-        b"version is too new",
-        b"encryption key not found",
-        b"\"key not found\"",
-    ];
-    HINTS.iter().any(|h| body.windows(h.len()).any(|w| w == *h))
 }
 
 impl Server {
@@ -299,14 +283,6 @@ impl Server {
     }
 }
 
-/// The wall clock, Unix seconds (the one place the server reads it).
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -330,7 +306,7 @@ async fn auto_rotate(server: Arc<Server>, latest: tokio::sync::watch::Receiver<O
         }
         match server
             .engine
-            .rotate_due(&PeerStore(&peer), unix_now())
+            .rotate_due(&PeerStore(&peer), server.engine.now())
             .await
         {
             Ok(names) if !names.is_empty() => tracing::info!(?names, "auto-rotated keys"),

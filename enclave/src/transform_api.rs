@@ -1,4 +1,4 @@
-//! `/v1/transform/…`: the Transform-shaped API over [`crate::transform`].
+//! `/v1/transform/…`: the Transform-shaped API over [`pii_engine::transform`].
 //!
 //! Configuration endpoints (alphabets, templates, transformations, roles)
 //! change the sealed keyring through the same compare-and-swap path as
@@ -10,15 +10,16 @@
 use pii_proto::Method;
 use serde_json::{json, Map, Value};
 
-use crate::api::{unsupported_operation, unsupported_path, Ctx, Reply};
 use crate::audit::Event;
-use crate::b64;
 use crate::error::{Error, Result};
-use crate::transform::{
+use crate::request::{items, obj, opt_b64, run_items, valid_name, Item, OnItemError};
+use crate::request::{unsupported_operation, unsupported_path, Ctx, Reply};
+use crate::service::Change;
+use pii_engine::b64;
+use pii_engine::transform::{
     self, AlphabetDoc, Kind, RoleDoc, TemplateDoc, TokenEncoding, TransformDoc, TransformationDoc,
     TweakSource, BUILTIN_ALPHABETS, BUILTIN_TEMPLATES,
 };
-use crate::transit::{items, obj, opt_b64, run_items, valid_name, Change, OnItemError};
 
 pub async fn route(ctx: &mut Ctx<'_>, rest: &[&str]) -> Result<Reply> {
     let m = ctx.method;
@@ -189,7 +190,7 @@ async fn delete(ctx: &mut Ctx<'_>, what: &str, name: &str) -> Result<Reply> {
 
 fn str_list(v: Option<&Value>) -> Vec<String> {
     match v {
-        Some(Value::Array(a)) => a.iter().map(crate::api::value_to_string).collect(),
+        Some(Value::Array(a)) => a.iter().map(crate::request::value_to_string).collect(),
         Some(Value::String(s)) => s
             .split(',')
             .map(|x| x.trim().to_owned())
@@ -263,7 +264,8 @@ fn check_template(d: &TransformDoc, name: &str) -> Result<()> {
             key: zeroize::Zeroizing::new(vec![0u8; 32]),
         },
     );
-    transform::TransformState::from_doc(probe).map(|_| ())
+    transform::TransformState::from_doc(probe)?;
+    Ok(())
 }
 
 async fn write_transformation(ctx: &mut Ctx<'_>, kind: &str, name: &str) -> Result<Reply> {
@@ -365,7 +367,8 @@ async fn write_transformation(ctx: &mut Ctx<'_>, kind: &str, name: &str) -> Resu
                 key,
             },
         );
-        transform::TransformState::from_doc(d.clone()).map(|_| ())
+        transform::TransformState::from_doc(d.clone())?;
+        Ok(())
     })
     .await?;
     Ok(Reply::NoContent)
@@ -413,14 +416,7 @@ async fn write_role(ctx: &mut Ctx<'_>, name: &str) -> Result<Reply> {
 // ---------------------------------------------------------------------------
 // Operations
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn ttl_of(it: &crate::transit::Item) -> Result<u64> {
+fn ttl_of(it: &Item) -> Result<u64> {
     match it.str("ttl") {
         None => Ok(0),
         Some(s) => s
@@ -448,7 +444,7 @@ async fn encode(ctx: &mut Ctx<'_>, role: &str) -> Result<Reply> {
         }
     }
     low_entropy_gate(ctx, role, "transform/encode", &uses).await?;
-    let now = now();
+    let now = unix(ctx);
     let entries = std::cell::RefCell::new(Vec::new());
     let reply = run_items(ctx, &its, batch, OnItemError::Status400, &[], |it| {
         let t = st.resolve(role, it.str("transformation").as_deref())?;
@@ -484,9 +480,9 @@ async fn fetch_stored(
     ctx: &Ctx<'_>,
     st: &transform::TransformState,
     role: &str,
-    its: &[crate::transit::Item],
+    its: &[Item],
 ) -> Result<std::collections::HashMap<String, Vec<u8>>> {
-    let now = now();
+    let now = unix(ctx);
     let mut keys = vec![];
     for it in its {
         if let Ok(t) = st.resolve(role, it.str("transformation").as_deref()) {
@@ -516,12 +512,18 @@ fn open_stored(
     t: &transform::Transformation,
     token: &str,
     found: &std::collections::HashMap<String, Vec<u8>>,
+    now: u64,
 ) -> Result<(zeroize::Zeroizing<String>, Value)> {
-    let key = t.stored_key(token, now())?;
+    let key = t.stored_key(token, now)?;
     let sealed = found
         .get(&key)
         .ok_or_else(|| Error::bad("token not found"))?;
-    t.open_stored(&key, sealed)
+    Ok(t.open_stored(&key, sealed)?)
+}
+
+/// The engine's time in Unix seconds, as the token formats count it.
+fn unix(ctx: &Ctx<'_>) -> u64 {
+    u64::try_from(ctx.engine.now()).unwrap_or(0)
 }
 
 /// Encodes of low-entropy transformations (any listed by a low-entropy
@@ -584,11 +586,12 @@ async fn decode(ctx: &mut Ctx<'_>, role: &str) -> Result<Reply> {
     ctx.audit(Event::decode("transform/decode", role, &reason, its.len()))
         .await?;
     let found = fetch_stored(ctx, &st, role, &its).await?;
+    let now = unix(ctx);
     run_items(ctx, &its, batch, OnItemError::Status400, &[], |it| {
         let t = st.resolve(role, it.str("transformation").as_deref())?;
         let value = it.str("value").unwrap_or_default();
         if t.is_stored() {
-            let (v, _) = open_stored(&t, &value, &found)?;
+            let (v, _) = open_stored(&t, &value, &found, now)?;
             return Ok(obj(json!({ "decoded_value": v.as_str() })));
         }
         let tweak = opt_b64(it.str("tweak"))?;
@@ -602,18 +605,19 @@ async fn metadata(ctx: &mut Ctx<'_>, role: &str) -> Result<Reply> {
     let kr = ctx.engine.current()?;
     let st = kr.transform.clone();
     let found = fetch_stored(ctx, &st, role, &its).await?;
+    let now = unix(ctx);
     run_items(ctx, &its, batch, OnItemError::Status400, &[], |it| {
         let t = st.resolve(role, it.str("transformation").as_deref())?;
         if !t.is_stored() {
             return Err(Error::bad("metadata is kept only for stored tokens"));
         }
-        let (_, m) = open_stored(&t, &it.str("value").unwrap_or_default(), &found)?;
+        let (_, m) = open_stored(&t, &it.str("value").unwrap_or_default(), &found, now)?;
         Ok(obj(json!({ "metadata": m })))
     })
 }
 
 async fn tidy(ctx: &mut Ctx<'_>) -> Result<Reply> {
-    let deleted = ctx.store.token_tidy(now()).await.map_err(|e| {
+    let deleted = ctx.store.token_tidy(unix(ctx)).await.map_err(|e| {
         tracing::warn!(error = %e, "token store tidy failed");
         Error::new(503, "token store unavailable")
     })?;
@@ -637,11 +641,12 @@ async fn tokenized(ctx: &mut Ctx<'_>, role: &str) -> Result<Reply> {
     let kr = ctx.engine.current()?;
     let st = kr.transform.clone();
     let found = fetch_stored(ctx, &st, role, &its).await?;
+    let now = unix(ctx);
     run_items(ctx, &its, batch, OnItemError::Status400, &[], |it| {
         let t = st.resolve(role, it.str("transformation").as_deref())?;
         let value = it.str("value").unwrap_or_default();
         let yes = if t.is_stored() {
-            open_stored(&t, &value, &found).is_ok()
+            open_stored(&t, &value, &found, now).is_ok()
         } else {
             t.is_tokenized(&value)?
         };
@@ -846,7 +851,7 @@ async fn document(ctx: &mut Ctx<'_>, role: &str, decoding: bool) -> Result<Reply
             .collect(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| (crate::api::value_to_string(v), None))
+            .map(|v| (crate::request::value_to_string(v), None))
             .collect(),
         _ => {
             return Err(Error::bad(
@@ -893,7 +898,7 @@ async fn document(ctx: &mut Ctx<'_>, role: &str, decoding: bool) -> Result<Reply
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let now = now();
+    let now = unix(ctx);
     // Stored tokens being decoded are fetched in one round trip first.
     let mut found = std::collections::HashMap::new();
     if decoding && rules.iter().any(|(_, t)| t.is_stored()) {
@@ -926,13 +931,20 @@ async fn document(ctx: &mut Ctx<'_>, role: &str, decoding: bool) -> Result<Reply
         let mut f = |path: &str, v: &Value| -> Result<Value> {
             let s = text(v);
             let out = match (decoding, t.is_stored()) {
-                (true, true) => open_stored(t, &s, &found).map(|(z, _)| z.to_string()),
-                (true, false) => t.decode(&s, None).map(|z| z.to_string()),
-                (false, true) => t.issue_stored(&s, 0, None, now).map(|(tok, e)| {
-                    entries.push(e);
-                    tok
-                }),
-                (false, false) => t.encode(&s, None).map(|e| e.value),
+                (true, true) => open_stored(t, &s, &found, now).map(|(z, _)| z.to_string()),
+                (true, false) => t
+                    .decode(&s, None)
+                    .map(|z| z.to_string())
+                    .map_err(Error::from),
+                (false, true) => {
+                    t.issue_stored(&s, 0, None, now)
+                        .map_err(Error::from)
+                        .map(|(tok, e)| {
+                            entries.push(e);
+                            tok
+                        })
+                }
+                (false, false) => t.encode(&s, None).map(|e| e.value).map_err(Error::from),
             };
             out.map(Value::String)
                 .map_err(|e| Error::bad(format!("field {path}: {}", e.message())))
@@ -995,7 +1007,7 @@ mod tests {
         let mut n = 0;
         let mut f = |p: &str, v: &Value| -> Result<Value> {
             seen.push(p.to_owned());
-            Ok(json!(format!("T({})", crate::api::value_to_string(v))))
+            Ok(json!(format!("T({})", crate::request::value_to_string(v))))
         };
         apply_rule(&mut doc, &parse_rule("email").unwrap(), &mut f, &mut n).unwrap();
         apply_rule(

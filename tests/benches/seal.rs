@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pii_enclave::kms_seal::{CredentialSource, KmsSeal, KmsSealConfig};
-use pii_enclave::nsm::{AttestRequest, DangerousDevNsm, Nsm};
-use pii_enclave::seal::{blob_hash, seal_blob, unseal_blob, Advance, DangerousDevSeal, Head, Seal};
-use pii_enclave::vault_seal::{VaultSealConfig, VaultTransitSeal};
+use pii_custody::kms_seal::{CredentialSource, KmsSeal, KmsSealConfig};
+use pii_custody::nsm::{AttestRequest, DangerousDevNsm, Nsm};
+use pii_custody::seal::{blob_hash, seal_blob, unseal_blob, Advance, DangerousDevSeal, Head, Seal};
+use pii_custody::vault_seal::{VaultSealConfig, VaultTransitSeal};
 use pii_kms_emulator::{Config, Emulator, Principal};
 use pii_tests::{OpenBao, ROOT_TOKEN};
 
@@ -197,13 +197,13 @@ fn main() {
         // With the DynamoDB rollback anchor (moto's DynamoDB, server mode),
         // its principal's credentials sealed under the KMS key.
         let moto = pii_tests::Moto::start().await;
-        let principal = pii_enclave::sigv4::Credentials {
+        let principal = pii_custody::sigv4::Credentials {
             access_key_id: "AKIABENCHANCHOR".into(),
             secret_access_key: zeroize::Zeroizing::new("bench-anchor-secret".into()),
             session_token: None,
         };
         pii_tests::create_anchor_table(&moto.host, &principal, "anchor").await;
-        let role = pii_enclave::sigv4::Credentials {
+        let role = pii_custody::sigv4::Credentials {
             access_key_id: "AKIABENCH".into(),
             secret_access_key: zeroize::Zeroizing::new("bench-secret".into()),
             session_token: None,
@@ -223,7 +223,7 @@ fn main() {
         .await;
         assert_eq!(st, 200, "{v}");
         let mut cfg = kms_cfg.clone();
-        cfg.anchor = Some(pii_enclave::kms_seal::DynamoAnchorConfig {
+        cfg.anchor = Some(pii_custody::kms_seal::DynamoAnchorConfig {
             table: "anchor".into(),
             endpoint: Some(format!("http://{}", moto.host)),
             credentials_ciphertext: v["CiphertextBlob"].as_str().unwrap().into(),

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use pii_custody::seal::DangerousDevSeal;
 use pii_enclave::auth::{Auth, AuthConfig};
-use pii_enclave::seal::DangerousDevSeal;
 use pii_enclave::server::Server;
-use pii_enclave::transit::Engine;
+use pii_enclave::service::Engine;
 use pii_transport::{Addr, Listener, PeerConfig};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -39,9 +39,9 @@ impl Enclave {
     pub fn start_sealed(
         socket: &Path,
         auth: Auth,
-        seal: Arc<dyn pii_enclave::seal::Seal>,
+        seal: Arc<dyn pii_custody::seal::Seal>,
     ) -> anyhow::Result<Enclave> {
-        let nsm = Arc::new(pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?);
+        let nsm = Arc::new(pii_custody::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?);
         Enclave::start_with_nsm(socket, auth, seal, nsm, |_| {})
     }
 
@@ -50,8 +50,8 @@ impl Enclave {
     pub fn start_with_nsm(
         socket: &Path,
         auth: Auth,
-        seal: Arc<dyn pii_enclave::seal::Seal>,
-        nsm: Arc<dyn pii_enclave::nsm::Nsm>,
+        seal: Arc<dyn pii_custody::seal::Seal>,
+        nsm: Arc<dyn pii_custody::nsm::Nsm>,
         tune: impl FnOnce(&Engine),
     ) -> anyhow::Result<Enclave> {
         let listener = Listener::bind(&Addr::Unix(socket.to_path_buf()))?;
@@ -60,7 +60,7 @@ impl Enclave {
         let server = Arc::new(Server {
             engine,
             auth,
-            attestor: pii_enclave::attest::Attestor::new(Some(nsm)),
+            attestor: pii_custody::attest::Attestor::new(Some(nsm)),
         });
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -97,14 +97,14 @@ pub struct StackOpts {
     /// `None`: SQLite in the stack's temp dir.
     pub token_store: Option<String>,
     /// `None`: the dangerous development seal.
-    pub seal: Option<Arc<dyn pii_enclave::seal::Seal>>,
+    pub seal: Option<Arc<dyn pii_custody::seal::Seal>>,
     /// `None`: a fresh development NSM measuring [`TEST_IMAGE`].
-    pub nsm: Option<Arc<dyn pii_enclave::nsm::Nsm>>,
+    pub nsm: Option<Arc<dyn pii_custody::nsm::Nsm>>,
     /// How often the enclave compares its keyring with the anchor (`None`:
     /// the production default).
     pub fresh_check_secs: Option<i64>,
     /// Random-nonce limits (`None`: production's).
-    pub nonce_limits: Option<pii_enclave::keyring::NonceLimits>,
+    pub nonce_limits: Option<pii_engine::keyring::NonceLimits>,
 }
 
 impl Default for StackOpts {
@@ -145,9 +145,9 @@ fn auth_for(opts: &StackOpts) -> anyhow::Result<Auth> {
 }
 
 fn enclave_for(socket: &Path, opts: &StackOpts) -> anyhow::Result<Enclave> {
-    let nsm: Arc<dyn pii_enclave::nsm::Nsm> = match &opts.nsm {
+    let nsm: Arc<dyn pii_custody::nsm::Nsm> = match &opts.nsm {
         Some(n) => n.clone(),
-        None => Arc::new(pii_enclave::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?),
+        None => Arc::new(pii_custody::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?),
     };
     Enclave::start_with_nsm(socket, auth_for(opts)?, seal_for(opts), nsm, |e| {
         if let Some(s) = opts.fresh_check_secs {
@@ -159,7 +159,7 @@ fn enclave_for(socket: &Path, opts: &StackOpts) -> anyhow::Result<Enclave> {
     })
 }
 
-fn seal_for(opts: &StackOpts) -> Arc<dyn pii_enclave::seal::Seal> {
+fn seal_for(opts: &StackOpts) -> Arc<dyn pii_custody::seal::Seal> {
     opts.seal
         .clone()
         .unwrap_or_else(|| Arc::new(DangerousDevSeal::from_passphrase(DEV_PASSPHRASE)))
@@ -250,7 +250,7 @@ impl Stack {
     pub async fn restart_with(
         &mut self,
         to: &[(PathBuf, Vec<u8>)],
-        seal: Arc<dyn pii_enclave::seal::Seal>,
+        seal: Arc<dyn pii_custody::seal::Seal>,
     ) -> anyhow::Result<()> {
         self.kill_enclave().await;
         restore_keyring_blobs(&self.keyring_dir(), to);
@@ -653,7 +653,7 @@ pub async fn egress_via_relay(dir: &Path, upstream: u16) -> u16 {
 /// an AWS SDK would send it. Returns the HTTP status and the JSON body.
 pub async fn kms_call(
     host: &str,
-    creds: &pii_enclave::sigv4::Credentials,
+    creds: &pii_custody::sigv4::Credentials,
     action: &str,
     body: &Value,
 ) -> (u16, Value) {
@@ -672,14 +672,14 @@ pub async fn kms_call(
 /// `http://{host}/`, SigV4-signed for eu-west-1.
 pub async fn aws_call(
     host: &str,
-    creds: &pii_enclave::sigv4::Credentials,
+    creds: &pii_custody::sigv4::Credentials,
     service: &str,
     target: &str,
     content_type: &str,
     body: &Value,
 ) -> (u16, Value) {
     let body = serde_json::to_vec(body).expect("JSON");
-    let mut req = pii_enclave::sigv4::Request {
+    let mut req = pii_custody::sigv4::Request {
         method: "POST",
         path: "/",
         query: "",
@@ -694,12 +694,12 @@ pub async fn aws_call(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let auth = pii_enclave::sigv4::sign(
+    let auth = pii_custody::sigv4::sign(
         &mut req,
         creds,
         "eu-west-1",
         service,
-        &pii_enclave::sigv4::amz_date(now),
+        &pii_custody::sigv4::amz_date(now),
     );
     let mut rb = reqwest::Client::new().post(format!("http://{host}/"));
     for (k, v) in &req.headers {
@@ -752,7 +752,7 @@ impl Moto {
 
 /// The rollback anchor's DynamoDB table (partition key `deployment`) on
 /// `host` (moto).
-pub async fn create_anchor_table(host: &str, creds: &pii_enclave::sigv4::Credentials, table: &str) {
+pub async fn create_anchor_table(host: &str, creds: &pii_custody::sigv4::Credentials, table: &str) {
     let (status, v) = aws_call(
         host,
         creds,

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use pii_enclave::nsm::measure;
+use pii_custody::nsm::measure;
 use pii_tests::{Stack, TEST_IMAGE};
 use verifier::attestation::{pem_to_der, verify, Policy, Step};
 
@@ -64,13 +64,13 @@ async fn sidecar_attestation_verifies_with_the_dev_root() {
     assert_eq!(ud.purpose, Purpose::Report);
     assert_eq!(
         ud.caller_data_sha256,
-        Some(pii_enclave::attest::sha256(&[0xab, 0xcd]))
+        Some(pii_custody::attest::sha256(&[0xab, 0xcd]))
     );
     let audit_key = stack.client().get("sys/audit-key").await;
     let audit_pub = hex::decode(audit_key.data("public_key").as_str().unwrap()).unwrap();
     assert_eq!(
         ud.audit_key_sha256,
-        Some(pii_enclave::attest::sha256(&audit_pub))
+        Some(pii_custody::attest::sha256(&audit_pub))
     );
 
     // Wrong nonce, wrong PCR0, and the real AWS root: all rejected.
@@ -217,7 +217,7 @@ async fn boot_check_against_the_running_enclave() {
 
 #[test]
 fn dev_nsm_documents_forged_chains_and_indefinite_maps() {
-    use pii_enclave::nsm::{AttestRequest, DangerousDevNsm, Nsm};
+    use pii_custody::nsm::{AttestRequest, DangerousDevNsm, Nsm};
     let nsm = DangerousDevNsm::new(TEST_IMAGE, b"cfg").unwrap();
     let root = pem_to_der(&nsm.dangerous_dev_root_pem().unwrap()).unwrap();
     assert_eq!(nsm.describe_pcr(0).unwrap(), measure(TEST_IMAGE));

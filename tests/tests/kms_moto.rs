@@ -7,7 +7,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use pii_enclave::sigv4::Credentials;
+use pii_custody::sigv4::Credentials;
 use pii_kms_emulator::{Config, Emulator, Principal};
 use pii_tests::kms_call;
 use serde_json::{json, Value};

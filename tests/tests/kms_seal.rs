@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use pii_enclave::kms_seal::{CredentialSource, KmsSeal, KmsSealConfig};
-use pii_enclave::nsm::{DangerousDevNsm, Nsm};
-use pii_enclave::seal::{seal_blob, unseal_blob, Seal, SealError};
+use pii_custody::kms_seal::{CredentialSource, KmsSeal, KmsSealConfig};
+use pii_custody::nsm::{DangerousDevNsm, Nsm};
+use pii_custody::seal::{seal_blob, unseal_blob, Seal, SealError};
 use pii_kms_emulator::{Config, Emulator, Principal};
 use pii_tests::{b64, egress_via_relay, files_under, kms_call, tap, Stack, StackOpts};
 use serde_json::{json, Value};
@@ -190,7 +190,7 @@ async fn kms_seal_unseals_only_for_the_measured_enclave() {
     let blob = newest_blob(&stack);
     let direct = seal_at(kms.port, &kms.key_arn, measured.clone());
     let pt = unseal_blob(&direct, &blob).await.unwrap();
-    let kr = pii_enclave::keyring::Keyring::from_cbor(&pt, 1).unwrap();
+    let kr = pii_engine::keyring::Keyring::from_cbor(&pt, 1).unwrap();
     let secrets: Vec<Vec<u8>> = kr
         .keys
         .values()
@@ -226,7 +226,7 @@ async fn kms_seal_unseals_only_for_the_measured_enclave() {
     );
 
     // The role without attestation (a host with the instance's credentials).
-    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
+    let (kms_blob, _) = pii_custody::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
     for (action, body) in [
         (
             "Decrypt",
@@ -651,7 +651,7 @@ async fn host_cannot_unseal_with_any_document_it_can_request() {
     use aws_lc_rs::encoding::AsDer as _;
     use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
     let (kms, stack, blob) = kms_stack_with_a_key().await;
-    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
+    let (kms_blob, _) = pii_custody::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
 
     let host_key = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
     let spki = hex::encode(host_key.public_key().as_der().unwrap().as_ref());
@@ -705,7 +705,7 @@ async fn host_cannot_unseal_with_any_document_it_can_request() {
                 )
                 .await;
                 if let Some(cms) = v["CiphertextForRecipient"].as_str() {
-                    if let Ok(dk) = pii_enclave::cms::open(&B64.decode(cms).unwrap(), &host_key) {
+                    if let Ok(dk) = pii_custody::cms::open(&B64.decode(cms).unwrap(), &host_key) {
                         let q = q.replace(&spki, "<host SPKI>");
                         released.push((path, q, token.is_some(), dk.len()));
                     }
@@ -733,7 +733,7 @@ async fn host_cannot_unseal_with_any_document_it_can_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_grants_cannot_reencrypt_or_grant_around_the_attestation() {
     let (kms, _stack, blob) = kms_stack_with_a_key().await;
-    let (kms_blob, _) = pii_enclave::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
+    let (kms_blob, _) = pii_custody::kms_seal::split(&blob[7 + "aws-kms".len() + 40..]).unwrap();
     // The host's own key, which it may use freely.
     let own = kms
         .em
@@ -822,7 +822,7 @@ fn assert_explicit_deny(v: &Value) {
 
 /// A KMS call signed with the instance role's credentials (what the host holds).
 async fn role_call(port: u16, action: &str, body: Value) -> (u16, Value) {
-    let creds = pii_enclave::sigv4::Credentials {
+    let creds = pii_custody::sigv4::Credentials {
         access_key_id: ACCESS_KEY.into(),
         secret_access_key: zeroize::Zeroizing::new(SECRET.into()),
         session_token: Some(SESSION.into()),
@@ -839,9 +839,9 @@ async fn role_call(port: u16, action: &str, body: Value) -> (u16, Value) {
 /// keyring is adopted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_blob_restored_while_down_is_refused_after_restart() {
-    use pii_enclave::kms_seal::DynamoAnchorConfig;
+    use pii_custody::kms_seal::DynamoAnchorConfig;
     let moto = pii_tests::Moto::start().await;
-    let anchor_principal = pii_enclave::sigv4::Credentials {
+    let anchor_principal = pii_custody::sigv4::Credentials {
         access_key_id: "AKIAPIIANCHOR0000001".into(),
         secret_access_key: zeroize::Zeroizing::new("anchor-principal-secret".into()),
         session_token: None,
@@ -908,7 +908,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
     let newest_blob = &newest.last().unwrap().1;
     assert_eq!(
         v["Item"]["blob_sha256"]["S"],
-        hex::encode(pii_enclave::seal::blob_hash(newest_blob)),
+        hex::encode(pii_custody::seal::blob_hash(newest_blob)),
         "{v}"
     );
 
@@ -937,7 +937,7 @@ async fn older_blob_restored_while_down_is_refused_after_restart() {
 /// The anchor table's item `key`, read with the anchor principal's key.
 async fn anchor_item(
     moto: &pii_tests::Moto,
-    principal: &pii_enclave::sigv4::Credentials,
+    principal: &pii_custody::sigv4::Credentials,
     key: &str,
 ) -> Value {
     let (s, v) = pii_tests::aws_call(

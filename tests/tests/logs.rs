@@ -159,9 +159,9 @@ async fn no_secrets_in_logs_and_no_panics() {
         .max()
         .unwrap();
     let blob = std::fs::read(newest).unwrap();
-    let seal = pii_enclave::seal::DangerousDevSeal::from_passphrase("pii-enclave-dev");
-    let pt = pii_enclave::seal::unseal_blob(&seal, &blob).await.unwrap();
-    let kr = pii_enclave::keyring::Keyring::from_cbor(&pt, 0).unwrap();
+    let seal = pii_custody::seal::DangerousDevSeal::from_passphrase("pii-enclave-dev");
+    let pt = pii_custody::seal::unseal_blob(&seal, &blob).await.unwrap();
+    let kr = pii_engine::keyring::Keyring::from_cbor(&pt, 0).unwrap();
     let mut needles: Vec<(String, String)> = vec![
         (
             "plaintext".into(),

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use pii_enclave::keyring::NonceLimits;
+use pii_engine::keyring::NonceLimits;
 use pii_tests::{b64, Client, Stack, StackOpts};
 use serde_json::json;
 

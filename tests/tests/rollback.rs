@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pii_enclave::seal::{open_blob, seal_blob_at, DangerousDevSeal, Lineage};
+use pii_custody::seal::{open_blob, seal_blob_at, DangerousDevSeal, Lineage};
 use pii_tests::{b64, Stack, StackOpts, DEV_PASSPHRASE};
 use serde_json::json;
 
@@ -128,7 +128,7 @@ async fn successor_that_names_another_predecessor_is_refused() {
     let seal = DangerousDevSeal::from_passphrase(DEV_PASSPHRASE);
     let (_, cur) = newest(&stack);
     let o = open_blob(&seal, &cur).await.unwrap();
-    let mut kr = pii_enclave::keyring::Keyring::from_cbor(&o.plaintext, 0).unwrap();
+    let mut kr = pii_engine::keyring::Keyring::from_cbor(&o.plaintext, 0).unwrap();
     kr = kr.next_generation();
     kr.keys.remove("pii");
     let next = seal_blob_at(

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use pii_enclave::seal::{seal_blob, unseal_blob, Seal, SealError};
-use pii_enclave::vault_seal::{VaultSealConfig, VaultTransitSeal};
+use pii_custody::seal::{seal_blob, unseal_blob, Seal, SealError};
+use pii_custody::vault_seal::{VaultSealConfig, VaultTransitSeal};
 use pii_tests::{
     b64, egress_via_relay, files_under, keyring_blobs, tap, wait_health, OpenBao, Stack, StackOpts,
     ROOT_TOKEN,
@@ -499,7 +499,7 @@ async fn the_host_never_sees_key_material() {
         Some(&ca),
     ));
     let pt = unseal_blob(direct.as_ref(), &newest).await.unwrap();
-    let kr = pii_enclave::keyring::Keyring::from_cbor(&pt, 1).unwrap();
+    let kr = pii_engine::keyring::Keyring::from_cbor(&pt, 1).unwrap();
     let mut secrets: Vec<Vec<u8>> = Vec::new();
     for key in kr.keys.values() {
         for v in key.doc.versions.values() {
@@ -542,7 +542,7 @@ async fn the_host_never_sees_key_material() {
 /// in any of it logs in, and the delivered secret_id is used up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attested_bootstrap_gives_the_host_nothing_to_log_in_with() {
-    use pii_enclave::nsm::{measure, DangerousDevNsm};
+    use pii_custody::nsm::{measure, DangerousDevNsm};
     let (bao, ca) = OpenBao::start_tls().await.unwrap();
     let bao_port: u16 = bao.url.rsplit(':').next().unwrap().parse().unwrap();
     std::env::set_var("PII_TEST_BAO_TOKEN", ROOT_TOKEN);

@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use pii_enclave::auth::Auth;
-use pii_enclave::seal::DangerousDevSeal;
-use pii_enclave::transit::{Engine, MemoryStore};
+use pii_custody::seal::DangerousDevSeal;
+use pii_enclave::service::Engine;
+use pii_enclave::store::MemoryStore;
 use pii_proto::{ApiRequest, Method};
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -38,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     rt.block_on(engine.load(&store)).expect("empty keyring");
     let mut auth = Auth::default();
     auth.add_root_token("root");
-    let attestor = pii_enclave::attest::Attestor::new(None);
+    let attestor = pii_custody::attest::Attestor::new(None);
     // Calls: [selector][body length][body…], up to eight.
     let mut rest = data;
     for _ in 0..8 {
@@ -55,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
             token: Some("root".into()),
             body: body.to_vec(),
         };
-        let resp = rt.block_on(pii_enclave::api::handle(&engine, &auth, &attestor, &store, req));
+        let resp = rt.block_on(pii_enclave::api::handle(&engine, &auth, &attestor, &store, req)).response;
         assert!((200..600).contains(&resp.status));
         if !resp.body.is_empty() {
             // Responses are JSON objects: {"errors": …} or Vault's envelope.

@@ -2,5 +2,5 @@
 //! KMS's CiphertextForRecipient (CMS EnvelopedData, BER) as a hostile host
 //! relaying KMS could shape it.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = pii_enclave::cms::parse(data);
+    let _ = pii_custody::cms::parse(data);
 });

@@ -3,7 +3,7 @@
 //! host hands in, against one fixed stored transformation.
 use std::sync::{Arc, OnceLock};
 
-use pii_enclave::transform::{
+use pii_engine::transform::{
     Kind, RoleDoc, StoredOpts, TokenEncoding, TransformDoc, TransformState, Transformation,
     TransformationDoc,
 };

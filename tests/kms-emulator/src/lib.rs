@@ -22,5 +22,6 @@
 pub mod cms;
 pub mod policy;
 pub mod server;
+pub mod sigv4;
 
 pub use server::{CallRecord, Config, Emulator, Principal};

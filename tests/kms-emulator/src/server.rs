@@ -276,14 +276,14 @@ impl Emulator {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        let req = pii_enclave::sigv4::Request {
+        let req = crate::sigv4::Received {
             method: method.as_str(),
             path: uri.path(),
             query: uri.query().unwrap_or(""),
-            headers: hs,
+            headers: &hs,
             body,
         };
-        let key_id = pii_enclave::sigv4::verify(&req, &self.cfg.region, "kms", now(), |id| {
+        let key_id = crate::sigv4::verify(&req, &self.cfg.region, "kms", now(), |id| {
             self.cfg
                 .principals
                 .iter()
@@ -291,7 +291,7 @@ impl Emulator {
                 .map(|p| p.secret_access_key.clone())
         })
         .map_err(|e| {
-            use pii_enclave::sigv4::VerifyError as V;
+            use crate::sigv4::VerifyError as V;
             match e {
                 V::UnknownKey => err(
                     "UnrecognizedClientException",
@@ -809,16 +809,9 @@ async fn imds_creds(
 ) -> Response {
     match imds_principal(&em, &headers) {
         Ok(p) if role_name(p) == role => {
-            let exp = pii_enclave::sigv4::amz_date(now() + 6 * 3600);
-            let iso = format!(
-                "{}-{}-{}T{}:{}:{}Z",
-                &exp[..4],
-                &exp[4..6],
-                &exp[6..8],
-                &exp[9..11],
-                &exp[11..13],
-                &exp[13..15]
-            );
+            let exp = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(u64::try_from(now() + 6 * 3600).unwrap_or(0));
+            let iso = humantime::format_rfc3339_seconds(exp).to_string();
             json!({"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": p.access_key_id,
                 "SecretAccessKey": p.secret_access_key, "Token": p.session_token,
                 "Expiration": iso, "LastUpdated": iso})

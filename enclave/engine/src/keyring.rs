@@ -10,12 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
-use aws_lc_rs::{hkdf, hmac};
+use aws_lc_rs::aead::{self, LessSafeKey, UnboundKey, NONCE_LEN};
+use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::crypto::{self, zbytes, OpenError};
+pub use crate::error::MISSING_CONTEXT;
+use crate::error::{CryptoError, EngineError, Result};
 
 /// Supported key types (Vault's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,29 +184,8 @@ pub struct KeyDoc {
     pub versions: BTreeMap<u32, VersionDoc>,
 }
 
-mod zbytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use zeroize::Zeroizing;
-
-    pub fn serialize<S: Serializer>(v: &Zeroizing<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<Vec<u8>>, D::Error> {
-        let b: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
-        Ok(Zeroizing::new(b.into_vec()))
-    }
-}
-
-/// Fill `buf` from the enclave's CSPRNG.
-pub fn random(buf: &mut [u8]) -> Result<()> {
-    aws_lc_rs::rand::fill(buf).map_err(|_| Error::internal("random number generator failed"))
-}
-
-fn random_vec(n: usize) -> Result<Zeroizing<Vec<u8>>> {
-    let mut v = Zeroizing::new(vec![0u8; n]);
-    random(&mut v)?;
-    Ok(v)
-}
+pub use crate::crypto::random;
+use crate::crypto::random_vec;
 
 impl VersionDoc {
     pub fn generate(kt: KeyType, now: i64) -> Result<VersionDoc> {
@@ -261,24 +242,13 @@ impl KeyDoc {
     }
 }
 
-struct HkdfLen(usize);
-impl hkdf::KeyType for HkdfLen {
-    fn len(&self) -> usize {
-        self.0
-    }
-}
-
 /// HKDF-SHA256 with a domain label and the caller's context as `info`.
 fn hkdf(ikm: &[u8], label: &[u8], context: &[u8], len: usize) -> Result<Zeroizing<Vec<u8>>> {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(ikm);
-    let info = [label, &[0u8][..], context];
-    let okm = prk
-        .expand(&info, HkdfLen(len))
-        .map_err(|_| Error::internal("key derivation failed"))?;
-    let mut out = Zeroizing::new(vec![0u8; len]);
-    okm.fill(&mut out)
-        .map_err(|_| Error::internal("key derivation failed"))?;
-    Ok(out)
+    Ok(crypto::hkdf_sha256(
+        ikm,
+        &[label, &[0u8][..], context],
+        len,
+    )?)
 }
 
 const LABEL_DERIVE: &[u8] = b"pii-enclave/transit/derive/v1";
@@ -385,50 +355,24 @@ impl OpKey<'_> {
         let (key, nonce_key) = self.parts();
         let nonce = match nonce_key {
             Some(nk) => nk.nonce(plaintext, aad),
-            None => {
-                let mut n = [0u8; NONCE_LEN];
-                random(&mut n)?;
-                n
-            }
+            None => crypto::random_nonce()?,
         };
-        let tag_len = key.algorithm().tag_len();
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + tag_len);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut out[NONCE_LEN..],
-            )
-            .map_err(|_| Error::internal("encryption failed"))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        Ok(crypto::seal_framed(key, &[], nonce, plaintext, aad)?)
     }
 
     /// Inverse of [`OpKey::seal`]. Errors carry Vault's strings.
     pub fn open(&self, data: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let (key, _) = self.parts();
         if data.len() < NONCE_LEN {
-            return Err(Error::bad("invalid ciphertext length"));
+            return Err(EngineError::CiphertextLength);
         }
-        let (n, ct) = data.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(n)
-            .map_err(|_| Error::bad("invalid ciphertext length"))?;
-        let mut buf = Zeroizing::new(ct.to_vec());
-        let len = key
-            .open_in_place(nonce, Aad::from(aad), &mut buf)
-            .map_err(|_| {
-                // Go's messages differ per AEAD; clients see OpenBao's.
-                if key.algorithm() == &aead::CHACHA20_POLY1305 {
-                    Error::bad("chacha20poly1305: message authentication failed")
-                } else {
-                    Error::bad("cipher: message authentication failed")
-                }
-            })?
-            .len();
-        buf.truncate(len);
-        Ok(buf)
+        crypto::open(key, data, aad).map_err(|e| match e {
+            // Shorter than a tag, or a tag that does not verify: both are
+            // Vault's authentication failure.
+            OpenError::Short | OpenError::Authentication => EngineError::Authentication {
+                chacha: key.algorithm() == &aead::CHACHA20_POLY1305,
+            },
+        })
     }
 }
 
@@ -468,8 +412,8 @@ impl VersionKeys {
         doc: &VersionDoc,
         budget: Option<Arc<NonceBudget>>,
     ) -> Result<VersionKeys> {
-        let unbound = UnboundKey::new(kt.algorithm(), &doc.key)
-            .map_err(|_| Error::internal("bad key length in keyring"))?;
+        let unbound =
+            UnboundKey::new(kt.algorithm(), &doc.key).map_err(|_| CryptoError::KeyLength)?;
         let nonce_key = if convergent {
             Some(NonceKeys::derive(&doc.key, &[], !doc.nonce_v2)?)
         } else {
@@ -555,12 +499,11 @@ impl Key {
         }
         let ctx = match context {
             Some(c) if !c.is_empty() => c,
-            _ => return Err(Error::bad(MISSING_CONTEXT)),
+            _ => return Err(EngineError::MissingContext),
         };
         let kt = self.doc.key_type;
         let dk = hkdf(&vk.raw, LABEL_DERIVE, ctx, kt.key_len())?;
-        let unbound = UnboundKey::new(kt.algorithm(), &dk)
-            .map_err(|_| Error::internal("key derivation failed"))?;
+        let unbound = UnboundKey::new(kt.algorithm(), &dk).map_err(|_| CryptoError::Derive)?;
         let nonce_key = if self.doc.convergent {
             Some(NonceKeys::derive(&dk, ctx, vk.legacy_nonce)?)
         } else {
@@ -572,8 +515,6 @@ impl Key {
         })))
     }
 }
-
-pub const MISSING_CONTEXT: &str = "missing 'context' for key derivation; the key was created using a derived key, which means additional, per-request information must be included in order to perform operations with the key";
 
 /// The whole keyring as served: immutable, swapped atomically on change.
 #[derive(Default)]
@@ -598,29 +539,8 @@ pub struct KeyringDoc {
     pub keys: Vec<KeyDoc>,
     #[serde(default)]
     pub transform: crate::transform::TransformDoc,
-    #[serde(default, with = "opt_zbytes")]
+    #[serde(default, with = "zbytes::option")]
     pub audit_key: Option<Zeroizing<Vec<u8>>>,
-}
-
-mod opt_zbytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use zeroize::Zeroizing;
-
-    pub fn serialize<S: Serializer>(
-        v: &Option<Zeroizing<Vec<u8>>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(b) => s.serialize_some(serde_bytes::Bytes::new(b)),
-            None => s.serialize_none(),
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, D::Error> {
-        let b: Option<serde_bytes::ByteBuf> = Deserialize::deserialize(d)?;
-        Ok(b.map(|b| Zeroizing::new(b.into_vec())))
-    }
 }
 
 pub const KEYRING_FORMAT: u32 = 1;
@@ -635,17 +555,16 @@ impl Keyring {
             audit_key: self.audit_pkcs8.clone(),
         };
         let mut out = Zeroizing::new(Vec::new());
-        ciborium::into_writer(&doc, &mut *out)
-            .map_err(|_| Error::internal("keyring encoding failed"))?;
+        ciborium::into_writer(&doc, &mut *out).map_err(|_| EngineError::KeyringEncode)?;
         Ok(out)
     }
 
     pub fn from_cbor(bytes: &[u8], store_version: u64) -> Result<Keyring> {
         let mut rd = bytes;
-        let doc: KeyringDoc = ciborium::from_reader(&mut rd)
-            .map_err(|_| Error::internal("keyring decoding failed"))?;
+        let doc: KeyringDoc =
+            ciborium::from_reader(&mut rd).map_err(|_| EngineError::KeyringDecode)?;
         if !rd.is_empty() || doc.format != KEYRING_FORMAT {
-            return Err(Error::internal("keyring has an unknown format"));
+            return Err(EngineError::KeyringFormat);
         }
         let mut keys = BTreeMap::new();
         for kd in doc.keys {
@@ -657,7 +576,7 @@ impl Keyring {
             keys,
             transform: Arc::new(crate::transform::TransformState::from_doc(doc.transform)?),
             audit_key: match &doc.audit_key {
-                Some(k) => Some(Arc::new(crate::audit::load_key(k)?)),
+                Some(k) => Some(Arc::new(crate::audit_key::load(k)?)),
                 None => None,
             },
             audit_pkcs8: doc.audit_key,
@@ -699,7 +618,7 @@ impl Keyring {
     /// A copy with a new audit key, generation bumped.
     pub fn with_audit_key(&self, pkcs8: Zeroizing<Vec<u8>>) -> Result<Keyring> {
         let mut next = self.next_generation();
-        next.audit_key = Some(Arc::new(crate::audit::load_key(&pkcs8)?));
+        next.audit_key = Some(Arc::new(crate::audit_key::load(&pkcs8)?));
         next.audit_pkcs8 = Some(pkcs8);
         Ok(next)
     }
@@ -761,9 +680,9 @@ mod tests {
             } else {
                 "cipher: message authentication failed"
             };
-            assert_eq!(op.open(&t, b"ad").unwrap_err().message(), want);
+            assert_eq!(op.open(&t, b"ad").unwrap_err().to_string(), want);
             assert_eq!(
-                op.open(&ct[..5], b"ad").unwrap_err().message(),
+                op.open(&ct[..5], b"ad").unwrap_err().to_string(),
                 "invalid ciphertext length"
             );
         }
@@ -773,7 +692,10 @@ mod tests {
     fn derived_and_convergent() {
         let k = key(KeyType::Aes256Gcm96, true, true);
         let vk = k.version(1).unwrap();
-        assert_eq!(k.op_key(vk, None).err().unwrap().message(), MISSING_CONTEXT);
+        assert_eq!(
+            k.op_key(vk, None).err().unwrap().to_string(),
+            MISSING_CONTEXT
+        );
         let a = k.op_key(vk, Some(b"user-1")).unwrap();
         let b = k.op_key(vk, Some(b"user-2")).unwrap();
         let c1 = a.seal(b"x", b"").unwrap();
@@ -857,16 +779,7 @@ mod tests {
         let tag = hmac::sign(&nk.unwrap().plain, b"secret");
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&tag.as_ref()[..NONCE_LEN]);
-        let mut old = nonce.to_vec();
-        old.extend_from_slice(b"secret");
-        let t = aead
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(b"ad"),
-                &mut old[NONCE_LEN..],
-            )
-            .unwrap();
-        old.extend_from_slice(t.as_ref());
+        let old = crypto::seal_framed(aead, &[], nonce, b"secret", b"ad").unwrap();
         assert_eq!(&op.open(&old, b"ad").unwrap()[..], b"secret");
         assert_ne!(old, op.seal(b"secret", b"ad").unwrap(), "new ones differ");
     }

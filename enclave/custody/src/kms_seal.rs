@@ -43,7 +43,10 @@ use zeroize::Zeroizing;
 
 use crate::attest::Attestor;
 use crate::nsm::Nsm;
-use crate::seal::{gcm_open, gcm_seal, Advance, Anchor, Head, Seal, SealError, SealFuture};
+use crate::seal::{
+    gcm_open, gcm_seal, Advance, Anchor, EndpointError, Head, Seal, SealConfigError, SealError,
+    SealFuture,
+};
 use crate::sigv4::{self, Credentials};
 
 const INNER_VERSION: u8 = 1;
@@ -218,18 +221,6 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// `2026-11-22T21:00:00Z` (IMDS `Expiration`) → Unix seconds.
-fn parse_rfc3339_utc(s: &str) -> Option<i64> {
-    let compact: String = s
-        .split('.')
-        .next()?
-        .trim_end_matches('Z')
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect();
-    sigv4::parse_amz_date(&format!("{compact}Z"))
-}
-
 async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, SealError> {
     if resp
         .content_length()
@@ -251,67 +242,63 @@ async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, SealError> {
 impl KmsSeal {
     pub const ID: &'static str = "aws-kms";
 
-    pub fn new(cfg: KmsSealConfig, nsm: Arc<dyn Nsm>) -> Result<KmsSeal, String> {
+    pub fn new(cfg: KmsSealConfig, nsm: Arc<dyn Nsm>) -> Result<KmsSeal, SealConfigError> {
         if !is_key_arn(&cfg.key_id) {
-            return Err(format!(
-                "seal.key_id {:?} must be a full KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>): \
-                 a key id or alias could be made to name another key",
-                cfg.key_id
-            ));
+            return Err(SealConfigError::KeyNotArn(cfg.key_id));
         }
-        crate::seal::check_deployment_id(&cfg.deployment_id).map_err(|e| e.to_string())?;
+        crate::seal::check_deployment_id(&cfg.deployment_id)?;
         if cfg.region.is_empty()
             || !cfg
                 .region
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            return Err(format!("seal.region {:?} is not an AWS region", cfg.region));
+            return Err(SealConfigError::BadRegion(cfg.region));
         }
         let (endpoint, host) = aws_endpoint(
             "seal.endpoint",
             cfg.endpoint.clone(),
             &format!("https://kms.{}.amazonaws.com", cfg.region),
             cfg.dangerous_allow_http,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(cfg.timeout_secs))
             .connect_timeout(Duration::from_secs(cfg.timeout_secs))
             .redirect(reqwest::redirect::Policy::none());
         b = match &cfg.proxy {
             // https only: plain-http IMDS goes to its own egress port directly.
-            Some(p) => b.proxy(reqwest::Proxy::https(p).map_err(|e| format!("seal.proxy: {e}"))?),
+            Some(p) => b.proxy(
+                reqwest::Proxy::https(p).map_err(|e| SealConfigError::Proxy(e.to_string()))?,
+            ),
             None => b.no_proxy(),
         };
         for path in &cfg.ca_certs {
-            let pem = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{path}: {e}"))?;
+            let ca = |e: &dyn std::fmt::Display| SealConfigError::CaCert {
+                path: path.clone(),
+                why: e.to_string(),
+            };
+            let pem = std::fs::read(path).map_err(|e| ca(&e))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| ca(&e))?;
             b = b.add_root_certificate(cert);
         }
-        let http = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let http = b
+            .build()
+            .map_err(|e| SealConfigError::HttpClient(e.to_string()))?;
         let dynamo = match (&cfg.anchor, cfg.dangerous_no_anchor) {
             (Some(a), _) => {
                 if a.table.is_empty() || B64.decode(a.credentials_ciphertext.trim()).is_err() {
-                    return Err(
-                        "seal.anchor needs a table and a base64 credentials_ciphertext".into(),
-                    );
+                    return Err(SealConfigError::AnchorIncomplete);
                 }
                 let (url, host) = aws_endpoint(
                     "seal.anchor.endpoint",
                     a.endpoint.clone(),
                     &format!("https://dynamodb.{}.amazonaws.com", cfg.region),
                     cfg.dangerous_allow_http,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 Some((url, host))
             }
             (None, true) => None,
-            (None, false) => {
-                return Err("seal.anchor is required: without a rollback anchor the host can serve \
-                            an older keyring after a restart ([seal.anchor] table, credentials_ciphertext)"
-                    .into())
-            }
+            (None, false) => return Err(SealConfigError::AnchorMissing),
         };
         Ok(KmsSeal {
             cfg,
@@ -837,7 +824,7 @@ pub fn parse_imds_credentials(body: &str) -> Result<(Credentials, i64), SealErro
     }
     let c: ImdsCreds = serde_json::from_str(body)
         .map_err(|_| unreachable("IMDS: malformed credentials document"))?;
-    let expires = parse_rfc3339_utc(&c.expiration)
+    let expires = sigv4::parse_rfc3339_utc(&c.expiration)
         .ok_or_else(|| unreachable("IMDS: malformed Expiration"))?;
     Ok((
         Credentials {
@@ -976,16 +963,6 @@ fn aws_error_kind(v: &Value) -> String {
         .to_owned()
 }
 
-/// A configured AWS endpoint that may not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum EndpointError {
-    #[error("{what} {ep:?} is not an http(s) URL")]
-    NotUrl { what: &'static str, ep: String },
-    #[error("{what} {ep:?} is plain http: the host relaying it could read or forge the answers; use https (TLS ends in the enclave)")]
-    PlainHttp { what: &'static str, ep: String },
-}
-
 /// Why one signed AWS call got no JSON answer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1106,7 +1083,7 @@ mod tests {
             dangerous_no_anchor: true,
         };
         let e = KmsSeal::new(cfg("http://127.0.0.1:1", false), Arc::new(NoNsm)).unwrap_err();
-        assert!(e.contains("plain http"), "{e}");
+        assert!(e.to_string().contains("plain http"), "{e}");
         assert!(KmsSeal::new(cfg("http://127.0.0.1:1", true), Arc::new(NoNsm)).is_ok());
         assert!(KmsSeal::new(cfg("https://127.0.0.1:1", false), Arc::new(NoNsm)).is_ok());
         // The default endpoint is AWS's https one.
@@ -1123,13 +1100,13 @@ mod tests {
             let mut c = cfg("https://x", false);
             c.key_id = k.into();
             let e = KmsSeal::new(c, Arc::new(NoNsm)).unwrap_err();
-            assert!(e.contains("full KMS key ARN"), "{k}: {e}");
+            assert!(e.to_string().contains("full KMS key ARN"), "{k}: {e}");
         }
         // No anchor: refused unless the test switch says so.
         let mut c = cfg("https://x", false);
         c.dangerous_no_anchor = false;
         let e = KmsSeal::new(c.clone(), Arc::new(NoNsm)).unwrap_err();
-        assert!(e.contains("seal.anchor is required"), "{e}");
+        assert!(e.to_string().contains("seal.anchor is required"), "{e}");
         c.anchor = Some(DynamoAnchorConfig {
             table: "t".into(),
             endpoint: Some("http://127.0.0.1:1".into()),
@@ -1137,7 +1114,7 @@ mod tests {
             expect_record: false,
         });
         let e = KmsSeal::new(c.clone(), Arc::new(NoNsm)).unwrap_err();
-        assert!(e.contains("plain http"), "{e}");
+        assert!(e.to_string().contains("plain http"), "{e}");
         c.anchor.as_mut().unwrap().endpoint = None;
         assert!(KmsSeal::new(c, Arc::new(NoNsm)).is_ok());
     }
@@ -1167,14 +1144,14 @@ mod tests {
     #[test]
     fn imds_expiration_parses() {
         assert_eq!(
-            parse_rfc3339_utc("2015-08-30T12:36:00Z"),
+            sigv4::parse_rfc3339_utc("2015-08-30T12:36:00Z"),
             Some(1_440_938_160)
         );
         assert_eq!(
-            parse_rfc3339_utc("2015-08-30T12:36:00.123Z"),
+            sigv4::parse_rfc3339_utc("2015-08-30T12:36:00.123Z"),
             Some(1_440_938_160)
         );
-        assert_eq!(parse_rfc3339_utc("yesterday"), None);
+        assert_eq!(sigv4::parse_rfc3339_utc("yesterday"), None);
     }
 
     #[test]

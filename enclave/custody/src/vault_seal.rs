@@ -36,7 +36,9 @@ use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
-use crate::seal::{gcm_open, gcm_seal, Advance, Anchor, Head, Seal, SealError, SealFuture};
+use crate::seal::{
+    gcm_open, gcm_seal, Advance, Anchor, Head, Seal, SealConfigError, SealError, SealFuture,
+};
 
 /// `[seal] type = "vault-transit"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -147,25 +149,18 @@ fn is_auth_error(e: &ClientError) -> bool {
 impl VaultTransitSeal {
     pub const ID: &'static str = "vault-transit";
 
-    pub fn new(cfg: VaultSealConfig) -> Result<Self, String> {
+    pub fn new(cfg: VaultSealConfig) -> Result<Self, SealConfigError> {
         let ok = cfg.address.starts_with("http://") || cfg.address.starts_with("https://");
         if !ok || url::Url::parse(&cfg.address).is_err() {
-            return Err(format!(
-                "seal.address {:?} is not an http(s) URL",
-                cfg.address
-            ));
+            return Err(SealConfigError::NotHttpUrl(cfg.address));
         }
         if cfg.address.starts_with("http://") && !cfg.dangerous_allow_http {
-            return Err(format!(
-                "seal.address {:?} is plain http: the host relaying it would read the secret_id, \
-                 the Vault token and every data key; use https (TLS ends in the enclave)",
-                cfg.address
-            ));
+            return Err(SealConfigError::PlainHttp(cfg.address));
         }
         if cfg.role_id.is_empty() {
-            return Err("seal.role_id is empty".into());
+            return Err(SealConfigError::EmptyRoleId);
         }
-        crate::seal::check_deployment_id(&cfg.deployment_id).map_err(|e| e.to_string())?;
+        crate::seal::check_deployment_id(&cfg.deployment_id)?;
         let wrapped = cfg
             .dangerous_wrapped_secret_id
             .clone()
@@ -677,7 +672,7 @@ mod tests {
         };
         assert!(VaultTransitSeal::new(cfg("ftp://x", Some("w"))).is_err());
         let e = VaultTransitSeal::new(cfg("http://127.0.0.1:8200", Some("w"))).unwrap_err();
-        assert!(e.contains("plain http"), "{e}");
+        assert!(e.to_string().contains("plain http"), "{e}");
         assert!(VaultTransitSeal::new(cfg("https://127.0.0.1:8200", Some("w"))).is_ok());
         let mut c = cfg("http://127.0.0.1:8200", Some("w"));
         c.dangerous_allow_http = true;

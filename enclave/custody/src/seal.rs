@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
+use aws_lc_rs::aead::LessSafeKey;
 use zeroize::Zeroizing;
 
 const BLOB_MAGIC: &[u8; 5] = b"PIIKR";
@@ -42,6 +42,56 @@ pub struct Lineage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("seal.deployment_id {0:?} must be 1-64 characters of A-Z a-z 0-9 . _ -")]
 pub struct BadDeploymentId(pub String);
+
+/// A seal configuration that cannot be used (refused at start, before any
+/// secret is fetched).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealConfigError {
+    #[error(transparent)]
+    DeploymentId(#[from] BadDeploymentId),
+    #[error("seal.address {0:?} is not an http(s) URL")]
+    NotHttpUrl(String),
+    #[error(
+        "seal.address {0:?} is plain http: the host relaying it would read the secret_id, \
+         the Vault token and every data key; use https (TLS ends in the enclave)"
+    )]
+    PlainHttp(String),
+    #[error("seal.role_id is empty")]
+    EmptyRoleId,
+    #[error(
+        "seal.key_id {0:?} must be a full KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>): \
+         a key id or alias could be made to name another key"
+    )]
+    KeyNotArn(String),
+    #[error("seal.region {0:?} is not an AWS region")]
+    BadRegion(String),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("seal.proxy: {0}")]
+    Proxy(String),
+    #[error("{path}: {why}")]
+    CaCert { path: String, why: String },
+    #[error("HTTP client: {0}")]
+    HttpClient(String),
+    #[error("seal.anchor needs a table and a base64 credentials_ciphertext")]
+    AnchorIncomplete,
+    #[error(
+        "seal.anchor is required: without a rollback anchor the host can serve \
+         an older keyring after a restart ([seal.anchor] table, credentials_ciphertext)"
+    )]
+    AnchorMissing,
+}
+
+/// A configured AWS endpoint that may not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    #[error("{what} {ep:?} is not an http(s) URL")]
+    NotUrl { what: &'static str, ep: String },
+    #[error("{what} {ep:?} is plain http: the host relaying it could read or forge the answers; use https (TLS ends in the enclave)")]
+    PlainHttp { what: &'static str, ep: String },
+}
 
 /// A deployment id: 1–64 of `[A-Za-z0-9._-]`.
 pub fn check_deployment_id(id: &str) -> Result<(), BadDeploymentId> {
@@ -227,26 +277,17 @@ pub async fn unseal_blob(seal: &dyn Seal, blob: &[u8]) -> Result<Zeroizing<Vec<u
     Ok(open_blob(seal, blob).await?.plaintext)
 }
 
-/// AES-256-GCM with a random nonce: `nonce ‖ ciphertext ‖ tag`.
+/// AES-256-GCM with a random nonce: `nonce ‖ ciphertext ‖ tag` (the
+/// engine's one AEAD framing, with the seal's errors).
 pub(crate) fn gcm_seal(
     key: &LessSafeKey,
     plaintext: &[u8],
     aad: &[u8],
 ) -> Result<Vec<u8>, SealError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SealError::Rng)?;
-    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
-    let tag = key
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad),
-            &mut out[NONCE_LEN..],
-        )
-        .map_err(|_| SealError::Authentication)?;
-    out.extend_from_slice(tag.as_ref());
-    Ok(out)
+    pii_engine::crypto::seal(key, plaintext, aad).map_err(|e| match e {
+        pii_engine::CryptoError::Random => SealError::Rng,
+        _ => SealError::Authentication,
+    })
 }
 
 /// Inverse of [`gcm_seal`]; the plaintext is zeroized on drop.
@@ -255,18 +296,10 @@ pub(crate) fn gcm_open(
     wrapped: &[u8],
     aad: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, SealError> {
-    if wrapped.len() < NONCE_LEN + 16 {
-        return Err(SealError::Malformed);
-    }
-    let nonce = Nonce::try_assume_unique_for_key(&wrapped[..NONCE_LEN])
-        .map_err(|_| SealError::Malformed)?;
-    let mut buf = Zeroizing::new(wrapped[NONCE_LEN..].to_vec());
-    let n = key
-        .open_in_place(nonce, Aad::from(aad), &mut buf)
-        .map_err(|_| SealError::Authentication)?
-        .len();
-    buf.truncate(n);
-    Ok(buf)
+    pii_engine::crypto::open(key, wrapped, aad).map_err(|e| match e {
+        pii_engine::crypto::OpenError::Short => SealError::Malformed,
+        _ => SealError::Authentication,
+    })
 }
 
 /// **Development only** (feature `dangerous-dev`). AES-256-GCM under a key

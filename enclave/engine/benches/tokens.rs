@@ -1,8 +1,8 @@
-//! Micro-benchmark of one tokenization (no HTTP): `cargo bench -p pii-enclave --bench tokens`.
+//! Micro-benchmark of one tokenization (no HTTP): `cargo bench -p pii-engine --bench tokens`.
 //! Prints ns per operation for each transformation type.
 use std::time::Instant;
 
-use pii_enclave::transform::*;
+use pii_engine::transform::*;
 
 fn time(label: &str, n: usize, mut f: impl FnMut(usize)) {
     for i in 0..n / 10 {

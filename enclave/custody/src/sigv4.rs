@@ -1,14 +1,15 @@
 //! AWS Signature Version 4 (HMAC-SHA256), for the enclave's own KMS calls:
 //! the enclave signs inside itself, so the host relays requests it can
-//! neither read (TLS) nor forge. [`verify`] is the server side, used by the
-//! KMS emulator in tests. Checked against AWS's published SigV4 test suite.
+//! neither read (TLS) nor forge. Signing only: the KMS emulator carries its
+//! own verifier, so the image has no verification code and a bug here cannot
+//! hide behind the same bug on the other side. Checked against AWS's
+//! published SigV4 test suite.
 //!
 //! Scope: header-based signing of a request with a fully buffered body
 //! (what the KMS JSON protocol needs). No presigned URLs, no chunked
 //! payloads, and no S3 path rules.
 
 use aws_lc_rs::{digest, hmac};
-use subtle::ConstantTimeEq as _;
 
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
@@ -50,9 +51,9 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-fn uri_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
+fn uri_encode(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for &b in raw {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(b as char);
         } else {
@@ -62,14 +63,17 @@ fn uri_encode(s: &str) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
+/// Percent-decoding on bytes (`+` is a space); malformed escapes stay as
+/// they are.
+fn percent_decode(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
@@ -77,7 +81,7 @@ fn percent_decode(s: &str) -> String {
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 fn canonical_query(q: &str) -> String {
@@ -189,131 +193,41 @@ pub fn sign(
     )
 }
 
-/// Why a signature was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum VerifyError {
-    #[error("missing or malformed Authorization header")]
-    Malformed,
-    #[error("unknown access key")]
-    UnknownKey,
-    #[error("request time is missing or more than 5 minutes off")]
-    Expired,
-    #[error("the signature does not match")]
-    BadSignature,
-    #[error("credential scope is not {0}")]
-    WrongScope(String),
-}
-
-/// Verify a signed request. `secret_for(access_key_id)` returns the secret;
-/// `now_unix` is the current time, for the 5-minute skew check.
-pub fn verify(
-    req: &Request<'_>,
-    region: &str,
-    service: &str,
-    now_unix: i64,
-    secret_for: impl Fn(&str) -> Option<String>,
-) -> Result<String, VerifyError> {
-    let header = |n: &str| {
-        req.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.as_str())
-    };
-    let auth = header("authorization").ok_or(VerifyError::Malformed)?;
-    let rest = auth
-        .strip_prefix(ALGORITHM)
-        .ok_or(VerifyError::Malformed)?
-        .trim();
-    let mut cred = None;
-    let mut signed = None;
-    let mut sig = None;
-    for part in rest.split(',') {
-        let (k, v) = part.trim().split_once('=').ok_or(VerifyError::Malformed)?;
-        match k {
-            "Credential" => cred = Some(v),
-            "SignedHeaders" => signed = Some(v),
-            "Signature" => sig = Some(v),
-            _ => return Err(VerifyError::Malformed),
-        }
-    }
-    let (cred, signed, sig) = (
-        cred.ok_or(VerifyError::Malformed)?,
-        signed.ok_or(VerifyError::Malformed)?,
-        sig.ok_or(VerifyError::Malformed)?,
-    );
-    let (key_id, scope) = cred.split_once('/').ok_or(VerifyError::Malformed)?;
-    let amz_date = header("x-amz-date").ok_or(VerifyError::Expired)?;
-    let want_scope = format!(
-        "{}/{region}/{service}/aws4_request",
-        amz_date.get(..8).unwrap_or_default()
-    );
-    if scope != want_scope {
-        return Err(VerifyError::WrongScope(want_scope));
-    }
-    let t = parse_amz_date(amz_date).ok_or(VerifyError::Expired)?;
-    if (t - now_unix).abs() > 300 {
-        return Err(VerifyError::Expired);
-    }
-    let names: Vec<String> = signed.split(';').map(str::to_owned).collect();
-    if !names.iter().any(|n| n == "host") || !names.iter().any(|n| n == "x-amz-date") {
-        return Err(VerifyError::Malformed);
-    }
-    let secret = secret_for(key_id).ok_or(VerifyError::UnknownKey)?;
-    let (_, expected) = signature(req, &secret, amz_date, region, service, &names);
-    if expected.as_bytes().ct_eq(sig.as_bytes()).into() {
-        Ok(key_id.to_owned())
-    } else {
-        Err(VerifyError::BadSignature)
-    }
-}
-
-/// `20150830T123600Z` → Unix seconds.
+/// `20150830T123600Z` → Unix seconds (RFC 3339 parsing by `humantime`).
 pub fn parse_amz_date(s: &str) -> Option<i64> {
-    if s.len() != 16 || &s[8..9] != "T" || !s.ends_with('Z') {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' || !s.is_ascii() {
         return None;
     }
-    let n = |a: usize, b: usize| s.get(a..b)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (
-        n(0, 4)?,
-        n(4, 6)?,
-        n(6, 8)?,
-        n(9, 11)?,
-        n(11, 13)?,
-        n(13, 15)?,
+    let rfc = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
     );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3_600 + mi * 60 + se)
+    parse_rfc3339_utc(&rfc)
 }
 
-/// Unix seconds → `YYYYMMDD'T'HHMMSS'Z'`.
+/// An RFC 3339 UTC time (`2026-11-22T21:00:00Z`, fractions allowed) → Unix
+/// seconds; `None` before 1970 or when malformed.
+pub fn parse_rfc3339_utc(s: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(s).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_secs()).ok()
+}
+
+/// Unix seconds → `YYYYMMDD'T'HHMMSS'Z'` (times before 1970 are clamped to it).
 pub fn amz_date(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect()
 }
 
 #[cfg(test)]
@@ -379,57 +293,6 @@ mod tests {
     }
 
     #[test]
-    fn verify_accepts_signed_and_refuses_tampered() {
-        let now = parse_amz_date("20150830T123600Z").unwrap();
-        let mut r = Request {
-            body: br#"{"KeyId":"k"}"#,
-            ..suite("POST", "")
-        };
-        r.headers
-            .push(("X-Amz-Target".into(), "TrentService.Decrypt".into()));
-        let auth = sign(&mut r, &creds(), "us-east-1", "kms", "20150830T123600Z");
-        r.headers.push(("Authorization".into(), auth));
-        let secret = |k: &str| (k == "AKIDEXAMPLE").then(|| SECRET.to_owned());
-        assert_eq!(
-            verify(&r, "us-east-1", "kms", now, secret),
-            Ok("AKIDEXAMPLE".into())
-        );
-        // Body, signed header, time, region, key.
-        let mut t = r.clone();
-        t.body = br#"{"KeyId":"x"}"#;
-        assert_eq!(
-            verify(&t, "us-east-1", "kms", now, secret),
-            Err(VerifyError::BadSignature)
-        );
-        let mut t = r.clone();
-        t.headers[2].1 = "TrentService.GenerateDataKey".into();
-        assert_eq!(
-            verify(&t, "us-east-1", "kms", now, secret),
-            Err(VerifyError::BadSignature)
-        );
-        assert_eq!(
-            verify(&r, "us-east-1", "kms", now + 3600, secret),
-            Err(VerifyError::Expired)
-        );
-        assert!(matches!(
-            verify(&r, "eu-west-1", "kms", now, secret),
-            Err(VerifyError::WrongScope(_))
-        ));
-        assert_eq!(
-            verify(&r, "us-east-1", "kms", now, |_| None),
-            Err(VerifyError::UnknownKey)
-        );
-        let mut t = r.clone();
-        t.headers.retain(|(k, _)| k != "Authorization");
-        t.headers
-            .push(("Authorization".into(), "AWS4-HMAC-SHA256 garbage".into()));
-        assert_eq!(
-            verify(&t, "us-east-1", "kms", now, secret),
-            Err(VerifyError::Malformed)
-        );
-    }
-
-    #[test]
     fn dates_round_trip() {
         for s in [
             "20150830T123600Z",
@@ -442,6 +305,15 @@ mod tests {
         assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160));
         assert!(parse_amz_date("2015-08-30").is_none());
         assert!(parse_amz_date("20151330T123600Z").is_none());
+        assert_eq!(
+            parse_rfc3339_utc("2015-08-30T12:36:00Z"),
+            Some(1_440_938_160)
+        );
+        assert_eq!(
+            parse_rfc3339_utc("2015-08-30T12:36:00.123Z"),
+            Some(1_440_938_160)
+        );
+        assert!(parse_rfc3339_utc("1969-12-31T23:59:59Z").is_none());
     }
 
     #[test]
