@@ -294,9 +294,7 @@ pub fn build(
     let signature = match &spec.signer {
         Some(s) => {
             pcrs.pcr8 = Some(s.pcr8());
-            Some(Data::Bytes(
-                s.section(&pcrs.pcr0).map_err(EifError::Signature)?,
-            ))
+            Some(Data::Bytes(s.section(&pcrs.pcr0)?))
         }
         None => None,
     };

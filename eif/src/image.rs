@@ -60,7 +60,7 @@ pub enum EifError {
     #[error("CRC mismatch: the header records {recorded:08x}, the contents give {computed:08x} (the file is corrupt or was edited)")]
     Crc { recorded: u32, computed: u32 },
     #[error("signature section: {0}")]
-    Signature(String),
+    Signature(#[from] crate::sign::SignError),
     #[error("{0}")]
     Other(String),
 }

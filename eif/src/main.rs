@@ -172,11 +172,20 @@ struct BuildArgs {
     output: PathBuf,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+/// A `NAME=VALUE` argument without a name or an `=`.
+#[derive(Debug, thiserror::Error)]
+#[error("{input:?}: expected NAME=VALUE")]
+struct KvError {
+    input: String,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), KvError> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))
+        .ok_or_else(|| KvError {
+            input: s.to_owned(),
+        })
 }
 
 enum Fail {
@@ -270,7 +279,10 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 (Some(c), Some(k)) => {
                     let key = String::from_utf8(read(k)?)
                         .map_err(|_| Fail::Usage("private key is not PEM text".into()))?;
-                    Some(eif::sign::Signer::from_pem(&read(c)?, &key).map_err(Fail::Usage)?)
+                    Some(
+                        eif::sign::Signer::from_pem(&read(c)?, &key)
+                            .map_err(|e| Fail::Usage(e.to_string()))?,
+                    )
                 }
                 _ => None,
             };
@@ -393,7 +405,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 })?;
                 eprintln!("measurement record signature ok (key {})", vk.key_id());
             }
-            let want = expected_pcrs(&v).map_err(Fail::Usage)?;
+            let want = expected_pcrs(&v).map_err(|e| Fail::Usage(e.to_string()))?;
             let len = std::fs::metadata(&image)
                 .map_err(|e| Fail::Usage(format!("{}: {e}", image.display())))?
                 .len();
@@ -548,12 +560,27 @@ fn run(cli: Cli) -> Result<(), Fail> {
     }
 }
 
-fn expected_pcrs(v: &serde_json::Value) -> Result<BTreeMap<String, String>, String> {
+/// Why `--expected` names no usable measurements.
+#[derive(Debug, thiserror::Error)]
+enum ExpectedError {
+    #[error("expected measurements must be a JSON object")]
+    NotAnObject,
+    #[error("unknown key {key:?}: use PCR0 … PCR31")]
+    UnknownKey { key: String },
+    #[error("{key}: not a hex string")]
+    NotAString { key: String },
+    #[error("{key}: expected 96 hex digits (SHA-384)")]
+    NotSha384 { key: String, value: String },
+    #[error("no PCRs in the expected measurements")]
+    Empty,
+}
+
+fn expected_pcrs(v: &serde_json::Value) -> Result<BTreeMap<String, String>, ExpectedError> {
     let obj = v
         .get("Measurements")
         .unwrap_or(v)
         .as_object()
-        .ok_or("expected measurements must be a JSON object")?;
+        .ok_or(ExpectedError::NotAnObject)?;
     let mut out = BTreeMap::new();
     for (k, val) in obj {
         if k == "HashAlgorithm" {
@@ -563,18 +590,21 @@ fn expected_pcrs(v: &serde_json::Value) -> Result<BTreeMap<String, String>, Stri
             .strip_prefix("PCR")
             .and_then(|n| n.parse().ok())
             .filter(|n| *n < 32)
-            .ok_or_else(|| format!("unknown key {k:?}: use PCR0 … PCR31"))?;
+            .ok_or_else(|| ExpectedError::UnknownKey { key: k.clone() })?;
         let h = val
             .as_str()
-            .ok_or_else(|| format!("{k}: not a hex string"))?
+            .ok_or_else(|| ExpectedError::NotAString { key: k.clone() })?
             .to_ascii_lowercase();
         if h.len() != 96 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{k}: expected 96 hex digits (SHA-384)"));
+            return Err(ExpectedError::NotSha384 {
+                key: k.clone(),
+                value: h,
+            });
         }
         out.insert(format!("PCR{n}"), h);
     }
     if out.is_empty() {
-        return Err("no PCRs in the expected measurements".into());
+        return Err(ExpectedError::Empty);
     }
     Ok(out)
 }

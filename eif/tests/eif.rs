@@ -11,7 +11,7 @@ use aws_nitro_enclaves_image_format::utils::eif_reader::EifReader;
 use aws_nitro_enclaves_image_format::utils::eif_signer::SignKeyData;
 use aws_nitro_enclaves_image_format::utils::{EifBuilder, PcrSignatureChecker};
 use eif::build::{app_archive, bootstrap_archive, App, Bootstrap, BuildSpec};
-use eif::sign::Signer;
+use eif::sign::{SignError, Signer};
 
 const EIF: &str = env!("CARGO_BIN_EXE_eif");
 
@@ -343,16 +343,22 @@ fn corrupt_images_get_precise_errors_and_exit_1() {
     let section = &bytes[start..start + sig.size as usize];
     let mut other = d.pcrs.pcr0;
     other[0] ^= 1;
-    let err = eif::sign::verify_section(section, &other)
-        .unwrap_err()
-        .to_string();
+    let err = eif::sign::verify_section(section, &other).unwrap_err();
+    assert!(
+        matches!(&err, eif::EifError::Signature(SignError::WrongPcr0 { index: 0, image, .. }) if *image == other),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("does not match the image's PCR0"), "{err}");
     let mut tampered = section.to_vec();
     let n = tampered.len();
     tampered[n - 3] ^= 0x01; // inside the ECDSA signature
-    let err = eif::sign::verify_section(&tampered, &d.pcrs.pcr0)
-        .unwrap_err()
-        .to_string();
+    let err = eif::sign::verify_section(&tampered, &d.pcrs.pcr0).unwrap_err();
+    assert!(
+        matches!(err, eif::EifError::Signature(SignError::BadSignature)),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("signature"), "{err}");
 
     // Usage errors exit 2.
@@ -380,10 +386,14 @@ fn signing_key_must_match_certificate() {
         &std::fs::read_to_string(&other).unwrap(),
     )
     .unwrap_err();
-    assert!(err.contains("does not belong"), "{err}");
+    assert!(matches!(err, SignError::KeyMismatch), "{err:?}");
+    assert!(err.to_string().contains("does not belong"), "{err}");
     let err =
         Signer::from_pem(b"not a cert", &std::fs::read_to_string(&i.key).unwrap()).unwrap_err();
-    assert!(err.contains("PEM"), "{err}");
+    assert!(matches!(err, SignError::CertNotPem(_)), "{err:?}");
+    assert!(err.to_string().contains("PEM"), "{err}");
+    let err = Signer::from_pem(&std::fs::read(&i.cert).unwrap(), "not a key").unwrap_err();
+    assert!(matches!(err, SignError::BadKey), "{err:?}");
 }
 
 #[test]

@@ -69,41 +69,92 @@ mod humantime_serde_compat {
     }
 }
 
+/// Why a configuration file cannot be read, parsed or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The text is not a valid configuration (syntax, unknown or mistyped key).
+    #[error(transparent)]
+    Parse(#[from] toml::de::Error),
+    /// [`ConfigError::Parse`] of a file.
+    #[error("{path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("connections must be between 1 and 256")]
+    Connections { connections: usize },
+    #[error("max_frame_bytes must exceed max_request_bytes by at least 64 KiB")]
+    FrameMargin {
+        max_request_bytes: usize,
+        max_frame_bytes: usize,
+    },
+    #[error("max_frame_bytes cannot exceed {limit}")]
+    FrameTooLarge {
+        max_frame_bytes: usize,
+        limit: usize,
+    },
+    /// `enclave` is not a transport address.
+    #[error(transparent)]
+    Enclave(pii_transport::AddrParseError),
+    #[error("listen: {0}")]
+    Listen(#[source] std::net::AddrParseError),
+    #[error("relay.listen: {0}")]
+    RelayListen(#[source] pii_transport::AddrParseError),
+}
+
 impl Config {
     /// Pure parse of a TOML document.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Ok(toml::from_str(text)?)
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Check values a TOML type cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.connections == 0 || self.connections > 256 {
-            return Err("connections must be between 1 and 256".into());
+            return Err(ConfigError::Connections {
+                connections: self.connections,
+            });
         }
         if self.max_request_bytes + 64 * 1024 > self.max_frame_bytes {
-            return Err("max_frame_bytes must exceed max_request_bytes by at least 64 KiB".into());
+            return Err(ConfigError::FrameMargin {
+                max_request_bytes: self.max_request_bytes,
+                max_frame_bytes: self.max_frame_bytes,
+            });
         }
         if self.max_frame_bytes > pii_proto::HARD_MAX_FRAME_LEN {
-            return Err(format!(
-                "max_frame_bytes cannot exceed {}",
-                pii_proto::HARD_MAX_FRAME_LEN
-            ));
+            return Err(ConfigError::FrameTooLarge {
+                max_frame_bytes: self.max_frame_bytes,
+                limit: pii_proto::HARD_MAX_FRAME_LEN,
+            });
         }
         self.enclave
             .parse::<pii_transport::Addr>()
-            .map_err(|e| e.to_string())?;
+            .map_err(ConfigError::Enclave)?;
         self.listen
             .parse::<std::net::SocketAddr>()
-            .map_err(|e| format!("listen: {e}"))?;
+            .map_err(ConfigError::Listen)?;
         if let Some(r) = &self.relay {
             r.listen
                 .parse::<pii_transport::Addr>()
-                .map_err(|e| format!("relay.listen: {e}"))?;
+                .map_err(ConfigError::RelayListen)?;
         }
         Ok(())
     }
@@ -120,17 +171,63 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(5));
         assert_eq!(c.max_request_bytes, 32 * 1024 * 1024);
         c.validate().unwrap();
-        assert!(Config::parse("lissen = 1").is_err());
+        assert!(matches!(
+            Config::parse("lissen = 1"),
+            Err(ConfigError::Parse(_))
+        ));
         let bad = Config {
             connections: 0,
             ..Config::default()
         };
-        assert!(bad.validate().is_err());
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Connections { connections: 0 })
+        ));
         let bad = Config {
             enclave: "tcp://x".into(),
             ..Config::default()
         };
-        assert!(bad.validate().is_err());
+        assert!(matches!(bad.validate(), Err(ConfigError::Enclave(_))));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let e = Config::load(&path).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::Read { path: p, .. } if *p == path),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with(&format!("{}: ", path.display())),
+            "{e}"
+        );
+        std::fs::write(&path, "connections = \"four\"").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::ParseFile { path: p, .. } if *p == path),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with(&format!("{}: ", path.display())),
+            "{e}"
+        );
+        let bad = Config {
+            max_request_bytes: 48 * 1024 * 1024,
+            ..Config::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::FrameMargin { .. })
+        ));
+        let bad = Config {
+            listen: "localhost".into(),
+            ..Config::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::Listen(_)), "{e:?}");
+        assert!(e.to_string().starts_with("listen: "), "{e}");
     }
 
     #[test]

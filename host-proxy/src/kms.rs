@@ -35,12 +35,50 @@ pub struct PolicyArgs {
     pub pcrs: Vec<u8>,
 }
 
-fn pcrs_of(v: &Value) -> Result<BTreeMap<u8, String>, String> {
+/// Why no key policy can be made from a record and the arguments.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The record cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not JSON: {source}")]
+    NotJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the record is not a JSON object")]
+    NotAnObject,
+    /// A `PCRn` entry that is not a string.
+    #[error("{key} is not a string")]
+    NotAString { key: String },
+    /// A `PCRn` entry that is not a SHA-384 digest in hex.
+    #[error("{key}: expected 96 hex digits (SHA-384)")]
+    NotSha384 { key: String, value: String },
+    #[error("--account-id must be 12 digits")]
+    AccountId { account_id: String },
+    #[error("--role-arn must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)")]
+    RoleArn { role_arn: String },
+    /// The PCRs to bind leave out PCR0.
+    #[error("bind at least PCR0 (the image)")]
+    NoPcr0,
+    /// A PCR to bind that the record does not have.
+    #[error("the record has no PCR{index}")]
+    MissingPcr { index: u8 },
+    /// A PCR to bind that is all zeros.
+    #[error("PCR{index} is all zeros (a debug-mode enclave); never bind a key to it")]
+    ZeroPcr { index: u8 },
+}
+
+fn pcrs_of(v: &Value) -> Result<BTreeMap<u8, String>, PolicyError> {
     let obj = v
         .get("Measurements")
         .unwrap_or(v)
         .as_object()
-        .ok_or("the record is not a JSON object")?;
+        .ok_or(PolicyError::NotAnObject)?;
     let mut out = BTreeMap::new();
     for (k, val) in obj {
         let Some(n) = k.strip_prefix("PCR").and_then(|n| n.parse::<u8>().ok()) else {
@@ -48,10 +86,13 @@ fn pcrs_of(v: &Value) -> Result<BTreeMap<u8, String>, String> {
         };
         let h = val
             .as_str()
-            .ok_or_else(|| format!("{k} is not a string"))?
+            .ok_or_else(|| PolicyError::NotAString { key: k.clone() })?
             .to_ascii_lowercase();
         if h.len() != 96 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!("{k}: expected 96 hex digits (SHA-384)"));
+            return Err(PolicyError::NotSha384 {
+                key: k.clone(),
+                value: h,
+            });
         }
         out.insert(n, h);
     }
@@ -59,14 +100,16 @@ fn pcrs_of(v: &Value) -> Result<BTreeMap<u8, String>, String> {
 }
 
 /// Build the policy document.
-pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
+pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, PolicyError> {
     if a.account_id.len() != 12 || !a.account_id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("--account-id must be 12 digits".into());
+        return Err(PolicyError::AccountId {
+            account_id: a.account_id.clone(),
+        });
     }
     if !a.role_arn.starts_with("arn:aws") || !a.role_arn.contains(":role/") {
-        return Err(
-            "--role-arn must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)".into(),
-        );
+        return Err(PolicyError::RoleArn {
+            role_arn: a.role_arn.clone(),
+        });
     }
     let all = pcrs_of(record)?;
     let wanted: Vec<u8> = if a.pcrs.is_empty() {
@@ -78,17 +121,13 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
         a.pcrs.clone()
     };
     if !wanted.contains(&0) {
-        return Err("bind at least PCR0 (the image)".into());
+        return Err(PolicyError::NoPcr0);
     }
     let mut cond = serde_json::Map::new();
     for n in &wanted {
-        let v = all
-            .get(n)
-            .ok_or_else(|| format!("the record has no PCR{n}"))?;
+        let v = all.get(n).ok_or(PolicyError::MissingPcr { index: *n })?;
         if v.bytes().all(|b| b == b'0') {
-            return Err(format!(
-                "PCR{n} is all zeros (a debug-mode enclave); never bind a key to it"
-            ));
+            return Err(PolicyError::ZeroPcr { index: *n });
         }
         cond.insert(format!("kms:RecipientAttestation:PCR{n}"), v.clone().into());
     }
@@ -185,10 +224,15 @@ pub fn policy_for(record: &Value, a: &PolicyArgs) -> Result<Value, String> {
     }))
 }
 
-pub fn policy(a: &PolicyArgs) -> Result<Value, String> {
-    let text = std::fs::read(&a.record).map_err(|e| format!("{}: {e}", a.record.display()))?;
-    let v: Value = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not JSON: {e}", a.record.display()))?;
+pub fn policy(a: &PolicyArgs) -> Result<Value, PolicyError> {
+    let text = std::fs::read(&a.record).map_err(|source| PolicyError::Read {
+        path: a.record.clone(),
+        source,
+    })?;
+    let v: Value = serde_json::from_slice(&text).map_err(|source| PolicyError::NotJson {
+        path: a.record.clone(),
+        source,
+    })?;
     policy_for(&v, a)
 }
 
@@ -266,17 +310,61 @@ mod tests {
     #[test]
     fn refuses_unsafe_or_incomplete_input() {
         let zero = json!({"PCR0": "0".repeat(96), "PCR1": "b".repeat(96)});
-        assert!(policy_for(&zero, &args(vec![]))
-            .unwrap_err()
-            .contains("debug"));
+        let e = policy_for(&zero, &args(vec![])).unwrap_err();
+        assert!(matches!(e, PolicyError::ZeroPcr { index: 0 }), "{e:?}");
+        assert!(e.to_string().contains("debug"), "{e}");
         let rec = json!({"PCR0": "a".repeat(96)});
-        assert!(policy_for(&rec, &args(vec![0, 8]))
-            .unwrap_err()
-            .contains("no PCR8"));
-        assert!(policy_for(&rec, &args(vec![1])).is_err());
-        assert!(policy_for(&json!({"PCR0": "zz"}), &args(vec![])).is_err());
+        let e = policy_for(&rec, &args(vec![0, 8])).unwrap_err();
+        assert!(matches!(e, PolicyError::MissingPcr { index: 8 }), "{e:?}");
+        assert!(e.to_string().contains("no PCR8"), "{e}");
+        assert!(matches!(
+            policy_for(&rec, &args(vec![1])),
+            Err(PolicyError::NoPcr0)
+        ));
+        assert!(matches!(
+            policy_for(&json!({"PCR0": "zz"}), &args(vec![])),
+            Err(PolicyError::NotSha384 { key, .. }) if key == "PCR0"
+        ));
+        assert!(matches!(
+            policy_for(&json!({"PCR0": 7}), &args(vec![])),
+            Err(PolicyError::NotAString { key }) if key == "PCR0"
+        ));
+        assert!(matches!(
+            policy_for(&json!(["PCR0"]), &args(vec![])),
+            Err(PolicyError::NotAnObject)
+        ));
         let mut bad = args(vec![]);
         bad.account_id = "12".into();
-        assert!(policy_for(&rec, &bad).is_err());
+        assert!(matches!(
+            policy_for(&rec, &bad),
+            Err(PolicyError::AccountId { account_id }) if account_id == "12"
+        ));
+        let mut bad = args(vec![]);
+        bad.role_arn = "arn:aws:iam::123456789012:user/someone".into();
+        assert!(matches!(
+            policy_for(&rec, &bad),
+            Err(PolicyError::RoleArn { .. })
+        ));
+    }
+
+    #[test]
+    fn unreadable_or_non_json_records_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(vec![]);
+        a.record = dir.path().join("missing.json");
+        let e = policy(&a).unwrap_err();
+        assert!(
+            matches!(&e, PolicyError::Read { path, .. } if *path == a.record),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with(&a.record.display().to_string()),
+            "{e}"
+        );
+        a.record = dir.path().join("bad.json");
+        std::fs::write(&a.record, "{").unwrap();
+        let e = policy(&a).unwrap_err();
+        assert!(matches!(e, PolicyError::NotJson { .. }), "{e:?}");
+        assert!(e.to_string().contains(": not JSON: "), "{e}");
     }
 }

@@ -105,6 +105,36 @@ pub struct BadRule {
     pub source: pii_transport::relay::TargetError,
 }
 
+/// Why a `[relay]` configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayConfigError {
+    /// `vsock_proxy_allowlist` cannot be read.
+    #[error("{path}: {source}")]
+    ReadAllowlist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The allowlist is not `vsock-proxy` YAML (the error has the location).
+    #[error("vsock-proxy allowlist: {0}")]
+    Allowlist(#[source] serde_yaml_ng::Error),
+    #[error(transparent)]
+    Rule(#[from] BadRule),
+    #[error("relay max_connections must be at least 1")]
+    MaxConnections,
+}
+
+/// Why the rules admit no connection to a target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Denied {
+    /// A deny rule matches (deny rules win).
+    #[error("{target} matches deny rule {rule:?}")]
+    DenyRule { target: Target, rule: String },
+    #[error("{target} matches no allow rule")]
+    NoAllowRule { target: Target },
+}
+
 impl Rule {
     /// The rule with its host pattern in [`normalize_host`]'s form (`*`,
     /// `*.` + a name, or a name or IP), as requests are.
@@ -161,9 +191,8 @@ struct VsockProxyEntry {
 }
 
 /// Parse an AWS `vsock-proxy` allowlist (`allowlist: [{address, port}]`).
-pub fn parse_vsock_proxy_yaml(text: &str) -> Result<Vec<Rule>, String> {
-    let y: VsockProxyYaml =
-        serde_yaml_ng::from_str(text).map_err(|e| format!("vsock-proxy allowlist: {e}"))?;
+pub fn parse_vsock_proxy_yaml(text: &str) -> Result<Vec<Rule>, RelayConfigError> {
+    let y: VsockProxyYaml = serde_yaml_ng::from_str(text).map_err(RelayConfigError::Allowlist)?;
     Ok(y.allowlist
         .into_iter()
         .map(|e| Rule {
@@ -272,10 +301,14 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    pub fn new(cfg: &RelayConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(cfg: &RelayConfig, metrics: Arc<Metrics>) -> Result<Self, RelayConfigError> {
         let mut allow = cfg.allow.clone();
         if let Some(p) = &cfg.vsock_proxy_allowlist {
-            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).map_err(|source| RelayConfigError::ReadAllowlist {
+                    path: p.clone(),
+                    source,
+                })?;
             allow.extend(parse_vsock_proxy_yaml(&text)?);
         }
         let normalize = |rules: &[Rule]| {
@@ -283,11 +316,10 @@ impl Relay {
                 .iter()
                 .map(Rule::normalized)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())
         };
         let (allow, deny) = (normalize(&allow)?, normalize(&cfg.deny)?);
         if cfg.max_connections == 0 {
-            return Err("relay max_connections must be at least 1".into());
+            return Err(RelayConfigError::MaxConnections);
         }
         Ok(Relay {
             limits: allow
@@ -307,14 +339,17 @@ impl Relay {
     }
 
     /// Which allow rule admits `t`, or why none does.
-    pub fn decide(&self, t: &Target) -> Result<usize, String> {
+    pub fn decide(&self, t: &Target) -> Result<usize, Denied> {
         if let Some(d) = self.deny.iter().find(|r| r.matches(t)) {
-            return Err(format!("{t} matches deny rule {:?}", d.host));
+            return Err(Denied::DenyRule {
+                target: t.clone(),
+                rule: d.host.clone(),
+            });
         }
         self.allow
             .iter()
             .position(|r| r.matches(t))
-            .ok_or_else(|| format!("{t} matches no allow rule"))
+            .ok_or_else(|| Denied::NoAllowRule { target: t.clone() })
     }
 
     async fn resolve(&self, t: &Target, rule: &Rule) -> Result<Vec<SocketAddr>, (Refusal, String)> {
@@ -456,7 +491,9 @@ impl Relay {
         &self,
         t: &Target,
     ) -> Result<(tokio::net::TcpStream, Vec<OwnedSemaphorePermit>), (Refusal, String)> {
-        let idx = self.decide(t).map_err(|e| (Refusal::Denied, e))?;
+        let idx = self
+            .decide(t)
+            .map_err(|e| (Refusal::Denied, e.to_string()))?;
         let rule = &self.allow[idx];
         let mut permits = vec![self
             .total
@@ -561,11 +598,22 @@ mod tests {
         assert!(r.decide(&t("kms.eu-west-1.amazonaws.com:80")).is_err());
         assert_eq!(r.decide(&t("vault.internal:8200")), Ok(1));
         let e = r.decide(&t("evil.amazonaws.com:443")).unwrap_err();
-        assert!(e.contains("deny rule"), "{e}");
-        assert!(r
-            .decide(&t("example.com:443"))
-            .unwrap_err()
-            .contains("no allow rule"));
+        assert_eq!(
+            e,
+            Denied::DenyRule {
+                target: t("evil.amazonaws.com:443"),
+                rule: "evil.amazonaws.com".into()
+            }
+        );
+        assert!(e.to_string().contains("deny rule"), "{e}");
+        let e = r.decide(&t("example.com:443")).unwrap_err();
+        assert_eq!(
+            e,
+            Denied::NoAllowRule {
+                target: t("example.com:443")
+            }
+        );
+        assert!(e.to_string().contains("no allow rule"), "{e}");
     }
 
     #[test]
@@ -587,7 +635,7 @@ mod tests {
             "vault.example.com.:443",
         ] {
             let e = r.decide(&t(host)).unwrap_err();
-            assert!(e.contains("deny rule"), "{host}: {e}");
+            assert!(matches!(e, Denied::DenyRule { .. }), "{host}: {e}");
         }
         assert_eq!(r.decide(&t("kms.example.com.:443")), Ok(0));
         // A rule written in Unicode matches its punycode form.
@@ -602,7 +650,15 @@ mod tests {
             allow: vec![rule("bad..name", None)],
             ..config()
         };
-        assert!(Relay::new(&cfg, Arc::new(Metrics::new())).is_err());
+        let e = Relay::new(&cfg, Arc::new(Metrics::new())).unwrap_err();
+        assert!(
+            matches!(&e, RelayConfigError::Rule(BadRule { host, .. }) if host == "bad..name"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("relay rule host \"bad..name\": "),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -688,8 +744,31 @@ mod tests {
                 rule("vault.example.com", Some(8200))
             ]
         );
-        assert!(parse_vsock_proxy_yaml("allowlist: 3").is_err());
-        assert!(parse_vsock_proxy_yaml(": : :").is_err());
+        for bad in ["allowlist: 3", ": : :"] {
+            let e = parse_vsock_proxy_yaml(bad).unwrap_err();
+            assert!(matches!(e, RelayConfigError::Allowlist(_)), "{e:?}");
+            assert!(e.to_string().starts_with("vsock-proxy allowlist: "), "{e}");
+        }
+        // From a file, as the config names it; and a relay without capacity.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowlist.yaml");
+        let cfg = RelayConfig {
+            vsock_proxy_allowlist: Some(path.clone()),
+            ..config()
+        };
+        let e = Relay::new(&cfg, Arc::new(Metrics::new())).unwrap_err();
+        assert!(matches!(&e, RelayConfigError::ReadAllowlist { path: p, .. } if *p == path));
+        std::fs::write(&path, y).unwrap();
+        let r = Relay::new(&cfg, Arc::new(Metrics::new())).unwrap();
+        assert_eq!(r.decide(&t("vault.example.com:8200")), Ok(1));
+        let cfg = RelayConfig {
+            max_connections: 0,
+            ..config()
+        };
+        assert!(matches!(
+            Relay::new(&cfg, Arc::new(Metrics::new())),
+            Err(RelayConfigError::MaxConnections)
+        ));
     }
 
     #[test]

@@ -322,7 +322,7 @@ async fn deliver(
     let pcrs = std::fs::read_to_string(expected)
         .map_err(anyhow::Error::from)
         .and_then(|t| Ok(serde_json::from_str::<serde_json::Value>(&t)?))
-        .and_then(|j| verifier::attestation::parse_expected(&j).map_err(anyhow::Error::msg))
+        .and_then(|j| Ok(verifier::attestation::parse_expected(&j)?))
         .map_err(|e| anyhow::anyhow!("--expected {}: {e}", expected.display()))?;
     if !pcrs.contains_key(&0) {
         // Without PCR0 another image on the same instance could match.

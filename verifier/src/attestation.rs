@@ -188,10 +188,18 @@ pub struct Policy {
     pub user_data: Option<Vec<u8>>,
 }
 
+/// A PEM certificate that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PemError {
+    /// No well-formed PEM block (missing or bad header, bad base64, …).
+    #[error("bad PEM: {0}")]
+    Malformed(#[source] x509_parser::nom::Err<x509_parser::error::PEMError>),
+}
+
 /// Decode a PEM certificate to DER.
-pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, String> {
-    let (_, p) =
-        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| format!("bad PEM: {e}"))?;
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, PemError> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(PemError::Malformed)?;
     Ok(p.contents)
 }
 
@@ -774,16 +782,41 @@ pub fn parse_document_unverified(bytes: &[u8]) -> Result<AttestationDoc, VerifyE
     parse_payload(&cose.payload)
 }
 
+/// Why expected measurements cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExpectedPcrsError {
+    #[error("expected PCRs must be a JSON object")]
+    NotAnObject,
+    /// A key that is not `PCR0` … `PCR31` (or `HashAlgorithm`).
+    #[error("unknown key {key:?}: use PCR0 … PCR31")]
+    UnknownKey { key: String },
+    #[error("{key}: not a hex string")]
+    NotAString { key: String },
+    #[error("{key}: not hex")]
+    NotHex {
+        key: String,
+        source: hex::FromHexError,
+    },
+    /// A digest of a length no PCR has.
+    #[error("{key}: {len} bytes; PCRs are 32, 48 or 64 bytes")]
+    Length { key: String, len: usize },
+    #[error("no PCRs in the expected measurements")]
+    Empty,
+}
+
 /// Parse `--expected`: `{"PCR0": "hex", …}`, `nitro-cli describe-eif` output
 /// (`{"Measurements": {…}}`), or a measurement record with `pcrs`/`measurements`.
-pub fn parse_expected(json: &serde_json::Value) -> Result<BTreeMap<u8, Vec<u8>>, String> {
+pub fn parse_expected(
+    json: &serde_json::Value,
+) -> Result<BTreeMap<u8, Vec<u8>>, ExpectedPcrsError> {
     let obj = json
         .get("Measurements")
         .or_else(|| json.get("measurements"))
         .or_else(|| json.get("pcrs"))
         .unwrap_or(json)
         .as_object()
-        .ok_or("expected PCRs must be a JSON object")?;
+        .ok_or(ExpectedPcrsError::NotAnObject)?;
     let mut out = BTreeMap::new();
     for (k, v) in obj {
         if k == "HashAlgorithm" || k == "hash_algorithm" {
@@ -794,19 +827,24 @@ pub fn parse_expected(json: &serde_json::Value) -> Result<BTreeMap<u8, Vec<u8>>,
             .or_else(|| k.strip_prefix("pcr"))
             .and_then(|n| n.parse().ok())
             .filter(|n| *n < 32)
-            .ok_or_else(|| format!("unknown key {k:?}: use PCR0 … PCR31"))?;
-        let hexs = v.as_str().ok_or_else(|| format!("{k}: not a hex string"))?;
-        let bytes = hex::decode(hexs).map_err(|_| format!("{k}: not hex"))?;
+            .ok_or_else(|| ExpectedPcrsError::UnknownKey { key: k.clone() })?;
+        let hexs = v
+            .as_str()
+            .ok_or_else(|| ExpectedPcrsError::NotAString { key: k.clone() })?;
+        let bytes = hex::decode(hexs).map_err(|source| ExpectedPcrsError::NotHex {
+            key: k.clone(),
+            source,
+        })?;
         if ![32, 48, 64].contains(&bytes.len()) {
-            return Err(format!(
-                "{k}: {} bytes; PCRs are 32, 48 or 64 bytes",
-                bytes.len()
-            ));
+            return Err(ExpectedPcrsError::Length {
+                key: k.clone(),
+                len: bytes.len(),
+            });
         }
         out.insert(idx, bytes);
     }
     if out.is_empty() {
-        return Err("no PCRs in the expected measurements".into());
+        return Err(ExpectedPcrsError::Empty);
     }
     Ok(out)
 }
@@ -819,6 +857,9 @@ mod tests {
     fn pinned_root_fingerprint() {
         let der = pem_to_der(AWS_NITRO_ROOT_G1_PEM).unwrap();
         assert_eq!(sha256_hex(&der), AWS_NITRO_ROOT_G1_SHA256);
+        let e = pem_to_der("not PEM").unwrap_err();
+        assert!(matches!(e, PemError::Malformed(_)), "{e:?}");
+        assert!(e.to_string().starts_with("bad PEM: "), "{e}");
     }
 
     #[test]
@@ -832,8 +873,35 @@ mod tests {
             parse_expected(&nitro).unwrap().keys().collect::<Vec<_>>(),
             vec![&1]
         );
-        assert!(parse_expected(&serde_json::json!({"PCR99": p})).is_err());
-        assert!(parse_expected(&serde_json::json!({"PCR0": "abc"})).is_err());
-        assert!(parse_expected(&serde_json::json!({})).is_err());
+        let err = |j: serde_json::Value| parse_expected(&j).unwrap_err();
+        let e = err(serde_json::json!({"PCR99": p}));
+        assert_eq!(
+            e,
+            ExpectedPcrsError::UnknownKey {
+                key: "PCR99".into()
+            }
+        );
+        assert_eq!(e.to_string(), "unknown key \"PCR99\": use PCR0 … PCR31");
+        let e = err(serde_json::json!({"PCR0": "abc"}));
+        assert!(
+            matches!(&e, ExpectedPcrsError::NotHex { key, .. } if key == "PCR0"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "PCR0: not hex");
+        let e = err(serde_json::json!({"PCR0": "ab"}));
+        assert_eq!(
+            e,
+            ExpectedPcrsError::Length {
+                key: "PCR0".into(),
+                len: 1
+            }
+        );
+        assert_eq!(e.to_string(), "PCR0: 1 bytes; PCRs are 32, 48 or 64 bytes");
+        assert!(matches!(
+            err(serde_json::json!({"PCR0": 1})),
+            ExpectedPcrsError::NotAString { .. }
+        ));
+        assert_eq!(err(serde_json::json!([])), ExpectedPcrsError::NotAnObject);
+        assert_eq!(err(serde_json::json!({})), ExpectedPcrsError::Empty);
     }
 }

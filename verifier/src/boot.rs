@@ -15,6 +15,9 @@ pub enum BootError {
     Unreachable(String),
     #[error("sidecar answered {0}")]
     Http(String),
+    /// The development root the sidecar offers is not PEM.
+    #[error("sidecar answered {0}")]
+    DevRoot(#[source] crate::attestation::PemError),
     #[error("attestation rejected at {step:?}: {reason}")]
     Rejected {
         step: crate::attestation::Step,
@@ -114,7 +117,7 @@ pub fn run(check: &BootCheck, now: i64) -> Result<Verified, BootError> {
         let pem = v["dangerous_dev_root_pem"]
             .as_str()
             .ok_or_else(|| BootError::Http("the sidecar offers no development root".into()))?;
-        let der = pem_to_der(pem).map_err(BootError::Http)?;
+        let der = pem_to_der(pem).map_err(BootError::DevRoot)?;
         let mut p = Policy::dangerous_with_root(now, der);
         p.expected_pcrs = policy.expected_pcrs.clone();
         p.allow_debug = policy.allow_debug;

@@ -153,15 +153,9 @@ fn main() -> ExitCode {
             let mut policy = verifier::attestation::Policy::aws(at);
             policy.allow_debug = allow_debug;
             if let Some(p) = &expected {
-                match std::fs::read_to_string(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| {
-                        serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())
-                    })
-                    .and_then(|j| verifier::attestation::parse_expected(&j))
-                {
+                match expected_pcrs(p) {
                     Ok(m) => policy.expected_pcrs = m,
-                    Err(e) => return usage(format!("--expected {}: {e}", p.display())),
+                    Err(e) => return usage(e),
                 }
             }
             let now = std::time::SystemTime::now()
@@ -247,15 +241,9 @@ fn main() -> ExitCode {
             timeout,
             token,
         } => {
-            let pcrs = match std::fs::read_to_string(&expected)
-                .map_err(|e| e.to_string())
-                .and_then(|t| {
-                    serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())
-                })
-                .and_then(|j| verifier::attestation::parse_expected(&j))
-            {
+            let pcrs = match expected_pcrs(&expected) {
                 Ok(p) => p,
-                Err(e) => return usage(format!("--expected {}: {e}", expected.display())),
+                Err(e) => return usage(e),
             };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -357,16 +345,35 @@ enum ArgError {
         path: String,
         source: std::io::Error,
     },
-    #[error("--dangerous-root {path}: {reason}")]
-    Root { path: String, reason: String },
-    #[error("--expected {path}: {reason}")]
-    Expected { path: String, reason: String },
+    #[error("--dangerous-root {path}: {source}")]
+    Root { path: String, source: FileError },
+    #[error("--expected {path}: {source}")]
+    Expected { path: String, source: FileError },
+    #[error("--{name} is not hex")]
+    NotHex {
+        name: &'static str,
+        source: hex::FromHexError,
+    },
     #[error("--attestation needs --expected")]
     NoExpected,
     #[error("--expected {0}: PCR0 (the image) must be pinned")]
     NoPcr0(String),
     #[error("--attestation: {0}")]
     Attested(#[from] verifier::audit::AttestedKeyError),
+}
+
+/// Why the file an argument names cannot be used (shown after the flag and
+/// the path).
+#[derive(Debug, thiserror::Error)]
+enum FileError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Pem(#[from] verifier::attestation::PemError),
+    #[error(transparent)]
+    Pcrs(#[from] verifier::attestation::ExpectedPcrsError),
 }
 
 /// The audit key's SHA-256 from a verified document (at its own timestamp).
@@ -489,9 +496,9 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn hex_arg(name: &str, v: &Option<String>) -> Result<Option<Vec<u8>>, String> {
+fn hex_arg(name: &'static str, v: &Option<String>) -> Result<Option<Vec<u8>>, ArgError> {
     v.as_ref()
-        .map(|h| hex::decode(h).map_err(|_| format!("--{name} is not hex")))
+        .map(|h| hex::decode(h).map_err(|source| ArgError::NotHex { name, source }))
         .transpose()
 }
 
@@ -504,13 +511,12 @@ fn policy_for(
     match dangerous_root {
         None => Ok(Policy::aws(at)),
         Some(p) => {
-            let der = std::fs::read_to_string(p)
-                .map_err(|e| e.to_string())
-                .and_then(|t| pem_to_der(&t))
-                .map_err(|reason| ArgError::Root {
-                    path: p.display().to_string(),
-                    reason,
-                })?;
+            let read =
+                || -> Result<Vec<u8>, FileError> { Ok(pem_to_der(&std::fs::read_to_string(p)?)?) };
+            let der = read().map_err(|source| ArgError::Root {
+                path: p.display().to_string(),
+                source,
+            })?;
             eprintln!(
                 "verifier: DANGEROUS: trusting {} instead of the AWS Nitro root",
                 p.display()
@@ -521,14 +527,14 @@ fn policy_for(
 }
 
 fn expected_pcrs(p: &std::path::Path) -> Result<std::collections::BTreeMap<u8, Vec<u8>>, ArgError> {
-    std::fs::read_to_string(p)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string()))
-        .and_then(|j| verifier::attestation::parse_expected(&j))
-        .map_err(|reason| ArgError::Expected {
-            path: p.display().to_string(),
-            reason,
-        })
+    let read = || -> Result<_, FileError> {
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p)?)?;
+        Ok(verifier::attestation::parse_expected(&json)?)
+    };
+    read().map_err(|source| ArgError::Expected {
+        path: p.display().to_string(),
+        source,
+    })
 }
 
 fn verify_cmd(a: VerifyArgs) -> ExitCode {

@@ -7,26 +7,28 @@ use serde_json::{json, Value};
 
 use crate::attestation::{parse_document_unverified, verify, Policy};
 
-/// `YYYY-MM-DD HH:MM:SS UTC` from Unix seconds.
+/// `YYYY-MM-DD HH:MM:SS UTC` from Unix seconds. Times RFC 3339 cannot
+/// write (before 1970, after 9999) come out as `<secs> (Unix time)`.
 pub fn utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    use std::fmt::Write as _;
+    let out_of_range = || format!("{secs} (Unix time)");
+    let Some(t) = u64::try_from(secs)
+        .ok()
+        .and_then(|s| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s)))
+    else {
+        return out_of_range();
+    };
+    // humantime reports a year past 9999 as a formatting error (which
+    // `to_string` would turn into a panic).
+    let mut rfc3339 = String::new();
+    if write!(rfc3339, "{}", humantime::format_rfc3339_seconds(t)).is_err() {
+        return out_of_range();
+    }
+    // `YYYY-MM-DDTHH:MM:SSZ`
+    match rfc3339.strip_suffix('Z').and_then(|s| s.split_once('T')) {
+        Some((date, time)) => format!("{date} {time} UTC"),
+        None => out_of_range(),
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -192,6 +194,11 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(1_736_179_625), "2025-01-06 16:07:05 UTC");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(253_402_300_799), "9999-12-31 23:59:59 UTC");
+        assert_eq!(utc(253_402_300_800), "253402300800 (Unix time)");
+        assert_eq!(utc(-1), "-1 (Unix time)");
+        assert_eq!(utc(i64::MIN), format!("{} (Unix time)", i64::MIN));
+        assert_eq!(utc(i64::MAX), format!("{} (Unix time)", i64::MAX));
         assert_eq!(esc("<a&\">"), "&lt;a&amp;&quot;&gt;");
     }
 }
