@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use pii_engine::clock::{Clock, SystemClock};
 use pii_proto::audit::{
     AuditBody, AuditEvent, AuditRecord, Checkpoint, CheckpointSet, SignedCheckpoint,
 };
@@ -105,24 +106,14 @@ pub struct AuditLog {
     /// 0: checkpoint before every answer; N: at most every N seconds.
     checkpoint_secs: AtomicU64,
     last_checkpoint: AtomicU64,
+    /// Record times and checkpoint intervals.
+    clock: Arc<dyn Clock>,
 }
 
 impl Default for AuditLog {
     fn default() -> Self {
-        AuditLog {
-            chain: Mutex::new(None),
-            links: Mutex::new(vec![]),
-            checkpoint_secs: AtomicU64::new(0),
-            last_checkpoint: AtomicU64::new(0),
-        }
+        AuditLog::new(Arc::new(SystemClock))
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -133,11 +124,12 @@ fn record(
     key: &Ed25519KeyPair,
     chain: &mut Chain,
     event: AuditEvent,
+    time: u64,
 ) -> (Vec<u8>, SignedCheckpoint) {
     let body = AuditBody {
         stream: chain.stream.clone(),
         seq: chain.next_seq,
-        time: now(),
+        time,
         prev: hex::encode(chain.prev),
         event,
     };
@@ -163,7 +155,7 @@ fn record(
     (serde_json::to_vec(&rec).unwrap_or_default(), point)
 }
 
-fn new_chain(key: &Ed25519KeyPair, links: Vec<Checkpoint>) -> Result<Chain> {
+fn new_chain(key: &Ed25519KeyPair, links: Vec<Checkpoint>, time: u64) -> Result<Chain> {
     let mut id = [0u8; 16];
     pii_engine::keyring::random(&mut id)?;
     let mut chain = Chain {
@@ -188,7 +180,7 @@ fn new_chain(key: &Ed25519KeyPair, links: Vec<Checkpoint>) -> Result<Chain> {
         public_key: Some(hex::encode(key.public_key().as_ref())),
         links,
     };
-    let (line, point) = record(key, &mut chain, genesis);
+    let (line, point) = record(key, &mut chain, genesis, time);
     chain.queue.push(Queued {
         line,
         point,
@@ -236,6 +228,21 @@ async fn publish(anchor: &dyn Anchor, cp: &SignedCheckpoint, links: &[Checkpoint
 }
 
 impl AuditLog {
+    /// A log that stamps records with `clock`'s time.
+    pub fn new(clock: Arc<dyn Clock>) -> AuditLog {
+        AuditLog {
+            chain: Mutex::new(None),
+            links: Mutex::new(vec![]),
+            checkpoint_secs: AtomicU64::new(0),
+            last_checkpoint: AtomicU64::new(0),
+            clock,
+        }
+    }
+
+    fn unix(&self) -> u64 {
+        u64::try_from(self.clock.unix()).unwrap_or(0)
+    }
+
     /// 0: publish a checkpoint before every answer; N: at most every N s.
     pub fn set_checkpoint_secs(&self, secs: u64) {
         self.checkpoint_secs.store(secs, Ordering::Relaxed);
@@ -285,10 +292,10 @@ impl AuditLog {
                 {
                     pii_proto::audit::add_link(&mut links, l);
                 }
-                *g = Some(new_chain(key, links)?);
+                *g = Some(new_chain(key, links, self.unix())?);
             }
             let c = g.as_mut().ok_or_else(unavailable)?;
-            let (line, point) = record(key, c, event);
+            let (line, point) = record(key, c, event, self.unix());
             c.queue.push(Queued {
                 line,
                 point,
@@ -357,7 +364,7 @@ impl AuditLog {
             // Before anyone sees an answer: a new stream's first checkpoint,
             // and every batch's when checkpoint_secs is 0.
             let every = self.checkpoint_secs.load(Ordering::Relaxed);
-            let t = now();
+            let t = self.unix();
             let due = t
                 >= self
                     .last_checkpoint

@@ -20,6 +20,7 @@ use crate::config::{Config, SealConfig};
 use crate::server::Server;
 use crate::service::Engine;
 use pii_custody::seal::Seal;
+use pii_engine::clock::{Clock, SystemClock};
 use pii_transport::{Addr, Listener, PeerConfig};
 
 /// Which binary is running.
@@ -295,16 +296,24 @@ fn serve(args: ServeArgs, dangerous: Dangerous, mode: Mode) {
             ));
         }
     }
+    // The one clock of this process: the seals and the engine read it.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let seal: Arc<dyn Seal> = match &cfg.seal {
         SealConfig::DangerousDev { passphrase } => dev_seal(mode, passphrase),
         SealConfig::VaultTransit(v) => Arc::new(
-            pii_custody::vault_seal::VaultTransitSeal::new(v.clone()).unwrap_or_else(|e| fail(e)),
+            pii_custody::vault_seal::VaultTransitSeal::new(v.clone())
+                .unwrap_or_else(|e| fail(e))
+                .with_clock(clock.clone()),
         ),
         SealConfig::AwsKms(k) => {
             let Some(n) = nsm.clone() else {
                 fail("the aws-kms seal needs an NSM for attestation (run in an enclave, or the development NSM of pii-enclave-dangerous-dev)")
             };
-            Arc::new(pii_custody::kms_seal::KmsSeal::new(k.clone(), n).unwrap_or_else(|e| fail(e)))
+            Arc::new(
+                pii_custody::kms_seal::KmsSeal::new(k.clone(), n)
+                    .unwrap_or_else(|e| fail(e))
+                    .with_clock(clock.clone()),
+            )
         }
         SealConfig::None => fail("no seal configured: set [seal] in the config file"),
     };
@@ -329,7 +338,7 @@ fn serve(args: ServeArgs, dangerous: Dangerous, mode: Mode) {
         let listener =
             Listener::bind(&addr).unwrap_or_else(|e| fail(format!("cannot listen on {addr}: {e}")));
         tracing::info!(%addr, seal = seal.id(), "pii-enclave listening");
-        let engine = Engine::new(seal);
+        let engine = Engine::with_clock(seal, clock);
         engine.set_audit_checkpoint_secs(cfg.audit.checkpoint_secs);
         let server = Arc::new(Server {
             engine,

@@ -97,7 +97,7 @@ impl Engine {
     /// An engine on `clock` (tests pass a `ManualClock`).
     pub fn with_clock(seal: Arc<dyn Seal>, clock: Arc<dyn Clock>) -> Engine {
         Engine {
-            clock,
+            clock: clock.clone(),
             keyring: ArcSwapOption::empty(),
             write: tokio::sync::Mutex::new(()),
             seal,
@@ -107,7 +107,7 @@ impl Engine {
             stale: std::sync::Mutex::new(None),
             fresh_due: std::sync::atomic::AtomicI64::new(0),
             fresh_every: std::sync::atomic::AtomicI64::new(FRESH_CHECK_SECS),
-            audit: crate::audit::AuditLog::default(),
+            audit: crate::audit::AuditLog::new(clock.clone()),
             seal_error: std::sync::Mutex::new(None),
             nonce_limits: std::sync::Mutex::new(NonceLimits::default()),
             encodes: std::sync::Mutex::new(std::collections::HashMap::new()),

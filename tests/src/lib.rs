@@ -12,6 +12,7 @@ use pii_custody::seal::DangerousDevSeal;
 use pii_enclave::auth::{Auth, AuthConfig};
 use pii_enclave::server::Server;
 use pii_enclave::service::Engine;
+use pii_engine::clock::{Clock, SystemClock};
 use pii_transport::{Addr, Listener, PeerConfig};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -42,7 +43,7 @@ impl Enclave {
         seal: Arc<dyn pii_custody::seal::Seal>,
     ) -> anyhow::Result<Enclave> {
         let nsm = Arc::new(pii_custody::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?);
-        Enclave::start_with_nsm(socket, auth, seal, nsm, |_| {})
+        Enclave::start_with_nsm(socket, auth, seal, nsm, Arc::new(SystemClock), |_| {})
     }
 
     /// As [`Enclave::start_sealed`], with this NSM (the one its seal uses,
@@ -52,10 +53,11 @@ impl Enclave {
         auth: Auth,
         seal: Arc<dyn pii_custody::seal::Seal>,
         nsm: Arc<dyn pii_custody::nsm::Nsm>,
+        clock: Arc<dyn Clock>,
         tune: impl FnOnce(&Engine),
     ) -> anyhow::Result<Enclave> {
         let listener = Listener::bind(&Addr::Unix(socket.to_path_buf()))?;
-        let engine = Engine::new(seal);
+        let engine = Engine::with_clock(seal, clock);
         tune(&engine);
         let server = Arc::new(Server {
             engine,
@@ -105,6 +107,9 @@ pub struct StackOpts {
     pub fresh_check_secs: Option<i64>,
     /// Random-nonce limits (`None`: production's).
     pub nonce_limits: Option<pii_engine::keyring::NonceLimits>,
+    /// The enclave's clock (`None`: the system's). Tests that wait for
+    /// expiry or refill pass a `ManualClock` and move it.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 impl Default for StackOpts {
@@ -121,6 +126,7 @@ impl Default for StackOpts {
             nsm: None,
             fresh_check_secs: None,
             nonce_limits: None,
+            clock: None,
         }
     }
 }
@@ -149,7 +155,8 @@ fn enclave_for(socket: &Path, opts: &StackOpts) -> anyhow::Result<Enclave> {
         Some(n) => n.clone(),
         None => Arc::new(pii_custody::nsm::DangerousDevNsm::new(TEST_IMAGE, b"")?),
     };
-    Enclave::start_with_nsm(socket, auth_for(opts)?, seal_for(opts), nsm, |e| {
+    let clock = opts.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+    Enclave::start_with_nsm(socket, auth_for(opts)?, seal_for(opts), nsm, clock, |e| {
         if let Some(s) = opts.fresh_check_secs {
             e.set_fresh_check_secs(s);
         }

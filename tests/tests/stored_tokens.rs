@@ -5,7 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use pii_engine::clock::{Clock as _, ManualClock, SystemClock};
 
 use pii_tests::{Client, Stack, StackOpts};
 use serde_json::{json, Value};
@@ -87,6 +90,12 @@ fn getrandom(buf: &mut [u8]) {
     }
 }
 
+/// A clock at today's time that moves only when the test says so (token
+/// expiry without sleeping).
+fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::at(SystemClock.unix()))
+}
+
 async fn setup(c: &Client) {
     for (name, body) in [
         (
@@ -115,7 +124,7 @@ async fn setup(c: &Client) {
     assert_eq!(r.status, 204);
 }
 
-async fn exercise(stack: &mut Stack, store_bytes: impl AsyncFn() -> Vec<u8>) {
+async fn exercise(stack: &mut Stack, clock: &ManualClock, store_bytes: impl AsyncFn() -> Vec<u8>) {
     let c = stack.client();
     setup(&c).await;
     let secret = "078-05-1120 stored-secret";
@@ -214,7 +223,7 @@ async fn exercise(stack: &mut Stack, store_bytes: impl AsyncFn() -> Vec<u8>) {
         )
         .await;
     let short = short.data("encoded_value").as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_millis(2100));
     let r = c
         .post(
             "transform/decode/svc",
@@ -274,9 +283,15 @@ async fn exercise(stack: &mut Stack, store_bytes: impl AsyncFn() -> Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_tokens_with_sqlite() {
-    let mut stack = Stack::start().await;
+    let clock = manual_clock();
+    let mut stack = Stack::start_with(StackOpts {
+        clock: Some(clock.clone()),
+        ..StackOpts::default()
+    })
+    .await
+    .unwrap();
     let db = stack.dir.path().join("tokens.db");
-    exercise(&mut stack, || async {
+    exercise(&mut stack, &clock, || async {
         let mut all = std::fs::read(&db).unwrap();
         if let Ok(wal) = std::fs::read(db.with_extension("db-wal")) {
             all.extend(wal);
@@ -289,13 +304,15 @@ async fn stored_tokens_with_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_tokens_with_postgres() {
     let pg = PgDb::create().await;
+    let clock = manual_clock();
     let mut stack = Stack::start_with(StackOpts {
         token_store: Some(pg.url()),
+        clock: Some(clock.clone()),
         ..StackOpts::default()
     })
     .await
     .unwrap();
-    exercise(&mut stack, || pg.table_bytes()).await;
+    exercise(&mut stack, &clock, || pg.table_bytes()).await;
     drop(stack);
     pg.drop_db().await;
 }

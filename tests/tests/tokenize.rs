@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
+use std::sync::Arc;
+
 use pii_enclave::auth::{token_hash, AuthConfig};
+use pii_engine::clock::{Clock as _, ManualClock, SystemClock};
 use pii_tests::{Client, Stack, StackOpts};
 use serde_json::{json, Value};
 
@@ -452,8 +455,11 @@ async fn json_documents_round_trip() {
 /// a per-minute allowance (empty at first, so a restart grants no burst).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_entropy_roles_rate_limit_and_audit_encoders() {
+    // The allowance refills on the enclave's clock: move it instead of sleeping.
+    let clock = Arc::new(ManualClock::at(SystemClock.unix()));
     let stack = Stack::start_with(StackOpts {
         auth: auth(),
+        clock: Some(clock.clone()),
         ..StackOpts::default()
     })
     .await
@@ -496,7 +502,7 @@ async fn low_entropy_roles_rate_limit_and_audit_encoders() {
     let r = e.post("transform/encode/edge", ssn("078-05-1120")).await;
     assert_eq!(r.status, 429, "{:?}", r.body);
     assert!(r.error().unwrap().contains("low-entropy"), "{:?}", r.body);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    clock.advance(std::time::Duration::from_millis(1100));
     let mut ok = 0;
     let mut limited = 0;
     for i in 0..6 {
@@ -526,7 +532,7 @@ async fn low_entropy_roles_rate_limit_and_audit_encoders() {
     assert!(r.error().unwrap().contains("at most 120"), "{:?}", r.body);
 
     // A JSON document is charged per value its rules reach, not per rule.
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    clock.advance(std::time::Duration::from_millis(600));
     let many: Vec<String> = (0..50).map(|i| format!("078-05-{i:04}")).collect();
     let r = e
         .post(

@@ -36,6 +36,7 @@ use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use pii_engine::clock::{Clock, SystemClock};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -199,6 +200,7 @@ pub struct KmsSeal {
     dynamo: Option<(url::Url, String)>,
     /// The anchor principal's credentials, once released by KMS.
     anchor_creds: Mutex<Option<Credentials>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for KmsSeal {
@@ -212,13 +214,6 @@ impl std::fmt::Debug for KmsSeal {
 
 fn unreachable(what: impl std::fmt::Display) -> SealError {
     SealError::Unreachable(what.to_string().chars().take(300).collect())
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 async fn read_limited(resp: reqwest::Response) -> Result<Vec<u8>, SealError> {
@@ -311,13 +306,20 @@ impl KmsSeal {
             refilling: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             dynamo,
             anchor_creds: Mutex::new(None),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Read the time (SigV4 dates, credential refresh) from `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> KmsSeal {
+        self.clock = clock;
+        self
     }
 
     async fn credentials(&self) -> Result<Credentials, SealError> {
         let mut g = self.creds.lock().await;
         if let Some(c) = g.as_ref() {
-            if now_unix() < c.refresh_at {
+            if self.clock.unix() < c.refresh_at {
                 return Ok(c.creds.clone());
             }
         }
@@ -415,7 +417,7 @@ impl KmsSeal {
             creds,
             &self.cfg.region,
             to.service,
-            &sigv4::amz_date(now_unix()),
+            &sigv4::amz_date(self.clock.unix()),
         );
         let mut rb = self.http.post(to.url.clone());
         for (k, v) in &req.headers {

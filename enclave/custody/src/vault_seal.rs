@@ -26,7 +26,10 @@
 //! newest version, and [`VaultTransitSeal::rewrap`] re-encrypts a stored data
 //! key without Vault seeing the keyring.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pii_engine::clock::{Clock, SystemClock};
 
 use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine as _;
@@ -107,8 +110,8 @@ fn default_timeout_secs() -> u64 {
 struct Session {
     /// Reused for every call of the session (one connection pool).
     client: std::sync::Arc<VaultClient>,
-    renew_at: Instant,
-    expires: Instant,
+    renew_at: Duration,
+    expires: Duration,
 }
 
 struct State {
@@ -121,6 +124,8 @@ struct State {
 pub struct VaultTransitSeal {
     cfg: VaultSealConfig,
     state: Mutex<State>,
+    /// Token renewal times (monotonic).
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for VaultTransitSeal {
@@ -173,7 +178,14 @@ impl VaultTransitSeal {
                 secret_id: None,
                 session: None,
             }),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Time token renewals on `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> VaultTransitSeal {
+        self.clock = clock;
+        self
     }
 
     fn client(&self, token: &str) -> Result<VaultClient, SealError> {
@@ -191,7 +203,7 @@ impl VaultTransitSeal {
     /// Log in (unwrapping the secret_id the first time) unless the current
     /// token is still good; renew it when due.
     async fn session(&self, st: &mut State) -> Result<(), SealError> {
-        let now = Instant::now();
+        let now = self.clock.monotonic();
         if let Some(s) = &st.session {
             if now < s.renew_at {
                 return Ok(());
@@ -401,7 +413,7 @@ impl Seal for VaultTransitSeal {
             if st
                 .session
                 .as_ref()
-                .is_some_and(|sess| Instant::now() < sess.expires)
+                .is_some_and(|sess| self.clock.monotonic() < sess.expires)
             {
                 // Anyone who can reach the API could otherwise replace a
                 // working (single-use, already spent) credential and cut the

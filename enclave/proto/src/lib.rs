@@ -31,6 +31,7 @@ pub mod audit;
 mod frame;
 mod hello;
 mod message;
+pub mod relay;
 
 pub use frame::{Frame, FrameDecoder, FrameKind, FRAME_HEADER_LEN, HARD_MAX_FRAME_LEN};
 pub use hello::{Hello, HelloReply, HELLO_LEN, MAGIC, STATUS_NO_COMMON_VERSION};
