@@ -129,21 +129,7 @@ impl Pcrs {
     }
 }
 
-/// extend(h) = SHA-384(48 zero bytes ‖ h), as the NSM does from a zero PCR.
-pub fn extend(h: &[u8]) -> [u8; 48] {
-    let mut c = Context::new(&SHA384);
-    c.update(&[0u8; 48]);
-    c.update(h);
-    let mut out = [0u8; 48];
-    out.copy_from_slice(c.finish().as_ref());
-    out
-}
-
-pub(crate) fn sha384(data: &[u8]) -> [u8; 48] {
-    let mut out = [0u8; 48];
-    out.copy_from_slice(aws_lc_rs::digest::digest(&SHA384, data).as_ref());
-    out
-}
+pub use crate::pcr::{extend, sha384};
 
 /// Which digest streams a chunk of bytes feeds.
 #[derive(Debug, Clone, Copy, Default)]

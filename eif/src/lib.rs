@@ -10,6 +10,7 @@
 pub mod build;
 pub mod cpio;
 pub mod image;
+pub mod pcr;
 pub mod sign;
 
 pub use image::{describe, DescribeOptions, Description, EifError, Pcrs};

@@ -3,6 +3,8 @@
 //!
 //! Exit codes: 0 success; 1 the image is corrupt, does not match, or a record
 //! does not verify; 2 usage errors (bad flags, unreadable inputs).
+//!
+//! Why one file: the command line: one clap definition and one short handler per subcommand, kept beside the argument structs they read.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;

@@ -13,7 +13,7 @@ use ciborium::Value;
 use p384::ecdsa::signature::Signer as _;
 use p384::pkcs8::DecodePrivateKey as _;
 
-use crate::image::{extend, sha384, EifError};
+use crate::pcr::{extend, sha384};
 
 /// Protected header `{1: -35}` (alg ES384), CBOR-encoded.
 const PROTECTED_ES384: [u8; 4] = [0xa1, 0x01, 0x38, 0x22];
@@ -216,8 +216,8 @@ impl Signer {
 }
 
 /// Verify a signature section against the image's PCR0.
-pub fn verify_section(bytes: &[u8], pcr0: &[u8; 48]) -> Result<SignatureInfo, EifError> {
-    Ok(verify(bytes, pcr0)?)
+pub fn verify_section(bytes: &[u8], pcr0: &[u8; 48]) -> Result<SignatureInfo, SignError> {
+    verify(bytes, pcr0)
 }
 
 fn verify(bytes: &[u8], pcr0: &[u8; 48]) -> Result<SignatureInfo, SignError> {

@@ -98,14 +98,15 @@ impl Default for Config {
     }
 }
 
+pub use pii_config_file::ConfigFileError;
+
 impl Config {
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Config, ConfigFileError> {
+        pii_config_file::parse(text)
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigFileError> {
+        pii_config_file::load(path)
     }
 }
 
@@ -130,6 +131,7 @@ mod tests {
         assert!(matches!(c.seal, SealConfig::DangerousDev { .. }));
         assert!(Config::parse("lisen = 'typo'")
             .unwrap_err()
+            .to_string()
             .contains("unknown field"));
         assert!(Config::parse("[seal]\ntype = 'magic'").is_err());
     }

@@ -73,21 +73,9 @@ mod humantime_serde_compat {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The text is not a valid configuration (syntax, unknown or mistyped key).
+    /// The file cannot be read or parsed.
     #[error(transparent)]
-    Parse(#[from] toml::de::Error),
-    /// [`ConfigError::Parse`] of a file.
-    #[error("{path}: {source}")]
-    ParseFile {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    File(#[from] pii_config_file::ConfigFileError),
     #[error("connections must be between 1 and 256")]
     Connections { connections: usize },
     #[error("max_frame_bytes must exceed max_request_bytes by at least 64 KiB")]
@@ -112,18 +100,11 @@ pub enum ConfigError {
 impl Config {
     /// Pure parse of a TOML document.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        Ok(toml::from_str(text)?)
+        Ok(pii_config_file::parse(text)?)
     }
 
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(pii_config_file::load(path)?)
     }
 
     /// Check values a TOML type cannot.
@@ -173,7 +154,9 @@ mod tests {
         c.validate().unwrap();
         assert!(matches!(
             Config::parse("lissen = 1"),
-            Err(ConfigError::Parse(_))
+            Err(ConfigError::File(pii_config_file::ConfigFileError::Parse(
+                _
+            )))
         ));
         let bad = Config {
             connections: 0,
@@ -196,7 +179,7 @@ mod tests {
         let path = dir.path().join("proxy.toml");
         let e = Config::load(&path).unwrap_err();
         assert!(
-            matches!(&e, ConfigError::Read { path: p, .. } if *p == path),
+            matches!(&e, ConfigError::File(pii_config_file::ConfigFileError::Read { path: p, .. }) if *p == path),
             "{e:?}"
         );
         assert!(
@@ -206,7 +189,7 @@ mod tests {
         std::fs::write(&path, "connections = \"four\"").unwrap();
         let e = Config::load(&path).unwrap_err();
         assert!(
-            matches!(&e, ConfigError::ParseFile { path: p, .. } if *p == path),
+            matches!(&e, ConfigError::File(pii_config_file::ConfigFileError::ParseFile { path: p, .. }) if *p == path),
             "{e:?}"
         );
         assert!(

@@ -255,7 +255,7 @@ fn client_config(root: Option<String>) -> Result<rustls::ClientConfig, PgTlsErro
     if roots.is_empty() {
         return Err(bad("no CA certificates in it".into()));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(e.to_string()))?

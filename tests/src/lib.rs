@@ -1,5 +1,7 @@
 //! Test harness: the whole stack in one process over a Unix socket, and a
 //! real OpenBao dev server to compare against.
+//!
+//! Why one file: test code: the shared harness (stack, enclave, clients, fixtures) every integration test imports as one prelude.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};

@@ -21,6 +21,8 @@
 //!    allowed, and `nonce`, `public_key`, `user_data` match when given.
 //!
 //! Success returns [`Verified`], which only this module can construct.
+//!
+//! Why one file: attestation verification is one ordered sequence of checks (COSE_Sign1, payload CBOR, certificate chain to the pinned root, PCRs); the order is the security argument and the file reads top to bottom in it.
 
 use std::collections::BTreeMap;
 

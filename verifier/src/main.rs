@@ -1,4 +1,6 @@
 //! `verifier`: check pii-enclave evidence.
+//!
+//! Why one file: the command line: one clap definition and one short handler per subcommand, kept beside the argument structs they read.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;

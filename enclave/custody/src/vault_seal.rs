@@ -25,6 +25,8 @@
 //! KEK rotation: rotate the key in Vault; every keyring write seals under the
 //! newest version, and [`VaultTransitSeal::rewrap`] re-encrypts a stored data
 //! key without Vault seeing the keyring.
+//!
+//! Why one file: the Vault seal is one client whose login, token renewal, attested bootstrap, data-key wrap/unwrap and rollback anchor all share one session state and one lock.
 
 use std::sync::Arc;
 use std::time::Duration;

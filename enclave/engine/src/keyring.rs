@@ -5,6 +5,8 @@
 //! keyring blob. [`Key`] adds the prepared AEAD and HMAC keys so the hot path
 //! does no key schedule. Every byte of key material sits in `Zeroizing`
 //! buffers; nothing here implements `Debug` with secrets in it.
+//!
+//! Why one file: the keyring document, its key versions and their nonce budgets are one state machine over a few structs; splitting them would put the invariants (a version's nonce range, its derived keys) in different files from the code that keeps them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,7 +10,8 @@ libfuzzer_sys::fuzz_target!(|r: (String, String, String, Vec<(String, String)>, 
         let k = k.to_ascii_lowercase();
         !matches!(k.as_str(), "authorization" | "x-amz-date" | "host" | "x-amz-security-token")
             && !k.is_empty()
-            && k.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+            // HTTP token characters (RFC 9110), as a header name has.
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     });
     req.headers.push(("host".into(), "kms.eu-west-1.amazonaws.com".into()));
     let creds = pii_custody::sigv4::Credentials {

@@ -51,26 +51,42 @@ fn sha256_alg() -> Vec<u8> {
     der(0x30, &[der(0x06, OID_SHA256), vec![0x05, 0x00]].concat())
 }
 
+/// Why an envelope could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    #[error("public key: not a DER SubjectPublicKeyInfo")]
+    PublicKey,
+    #[error("not an RSA key for OAEP")]
+    NotRsa,
+    #[error("random number generator failed")]
+    Random,
+    #[error("RSA-OAEP encryption failed")]
+    Oaep,
+    #[error("AES-CBC encryption failed")]
+    Aes,
+}
+
 /// Encrypt `plaintext` to the RSA public key `spki_der` (SubjectPublicKeyInfo).
-pub fn envelope(spki_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, String> {
-    let public = PublicEncryptingKey::from_der(spki_der).map_err(|e| format!("public key: {e}"))?;
-    let oaep = OaepPublicEncryptingKey::new(public).map_err(|_| "not an RSA key for OAEP")?;
+pub fn envelope(spki_der: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    let public = PublicEncryptingKey::from_der(spki_der).map_err(|_| EnvelopeError::PublicKey)?;
+    let oaep = OaepPublicEncryptingKey::new(public).map_err(|_| EnvelopeError::NotRsa)?;
     let mut cek = zeroize::Zeroizing::new([0u8; 32]);
     let mut iv = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut cek[..]).map_err(|_| "rng")?;
-    aws_lc_rs::rand::fill(&mut iv).map_err(|_| "rng")?;
+    aws_lc_rs::rand::fill(&mut cek[..]).map_err(|_| EnvelopeError::Random)?;
+    aws_lc_rs::rand::fill(&mut iv).map_err(|_| EnvelopeError::Random)?;
     let mut ek = vec![0u8; oaep.ciphertext_size()];
     let ek = oaep
         .encrypt(&OAEP_SHA256_MGF1SHA256, &cek[..], &mut ek, None)
-        .map_err(|_| "RSA-OAEP encryption failed")?
+        .map_err(|_| EnvelopeError::Oaep)?
         .to_vec();
     let aes = PaddedBlockEncryptingKey::cbc_pkcs7(
-        UnboundCipherKey::new(&AES_256, &cek[..]).map_err(|_| "AES key")?,
+        UnboundCipherKey::new(&AES_256, &cek[..]).map_err(|_| EnvelopeError::Aes)?,
     )
-    .map_err(|_| "AES-CBC")?;
+    .map_err(|_| EnvelopeError::Aes)?;
     let mut content = plaintext.to_vec();
     aes.less_safe_encrypt(&mut content, EncryptionContext::Iv128(iv.into()))
-        .map_err(|_| "AES-CBC encryption failed")?;
+        .map_err(|_| EnvelopeError::Aes)?;
 
     let ski = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki_der);
     let oaep_params = der(

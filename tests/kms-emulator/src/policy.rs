@@ -36,34 +36,59 @@ fn as_list(v: &Value) -> Vec<&Value> {
     }
 }
 
-fn statements(policy: &Value) -> Result<Vec<&Value>, String> {
+/// A key policy this evaluator does not understand (KMS answers
+/// `MalformedPolicyDocumentException`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    #[error("policy has no Statement")]
+    NoStatement,
+    #[error("Effect must be Allow or Deny")]
+    Effect,
+    #[error("statement has no Principal")]
+    NoPrincipal,
+    #[error("statement has no Action")]
+    NoAction,
+    #[error("Condition must be an object")]
+    ConditionNotObject,
+    #[error("unsupported condition operator {0}")]
+    Operator(String),
+    #[error("{0} must map condition keys to values")]
+    OperatorValues(String),
+    #[error("no such key")]
+    NoSuchKey,
+    #[error("random number generator failed")]
+    Random,
+}
+
+fn statements(policy: &Value) -> Result<Vec<&Value>, PolicyError> {
     match policy.get("Statement") {
         Some(s) => Ok(as_list(s)),
-        None => Err("policy has no Statement".into()),
+        None => Err(PolicyError::NoStatement),
     }
 }
 
 /// Check a policy document is one this evaluator understands.
-pub fn validate(policy: &Value) -> Result<(), String> {
+pub fn validate(policy: &Value) -> Result<(), PolicyError> {
     for s in statements(policy)? {
         match s.get("Effect").and_then(Value::as_str) {
             Some("Allow" | "Deny") => {}
-            _ => return Err("Effect must be Allow or Deny".into()),
+            _ => return Err(PolicyError::Effect),
         }
         if s.get("Principal").is_none() {
-            return Err("statement has no Principal".into());
+            return Err(PolicyError::NoPrincipal);
         }
         if s.get("Action").is_none() {
-            return Err("statement has no Action".into());
+            return Err(PolicyError::NoAction);
         }
         if let Some(c) = s.get("Condition") {
-            let c = c.as_object().ok_or("Condition must be an object")?;
+            let c = c.as_object().ok_or(PolicyError::ConditionNotObject)?;
             for (op, keys) in c {
                 if !OPERATORS.contains(&op.as_str()) {
-                    return Err(format!("unsupported condition operator {op}"));
+                    return Err(PolicyError::Operator(op.clone()));
                 }
                 if !keys.is_object() {
-                    return Err(format!("{op} must map condition keys to values"));
+                    return Err(PolicyError::OperatorValues(op.clone()));
                 }
             }
         }

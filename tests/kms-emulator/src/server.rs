@@ -1,4 +1,6 @@
 //! The HTTP side: KMS JSON 1.1 at `POST /`, IMDSv2 under `/latest/`.
+//!
+//! Why one file: test code: the emulator's server, one handler per KMS action over one key table, read side by side with AWS's API reference.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use crate::policy::{self, Context, Decision};
+use crate::policy::{self, Context, Decision, PolicyError};
 
 /// An IAM identity the emulator knows: SigV4 access key → principal ARN.
 #[derive(Clone)]
@@ -186,7 +188,7 @@ impl Emulator {
     }
 
     /// Create a key directly (tests); returns its ARN.
-    pub fn create_key(&self, policy: Option<Value>) -> Result<String, String> {
+    pub fn create_key(&self, policy: Option<Value>) -> Result<String, PolicyError> {
         let policy = policy.unwrap_or_else(|| self.default_policy());
         policy::validate(&policy)?;
         let id = uuid();
@@ -195,7 +197,7 @@ impl Emulator {
             self.cfg.region, self.cfg.account_id
         );
         let mut material = Zeroizing::new([0u8; 32]);
-        aws_lc_rs::rand::fill(&mut material[..]).map_err(|_| "rng")?;
+        aws_lc_rs::rand::fill(&mut material[..]).map_err(|_| PolicyError::Random)?;
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id.clone(),
             Key {
@@ -211,10 +213,10 @@ impl Emulator {
     }
 
     /// Replace a key's policy (tests).
-    pub fn put_key_policy(&self, key: &str, policy: Value) -> Result<(), String> {
+    pub fn put_key_policy(&self, key: &str, policy: Value) -> Result<(), PolicyError> {
         policy::validate(&policy)?;
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        let id = resolve(&keys, key).ok_or("no such key")?;
+        let id = resolve(&keys, key).ok_or(PolicyError::NoSuchKey)?;
         if let Some(k) = keys.get_mut(&id) {
             k.policy = policy;
         }
@@ -503,7 +505,7 @@ impl Emulator {
                 };
                 let arn = self
                     .create_key(policy)
-                    .map_err(|e| err("MalformedPolicyDocumentException", e))?;
+                    .map_err(|e| err("MalformedPolicyDocumentException", e.to_string()))?;
                 let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
                 let id =
                     resolve(&keys, &arn).ok_or_else(|| err("KMSInternalException", "lost key"))?;
@@ -598,7 +600,7 @@ impl Emulator {
                     })?;
                     drop(keys);
                     self.put_key_policy(&id, p)
-                        .map_err(|e| err("MalformedPolicyDocumentException", e))?;
+                        .map_err(|e| err("MalformedPolicyDocumentException", e.to_string()))?;
                     return Ok(json!({}));
                 }
                 self.act(action, key, req, &ctx, recipient.as_ref())

@@ -23,160 +23,23 @@ use std::sync::Arc;
 
 use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM_SIV, NONCE_LEN};
 use aws_lc_rs::hmac;
-use fpe::ff1::{FlexibleNumeralString, FF1};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use fpe::ff1::FF1;
+use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use crate::crypto::{self, zbytes};
+use crate::crypto;
 use crate::error::{CryptoError, EngineError, Result};
 
-// ---------------------------------------------------------------------------
-// Persisted configuration
+mod doc;
+mod format;
 
-/// A named alphabet (ordered set of characters).
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AlphabetDoc {
-    pub alphabet: String,
-}
-
-/// A regex template: capture groups select the characters to transform.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TemplateDoc {
-    pub pattern: String,
-    pub alphabet: String,
-}
-
-#[derive(Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Debug)]
-#[serde(rename_all = "lowercase")]
-pub enum TweakSource {
-    Internal,
-    Supplied,
-    Generated,
-}
-
-#[derive(Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Debug)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenEncoding {
-    Base58,
-    Hex,
-}
-
-/// What a transformation does.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum Kind {
-    Fpe {
-        template: String,
-        tweak_source: TweakSource,
-    },
-    Masking {
-        template: String,
-        masking_character: char,
-    },
-    Tokenization {
-        prefix: String,
-        encoding: TokenEncoding,
-        /// `Some`: random tokens whose mappings live in the host's token store.
-        #[serde(default)]
-        stored: Option<StoredOpts>,
-    },
-}
-
-/// Options of stored (random) tokens.
-#[derive(Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Debug, Default)]
-pub struct StoredOpts {
-    /// Longest TTL a caller may ask for, seconds; 0 = tokens may live forever.
-    pub max_ttl: u64,
-    /// Same value → same token id (and one stored mapping).
-    pub convergent: bool,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-pub struct TransformationDoc {
-    pub kind: Kind,
-    pub allowed_roles: Vec<String>,
-    #[serde(with = "zbytes")]
-    pub key: Zeroizing<Vec<u8>>,
-}
-
-#[derive(Clone, Serialize, Deserialize, Default)]
-pub struct RoleDoc {
-    pub transformations: Vec<String>,
-    /// The values are from a small domain (SSNs, birth dates, card BINs):
-    /// every encode is audited and rate-limited per token, since an encoder
-    /// can invert deterministic tokens by trying the whole domain.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub low_entropy: bool,
-    /// Encodes per minute per token on a low-entropy role.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encode_per_minute: Option<u32>,
-}
-
-/// Encodes per minute per token on a low-entropy role, unless the role says.
-pub const LOW_ENTROPY_ENCODES_PER_MINUTE: u32 = 60;
-
-/// Everything the Transform engine persists (inside the sealed keyring).
-#[derive(Clone, Serialize, Deserialize, Default)]
-pub struct TransformDoc {
-    #[serde(default)]
-    pub alphabets: BTreeMap<String, AlphabetDoc>,
-    #[serde(default)]
-    pub templates: BTreeMap<String, TemplateDoc>,
-    #[serde(default)]
-    pub transformations: BTreeMap<String, TransformationDoc>,
-    #[serde(default)]
-    pub roles: BTreeMap<String, RoleDoc>,
-}
-
-// ---------------------------------------------------------------------------
-// Built-ins
-
-pub const BUILTIN_ALPHABETS: &[(&str, &str)] = &[
-    ("builtin/numeric", "0123456789"),
-    ("builtin/alphalower", "abcdefghijklmnopqrstuvwxyz"),
-    ("builtin/alphaupper", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
-    (
-        "builtin/alphanumericlower",
-        "0123456789abcdefghijklmnopqrstuvwxyz",
-    ),
-    (
-        "builtin/alphanumericupper",
-        "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ",
-    ),
-    (
-        "builtin/alphanumeric",
-        "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
-    ),
-];
-
-/// Built-in templates: `(name, pattern, alphabet)`.
-pub const BUILTIN_TEMPLATES: &[(&str, &str, &str)] = &[
-    (
-        "builtin/creditcardnumber",
-        r"(\d{4})[- ]?(\d{4})[- ]?(\d{4})[- ]?(\d{1,7})",
-        "builtin/numeric",
-    ),
-    (
-        "builtin/socialsecuritynumber",
-        r"(\d{3})-?(\d{2})-?(\d{4})",
-        "builtin/numeric",
-    ),
-    // Phone numbers: every digit after an optional leading "+" and country code
-    // separators; punctuation and spaces are kept.
-    (
-        "builtin/phonenumber",
-        r"\+?(\d{1,3})?[ .-]?\(?(\d{3})\)?[ .-]?(\d{3})[ .-]?(\d{4})",
-        "builtin/numeric",
-    ),
-    // Email local part (up to three dot/plus/dash separated segments); the
-    // separators and the domain are kept.
-    (
-        "builtin/emaillocalpart",
-        r"([A-Za-z0-9]+)[._+-]?([A-Za-z0-9]*)[._+-]?([A-Za-z0-9]*)@[^@\s]+",
-        "builtin/alphanumeric",
-    ),
-];
+pub use doc::{
+    transformation_info, AlphabetDoc, Kind, RoleDoc, StoredOpts, TemplateDoc, TokenEncoding,
+    TransformDoc, TransformationDoc, TweakSource, BUILTIN_ALPHABETS, BUILTIN_TEMPLATES,
+    LOW_ENTROPY_ENCODES_PER_MINUTE,
+};
+pub use format::validate_alphabet;
+use format::{base58, compile_template, fpe_apply, match_template};
 
 // ---------------------------------------------------------------------------
 // Prepared state
@@ -240,67 +103,8 @@ pub struct TransformState {
 
 const TOKEN_VERSION: u8 = 1;
 const TOKEN_AAD: &[u8] = b"pii-enclave/token/v1";
-/// Smallest FF1 domain accepted (NIST SP 800-38G rev 1: radix^minlen ≥ 1,000,000).
-const FPE_MIN_DOMAIN: f64 = 1_000_000.0;
 /// Longest value accepted by any transformation, in bytes.
 pub const MAX_VALUE_LEN: usize = 4096;
-
-fn alphabet_chars(doc: &TransformDoc, name: &str) -> Result<Vec<char>> {
-    if let Some((_, a)) = BUILTIN_ALPHABETS.iter().find(|(n, _)| *n == name) {
-        return Ok(a.chars().collect());
-    }
-    doc.alphabets
-        .get(name)
-        .map(|a| a.alphabet.chars().collect())
-        .ok_or_else(|| EngineError::AlphabetNotFound(name.to_owned()))
-}
-
-fn template_doc(doc: &TransformDoc, name: &str) -> Result<TemplateDoc> {
-    if let Some((_, p, a)) = BUILTIN_TEMPLATES.iter().find(|(n, _, _)| *n == name) {
-        return Ok(TemplateDoc {
-            pattern: (*p).into(),
-            alphabet: (*a).into(),
-        });
-    }
-    doc.templates
-        .get(name)
-        .cloned()
-        .ok_or_else(|| EngineError::TemplateNotFound(name.to_owned()))
-}
-
-fn compile_template(doc: &TransformDoc, name: &str) -> Result<Template> {
-    let t = template_doc(doc, name)?;
-    let alphabet = alphabet_chars(doc, &t.alphabet)?;
-    validate_alphabet(&alphabet)?;
-    let regex = regex::RegexBuilder::new(&format!("^(?:{})$", t.pattern))
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| EngineError::TemplatePattern(e.to_string()))?;
-    if regex.captures_len() < 2 {
-        return Err(EngineError::TemplateNoGroup);
-    }
-    let index = alphabet
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (*c, i as u16))
-        .collect();
-    Ok(Template {
-        regex,
-        alphabet,
-        index,
-    })
-}
-
-pub fn validate_alphabet(a: &[char]) -> Result<()> {
-    if a.len() < 2 || a.len() > 65536 {
-        return Err(EngineError::AlphabetSize);
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    if !a.iter().all(|c| seen.insert(*c)) {
-        return Err(EngineError::AlphabetDuplicate);
-    }
-    Ok(())
-}
 
 impl TransformState {
     pub fn from_doc(doc: TransformDoc) -> Result<TransformState> {
@@ -744,107 +548,6 @@ impl Transformation {
     }
 }
 
-const B58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-
-/// Base58 (Bitcoin alphabet). Same output as the `bs58` crate, ~10× faster on
-/// token-sized inputs: the number is kept in base-58⁵ limbs and fed four
-/// bytes at a time, so the quadratic conversion runs on u64s.
-fn base58(input: &[u8]) -> String {
-    const LIMB: u64 = 58u64.pow(5);
-    let zeros = input.iter().take_while(|b| **b == 0).count();
-    let rest = &input[zeros..];
-    let mut limbs: Vec<u64> = Vec::with_capacity(rest.len() * 138 / 100 / 5 + 2);
-    let head = rest.len() % 4;
-    let mut feed = |chunk: &[u8]| {
-        let mut carry = chunk.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b));
-        let shift = 1u64 << (8 * chunk.len());
-        for l in limbs.iter_mut() {
-            let x = *l * shift + carry;
-            *l = x % LIMB;
-            carry = x / LIMB;
-        }
-        while carry > 0 {
-            limbs.push(carry % LIMB);
-            carry /= LIMB;
-        }
-    };
-    if head > 0 {
-        feed(&rest[..head]);
-    }
-    for c in rest[head..].chunks(4) {
-        feed(c);
-    }
-    let mut digits: Vec<u8> = Vec::with_capacity(zeros + limbs.len() * 5);
-    for (i, l) in limbs.iter().enumerate() {
-        let mut v = *l;
-        let last = i == limbs.len() - 1;
-        for _ in 0..5 {
-            if last && v == 0 {
-                break;
-            }
-            digits.push(B58[(v % 58) as usize]);
-            v /= 58;
-        }
-    }
-    digits.extend(std::iter::repeat_n(b'1', zeros));
-    digits.reverse();
-    digits.into_iter().map(char::from).collect()
-}
-
-fn match_template<'a>(t: &Template, value: &'a str) -> Result<regex::Captures<'a>> {
-    t.regex.captures(value).ok_or(EngineError::TemplateMismatch)
-}
-
-fn fpe_apply(
-    ff1: &FF1<aes::Aes256>,
-    t: &Template,
-    value: &str,
-    tweak: &[u8],
-    encrypt: bool,
-) -> Result<String> {
-    let caps = match_template(t, value)?;
-    // Characters selected by the capture groups, in order, with their positions.
-    let mut positions = vec![];
-    let mut numerals: Vec<u16> = vec![];
-    for g in caps.iter().skip(1).flatten() {
-        for (off, c) in g.as_str().char_indices() {
-            let n = *t
-                .index
-                .get(&c)
-                .ok_or_else(|| EngineError::NotInAlphabet(c))?;
-            positions.push(g.start() + off);
-            numerals.push(n);
-        }
-    }
-    let radix = t.alphabet.len() as f64;
-    let min_len = (FPE_MIN_DOMAIN.ln() / radix.ln()).ceil() as usize;
-    if numerals.len() < min_len.max(2) {
-        return Err(EngineError::FpeTooShort {
-            have: numerals.len(),
-            need: min_len.max(2),
-        });
-    }
-    let ns = FlexibleNumeralString::from(numerals);
-    let out = if encrypt {
-        ff1.encrypt(tweak, &ns)
-    } else {
-        ff1.decrypt(tweak, &ns)
-    }
-    .map_err(|_| EngineError::FpeDomain)?;
-    let out: Vec<u16> = out.into();
-    let mut result: Vec<char> = Vec::with_capacity(value.len());
-    let mut k = 0usize;
-    for (b, c) in value.char_indices() {
-        if k < positions.len() && positions[k] == b {
-            result.push(t.alphabet[usize::from(out[k])]);
-            k += 1;
-        } else {
-            result.push(c);
-        }
-    }
-    Ok(result.into_iter().collect())
-}
-
 // ---------------------------------------------------------------------------
 // Config changes (used by the API layer)
 
@@ -852,53 +555,6 @@ pub fn new_key() -> Result<Zeroizing<Vec<u8>>> {
     let mut k = Zeroizing::new(vec![0u8; 32]);
     crypto::random(&mut k)?;
     Ok(k)
-}
-
-pub fn transformation_info(name: &str, t: &TransformationDoc) -> Value {
-    let mut m = Map::new();
-    m.insert("name".into(), json!(name));
-    m.insert("allowed_roles".into(), json!(t.allowed_roles));
-    match &t.kind {
-        Kind::Fpe {
-            template,
-            tweak_source,
-        } => {
-            m.insert("type".into(), json!("fpe"));
-            m.insert("templates".into(), json!([template]));
-            m.insert("tweak_source".into(), json!(tweak_source));
-        }
-        Kind::Masking {
-            template,
-            masking_character,
-        } => {
-            m.insert("type".into(), json!("masking"));
-            m.insert("templates".into(), json!([template]));
-            m.insert(
-                "masking_character".into(),
-                json!(masking_character.to_string()),
-            );
-        }
-        Kind::Tokenization {
-            prefix,
-            encoding,
-            stored,
-        } => {
-            m.insert("type".into(), json!("tokenization"));
-            match stored {
-                None => {
-                    m.insert("mapping_mode".into(), json!("deterministic"));
-                }
-                Some(o) => {
-                    m.insert("mapping_mode".into(), json!("stored"));
-                    m.insert("max_ttl".into(), json!(o.max_ttl));
-                    m.insert("convergent".into(), json!(o.convergent));
-                }
-            }
-            m.insert("prefix".into(), json!(prefix));
-            m.insert("encoding".into(), json!(encoding));
-        }
-    }
-    Value::Object(m)
 }
 
 #[cfg(test)]
@@ -932,17 +588,6 @@ mod tests {
         })
         .resolve("r", None)
         .unwrap()
-    }
-
-    #[test]
-    fn nist_ff1_sample_7() {
-        // NIST SP 800-38G FF1 sample #7 (AES-256, radix 10, empty tweak).
-        let key = hex::decode("2B7E151628AED2A6ABF7158809CF4F3CEF4359D8D580AA4F7F036D6F04FC6A94")
-            .unwrap();
-        let ff1 = FF1::<aes::Aes256>::new(&key, 10).unwrap();
-        let ns = FlexibleNumeralString::from(vec![0u16, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-        let ct: Vec<u16> = ff1.encrypt(&[], &ns).unwrap().into();
-        assert_eq!(ct, vec![6, 6, 5, 7, 6, 6, 7, 0, 0, 9]);
     }
 
     #[test]
@@ -1054,23 +699,6 @@ mod tests {
             .unwrap()
             .value;
         assert!(v.chars().all(|c| c.is_ascii_hexdigit()));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn base58_matches_bs58(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), zeros in 0usize..4) {
-            let mut input = vec![0u8; zeros];
-            input.extend(bytes);
-            proptest::prop_assert_eq!(base58(&input), bs58::encode(&input).into_string());
-        }
-    }
-
-    #[test]
-    fn base58_edges() {
-        assert_eq!(base58(&[]), "");
-        assert_eq!(base58(&[0]), "1");
-        assert_eq!(base58(&[0, 0, 1]), "112");
-        assert_eq!(base58(b"hello world"), "StV1DL6CwTryKyV");
     }
 
     #[test]
