@@ -61,8 +61,8 @@ pub enum Step {
 pub enum VerifyError {
     #[error("not a CBOR document: {0}")]
     Cbor(String),
-    #[error("{0} trailing bytes after the COSE_Sign1 item")]
-    TrailingBytes(usize),
+    #[error("trailing bytes after the COSE_Sign1 item")]
+    TrailingBytes,
     #[error("not a COSE_Sign1 structure: {0}")]
     NotCoseSign1(&'static str),
     #[error("protected header must be exactly {{1: -35}} (ES384): {0}")]
@@ -109,7 +109,7 @@ impl VerifyError {
     pub fn step(&self) -> Step {
         use VerifyError::*;
         match self {
-            Cbor(_) | TrailingBytes(_) | NotCoseSign1(_) => Step::Parse,
+            Cbor(_) | TrailingBytes | NotCoseSign1(_) => Step::Parse,
             WrongAlgorithm(_) => Step::CoseHeader,
             Payload(_) => Step::Payload,
             Chain { .. } => Step::Chain,
@@ -231,61 +231,53 @@ impl Policy {
     }
 }
 
-/// The four COSE_Sign1 fields.
+/// The COSE_Sign1 fields the verifier uses, parsed by `coset`.
 struct CoseSign1 {
-    protected: Vec<u8>,
+    inner: coset::CoseSign1,
     payload: Vec<u8>,
-    signature: Vec<u8>,
 }
 
+/// Exactly one COSE_Sign1 (RFC 9052), untagged or with tag 18 and nothing
+/// after it, with a payload. `coset` checks the structure (four elements of
+/// the right types, header maps with no duplicate labels, no trailing bytes
+/// in the item or in the protected header's bstr) and keeps the protected
+/// header's original bytes for the Sig_structure.
 fn parse_cose(bytes: &[u8]) -> Result<CoseSign1, VerifyError> {
-    let mut rd = bytes;
-    let v: Value = ciborium::from_reader(&mut rd).map_err(|e| VerifyError::Cbor(e.to_string()))?;
-    if !rd.is_empty() {
-        return Err(VerifyError::TrailingBytes(rd.len()));
-    }
-    let v = match v {
-        Value::Tag(18, inner) => *inner,
-        Value::Tag(_, _) => return Err(VerifyError::NotCoseSign1("tag is not 18 (COSE_Sign1)")),
-        other => other,
+    use coset::{CborSerializable as _, CoseError, TaggedCborSerializable as _};
+    let parsed = match bytes.first() {
+        // 0xd2: tag 18, COSE_Sign1. Any other tag is not one.
+        Some(0xd2) => coset::CoseSign1::from_tagged_slice(bytes),
+        Some(0xc0..=0xdb) => return Err(VerifyError::NotCoseSign1("tag is not 18 (COSE_Sign1)")),
+        _ => coset::CoseSign1::from_slice(bytes),
     };
-    let Value::Array(items) = v else {
-        return Err(VerifyError::NotCoseSign1("not an array"));
-    };
-    let [p, u, pl, s]: [Value; 4] = items
-        .try_into()
-        .map_err(|_| VerifyError::NotCoseSign1("array does not have 4 elements"))?;
-    let (Value::Bytes(protected), Value::Map(_), Value::Bytes(payload), Value::Bytes(signature)) =
-        (p, u, pl, s)
-    else {
-        return Err(VerifyError::NotCoseSign1(
-            "element types are not [bstr, map, bstr, bstr]",
-        ));
-    };
-    Ok(CoseSign1 {
-        protected,
-        payload,
-        signature,
-    })
+    let inner = parsed.map_err(|e| match e {
+        CoseError::ExtraneousData => VerifyError::TrailingBytes,
+        CoseError::DecodeFailed(e) => VerifyError::Cbor(e.to_string()),
+        CoseError::UnexpectedItem(got, want) => {
+            VerifyError::Cbor(format!("unexpected {got}, expected {want}"))
+        }
+        other => VerifyError::Cbor(other.to_string()),
+    })?;
+    let payload = inner
+        .payload
+        .clone()
+        .ok_or(VerifyError::NotCoseSign1("payload is nil (detached)"))?;
+    Ok(CoseSign1 { inner, payload })
 }
 
-fn check_header(protected: &[u8]) -> Result<(), VerifyError> {
-    let mut rd = protected;
-    let v: Value =
-        ciborium::from_reader(&mut rd).map_err(|e| VerifyError::WrongAlgorithm(e.to_string()))?;
-    if !rd.is_empty() {
-        return Err(VerifyError::WrongAlgorithm("trailing bytes".into()));
-    }
-    let Value::Map(m) = v else {
-        return Err(VerifyError::WrongAlgorithm("not a map".into()));
-    };
-    match m.as_slice() {
-        [(Value::Integer(k), Value::Integer(a))]
-            if i128::from(*k) == 1 && i128::from(*a) == -35 =>
-        {
-            Ok(())
-        }
-        _ => Err(VerifyError::WrongAlgorithm(format!("{m:?}"))),
+/// The protected header must be exactly `{1: -35}` (alg ES384), as AWS's
+/// documents have it: no key id, no critical headers, nothing else.
+fn check_header(cose: &CoseSign1) -> Result<(), VerifyError> {
+    let want = coset::HeaderBuilder::new()
+        .algorithm(coset::iana::Algorithm::ES384)
+        .build();
+    if cose.inner.protected.header == want {
+        Ok(())
+    } else {
+        Err(VerifyError::WrongAlgorithm(format!(
+            "{:?}",
+            cose.inner.protected.header
+        )))
     }
 }
 
@@ -634,19 +626,13 @@ fn verify_signature(
     leaf: &X509Certificate<'_>,
     leaf_index: usize,
 ) -> Result<(), VerifyError> {
-    // Sig_structure = ["Signature1", protected, h'', payload].
-    let sig_structure = Value::Array(vec![
-        Value::Text("Signature1".into()),
-        Value::Bytes(cose.protected.clone()),
-        Value::Bytes(vec![]),
-        Value::Bytes(cose.payload.clone()),
-    ]);
-    let mut tbs = Vec::with_capacity(cose.payload.len() + 32);
-    ciborium::into_writer(&sig_structure, &mut tbs).map_err(|_| VerifyError::Signature)?;
+    // Sig_structure = ["Signature1", protected (as received), h'', payload].
     let leaf_key = ec_p384_key(leaf, leaf_index)?;
-    UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf_key)
-        .verify(&tbs, &cose.signature)
-        .map_err(|_| VerifyError::Signature)
+    cose.inner.verify_signature(b"", |sig, tbs| {
+        UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf_key)
+            .verify(tbs, sig)
+            .map_err(|_| VerifyError::Signature)
+    })
 }
 
 fn is_debug(doc: &AttestationDoc) -> bool {
@@ -698,7 +684,7 @@ fn verify_inner(
     cache: Option<&ChainCache>,
 ) -> Result<Verified, VerifyError> {
     let cose = parse_cose(bytes)?;
-    check_header(&cose.protected)?;
+    check_header(&cose)?;
     let doc = parse_payload(&cose.payload)?;
 
     // Chain: pinned root, then cabundle[1..], then the leaf.

@@ -149,6 +149,44 @@ fn adversarial_variants_fail_at_the_right_step() {
     let mut items = cose(&g);
     items[0] = Value::Bytes(encode(&Value::Map(vec![
         (Value::Integer(1.into()), Value::Integer((-35).into())),
+        (Value::Integer(1.into()), Value::Integer((-35).into())),
+    ])));
+    cases.push((
+        "duplicate protected header label",
+        encode(&Value::Array(items)),
+        at.clone(),
+        Step::Parse,
+    ));
+    let mut items = cose(&g);
+    items[2] = Value::Null;
+    cases.push((
+        "detached (nil) payload",
+        encode(&Value::Array(items)),
+        at.clone(),
+        Step::Parse,
+    ));
+    let mut items = cose(&g);
+    let mut prot = match &items[0] {
+        Value::Bytes(b) => b.clone(),
+        _ => vec![],
+    };
+    prot.push(0x00);
+    items[0] = Value::Bytes(prot);
+    cases.push((
+        "trailing bytes in the protected header",
+        encode(&Value::Array(items)),
+        at.clone(),
+        Step::Parse,
+    ));
+    cases.push((
+        "tag 18 with trailing bytes",
+        [vec![0xd2], g.clone(), vec![0x00]].concat(),
+        at.clone(),
+        Step::Parse,
+    ));
+    let mut items = cose(&g);
+    items[0] = Value::Bytes(encode(&Value::Map(vec![
+        (Value::Integer(1.into()), Value::Integer((-35).into())),
         (Value::Integer(4.into()), Value::Bytes(vec![1])),
     ])));
     cases.push((
