@@ -22,6 +22,14 @@ cargo build -q -p pii-enclave --bin pii-enclave
 if grep -q "pii-enclave/dangerous-dev-seal/v1" target/debug/pii-enclave; then
   echo "ci/test.sh: target/debug/pii-enclave contains the development seal" >&2; exit 1
 fi
+# The sidecar built on its own (as its image is built) links no aws-lc-rs:
+# the enclave's crypto library is not in the host's binary (the workspace
+# build above unifies host-proxy's operator feature in; this one does not).
+stage "sidecar build has no enclave crypto"
+cargo build -q -p host-proxy --bin host-proxy
+if grep -q "aws_lc_[0-9]" target/debug/host-proxy; then
+  echo "ci/test.sh: target/debug/host-proxy links aws-lc-rs" >&2; exit 1
+fi
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   stage "fuzz smoke"; ci/fuzz-smoke.sh
 fi

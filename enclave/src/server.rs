@@ -161,7 +161,8 @@ impl Handler for Server {
                 .await;
                 // Another replica may have written a key or version this one
                 // has not loaded yet: reload once and retry.
-                if first.newer_keyring_may_help
+                if first.response.status == 400
+                    && first.newer_keyring_may_help
                     && self.engine.load(&store).await.is_ok()
                     && self.engine.store_version() != before
                 {

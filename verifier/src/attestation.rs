@@ -61,8 +61,8 @@ pub enum Step {
 pub enum VerifyError {
     #[error("not a CBOR document: {0}")]
     Cbor(String),
-    #[error("trailing bytes after the COSE_Sign1 item")]
-    TrailingBytes,
+    #[error("{0} trailing bytes after the COSE_Sign1 item")]
+    TrailingBytes(usize),
     #[error("not a COSE_Sign1 structure: {0}")]
     NotCoseSign1(&'static str),
     #[error("protected header must be exactly {{1: -35}} (ES384): {0}")]
@@ -109,7 +109,7 @@ impl VerifyError {
     pub fn step(&self) -> Step {
         use VerifyError::*;
         match self {
-            Cbor(_) | TrailingBytes | NotCoseSign1(_) => Step::Parse,
+            Cbor(_) | TrailingBytes(_) | NotCoseSign1(_) => Step::Parse,
             WrongAlgorithm(_) => Step::CoseHeader,
             Payload(_) => Step::Payload,
             Chain { .. } => Step::Chain,
@@ -237,27 +237,45 @@ struct CoseSign1 {
     payload: Vec<u8>,
 }
 
-/// Exactly one COSE_Sign1 (RFC 9052), untagged or with tag 18 and nothing
-/// after it, with a payload. `coset` checks the structure (four elements of
-/// the right types, header maps with no duplicate labels, no trailing bytes
-/// in the item or in the protected header's bstr) and keeps the protected
+/// Exactly one COSE_Sign1 (RFC 9052), untagged or with tag 18, and nothing
+/// after it. The outer structure (one CBOR item, the tag, four elements of
+/// the types `[bstr, map, bstr, bstr]`) is checked here first, so its faults
+/// are parse errors with their detail; `coset` then reads the headers
+/// (refusing duplicate labels, trailing bytes inside the protected bstr and
+/// mistyped well-known headers: header errors) and keeps the protected
 /// header's original bytes for the Sig_structure.
 fn parse_cose(bytes: &[u8]) -> Result<CoseSign1, VerifyError> {
-    use coset::{CborSerializable as _, CoseError, TaggedCborSerializable as _};
-    let parsed = match bytes.first() {
-        // 0xd2: tag 18, COSE_Sign1. Any other tag is not one.
-        Some(0xd2) => coset::CoseSign1::from_tagged_slice(bytes),
-        Some(0xc0..=0xdb) => return Err(VerifyError::NotCoseSign1("tag is not 18 (COSE_Sign1)")),
-        _ => coset::CoseSign1::from_slice(bytes),
+    use coset::AsCborValue as _;
+    let mut rd = bytes;
+    let v: Value = ciborium::from_reader(&mut rd).map_err(|e| VerifyError::Cbor(e.to_string()))?;
+    if !rd.is_empty() {
+        return Err(VerifyError::TrailingBytes(rd.len()));
+    }
+    let v = match v {
+        Value::Tag(18, inner) => *inner,
+        Value::Tag(_, _) => return Err(VerifyError::NotCoseSign1("tag is not 18 (COSE_Sign1)")),
+        other => other,
     };
-    let inner = parsed.map_err(|e| match e {
-        CoseError::ExtraneousData => VerifyError::TrailingBytes,
-        CoseError::DecodeFailed(e) => VerifyError::Cbor(e.to_string()),
-        CoseError::UnexpectedItem(got, want) => {
-            VerifyError::Cbor(format!("unexpected {got}, expected {want}"))
-        }
-        other => VerifyError::Cbor(other.to_string()),
-    })?;
+    let shape = match &v {
+        Value::Array(items) if items.len() == 4 => matches!(
+            items.as_slice(),
+            [
+                Value::Bytes(_),
+                Value::Map(_),
+                Value::Bytes(_),
+                Value::Bytes(_)
+            ]
+        ),
+        Value::Array(_) => return Err(VerifyError::NotCoseSign1("array does not have 4 elements")),
+        _ => return Err(VerifyError::NotCoseSign1("not an array")),
+    };
+    if !shape {
+        return Err(VerifyError::NotCoseSign1(
+            "element types are not [bstr, map, bstr, bstr]",
+        ));
+    }
+    let inner = coset::CoseSign1::from_cbor_value(v)
+        .map_err(|e| VerifyError::WrongAlgorithm(format!("header: {e}")))?;
     let payload = inner
         .payload
         .clone()

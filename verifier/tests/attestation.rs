@@ -155,7 +155,7 @@ fn adversarial_variants_fail_at_the_right_step() {
         "duplicate protected header label",
         encode(&Value::Array(items)),
         at.clone(),
-        Step::Parse,
+        Step::CoseHeader,
     ));
     let mut items = cose(&g);
     items[2] = Value::Null;
@@ -176,8 +176,12 @@ fn adversarial_variants_fail_at_the_right_step() {
         "trailing bytes in the protected header",
         encode(&Value::Array(items)),
         at.clone(),
-        Step::Parse,
+        Step::CoseHeader,
     ));
+    // Tag 18 in its two-byte form is still tag 18.
+    let mut long_tag = vec![0xd8, 0x12];
+    long_tag.extend(&g);
+    assert!(verify(&long_tag, &at).is_ok(), "two-byte tag 18");
     cases.push((
         "tag 18 with trailing bytes",
         [vec![0xd2], g.clone(), vec![0x00]].concat(),

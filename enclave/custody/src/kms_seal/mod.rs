@@ -31,7 +31,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -44,7 +43,9 @@ use zeroize::Zeroizing;
 
 use crate::attest::Attestor;
 use crate::nsm::Nsm;
-use crate::seal::{gcm_open, gcm_seal, Anchor, Seal, SealConfigError, SealError, SealFuture};
+use crate::seal::{
+    data_key, gcm_open, gcm_seal, Anchor, Seal, SealConfigError, SealError, SealFuture,
+};
 use crate::sigv4::Credentials;
 
 mod anchor;
@@ -411,12 +412,6 @@ impl KmsSeal {
     }
 }
 
-fn aead(dk: &[u8]) -> Result<LessSafeKey, SealError> {
-    Ok(LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, dk).map_err(|_| SealError::Malformed)?,
-    ))
-}
-
 impl Seal for KmsSeal {
     fn id(&self) -> &str {
         Self::ID
@@ -436,7 +431,7 @@ impl Seal for KmsSeal {
     fn wrap<'a>(&'a self, plaintext: &'a [u8], aad: &'a [u8]) -> SealFuture<'a, Vec<u8>> {
         Box::pin(async move {
             let (dk, blob) = self.generate().await?;
-            let sealed = gcm_seal(&aead(&dk)?, plaintext, aad)?;
+            let sealed = gcm_seal(&data_key(&dk)?, plaintext, aad)?;
             let n = u16::try_from(blob.len()).map_err(|_| SealError::Malformed)?;
             let mut out = Vec::with_capacity(3 + blob.len() + sealed.len());
             out.push(INNER_VERSION);
@@ -455,7 +450,7 @@ impl Seal for KmsSeal {
         Box::pin(async move {
             let (blob, sealed) = split(wrapped)?;
             let dk = self.decrypt(blob).await?;
-            gcm_open(&aead(&dk)?, sealed, aad)
+            gcm_open(&data_key(&dk)?, sealed, aad)
         })
     }
 }

@@ -131,7 +131,7 @@ pub(super) fn fpe_apply(
     let mut numerals: Vec<u16> = vec![];
     for g in caps.iter().skip(1).flatten() {
         for (off, c) in g.as_str().char_indices() {
-            let n = *t.index.get(&c).ok_or(EngineError::NotInAlphabet(c))?;
+            let n = *t.index.get(&c).ok_or(EngineError::NotInAlphabet)?;
             positions.push(g.start() + off);
             numerals.push(n);
         }
