@@ -103,6 +103,13 @@ pub enum VerifyError {
         expected: String,
         actual: String,
     },
+    /// QEMU's nitro-enclave machine does not sign its documents (protected
+    /// header `{1: -1}`, a zero signature, no certificate chain).
+    #[error("unsigned QEMU nitro-enclave document (protected header {{1: -1}}, zero signature, no chain): it proves nothing about hardware; accepted only with --dangerous-unsigned-qemu")]
+    UnsignedQemu,
+    /// `--dangerous-unsigned-qemu` was given but the document is not one.
+    #[error("not an unsigned QEMU document: {0}")]
+    NotUnsignedQemu(&'static str),
 }
 
 impl VerifyError {
@@ -115,7 +122,7 @@ impl VerifyError {
             Chain { .. } => Step::Chain,
             CertNotYetValid { .. } | CertExpired { .. } => Step::Validity,
             Constraints { .. } => Step::Constraints,
-            Signature => Step::Signature,
+            Signature | UnsignedQemu | NotUnsignedQemu(_) => Step::Signature,
             PcrMissing { .. } | PcrMismatch { .. } | DebugMode | Binding { .. } => Step::Policy,
         }
     }
@@ -188,6 +195,10 @@ pub struct Policy {
     pub nonce: Option<Vec<u8>>,
     pub public_key: Option<Vec<u8>>,
     pub user_data: Option<Vec<u8>>,
+    /// **Dangerous, tests only**: accept QEMU's unsigned documents, checking
+    /// everything but the signature and the chain (see
+    /// [`Policy::dangerous_unsigned_qemu`]).
+    unsigned_qemu: bool,
 }
 
 /// A PEM certificate that cannot be decoded.
@@ -218,6 +229,21 @@ impl Policy {
         Policy::with_root(at, root_der)
     }
 
+    /// **Dangerous, tests only**: accept the documents of QEMU's
+    /// nitro-enclave machine, which are not signed (protected header
+    /// `{1: -1}`, 64 zero bytes of signature, zero bytes for the
+    /// certificate and the bundle). Structure, payload, PCRs, nonce,
+    /// public_key and user_data are checked as always; the signature and the
+    /// chain cannot be, so such a document proves only what the test
+    /// harness that started QEMU already knows. Signed documents are refused
+    /// under this policy, so the two kinds never mix.
+    pub fn dangerous_unsigned_qemu(at: i64) -> Policy {
+        Policy {
+            unsigned_qemu: true,
+            ..Policy::with_root(at, vec![])
+        }
+    }
+
     fn with_root(at: i64, root_der: Vec<u8>) -> Policy {
         Policy {
             at,
@@ -227,15 +253,23 @@ impl Policy {
             nonce: None,
             public_key: None,
             user_data: None,
+            unsigned_qemu: false,
         }
     }
 }
 
-/// The COSE_Sign1 fields the verifier uses, parsed by `coset`.
+/// The COSE_Sign1 fields the verifier uses, parsed by `coset` — except
+/// QEMU's unsigned form, whose algorithm `-1` is not a registered COSE
+/// algorithm and which coset therefore refuses to parse.
 struct CoseSign1 {
-    inner: coset::CoseSign1,
+    inner: Option<coset::CoseSign1>,
     payload: Vec<u8>,
+    /// Protected header exactly `{1: -1}` and 64 zero bytes of signature.
+    unsigned_qemu: bool,
 }
+
+/// QEMU's protected header, `{1: -1}`, as it encodes it.
+const QEMU_PROTECTED: &[u8] = &[0xa1, 0x01, 0x20];
 
 /// Exactly one COSE_Sign1 (RFC 9052), untagged or with tag 18, and nothing
 /// after it. The outer structure (one CBOR item, the tag, four elements of
@@ -257,15 +291,28 @@ fn parse_cose(bytes: &[u8]) -> Result<CoseSign1, VerifyError> {
         other => other,
     };
     let shape = match &v {
-        Value::Array(items) if items.len() == 4 => matches!(
-            items.as_slice(),
-            [
-                Value::Bytes(_),
-                Value::Map(_),
-                Value::Bytes(_),
-                Value::Bytes(_)
-            ]
-        ),
+        Value::Array(items) if items.len() == 4 => match items.as_slice() {
+            [Value::Bytes(p), Value::Map(_), Value::Bytes(pl), Value::Bytes(sig)]
+                if p.as_slice() == QEMU_PROTECTED
+                    && sig.len() == 64
+                    && sig.iter().all(|b| *b == 0) =>
+            {
+                return Ok(CoseSign1 {
+                    inner: None,
+                    payload: pl.clone(),
+                    unsigned_qemu: true,
+                });
+            }
+            items => matches!(
+                items,
+                [
+                    Value::Bytes(_),
+                    Value::Map(_),
+                    Value::Bytes(_),
+                    Value::Bytes(_)
+                ]
+            ),
+        },
         Value::Array(_) => return Err(VerifyError::NotCoseSign1("array does not have 4 elements")),
         _ => return Err(VerifyError::NotCoseSign1("not an array")),
     };
@@ -280,7 +327,11 @@ fn parse_cose(bytes: &[u8]) -> Result<CoseSign1, VerifyError> {
         .payload
         .clone()
         .ok_or(VerifyError::NotCoseSign1("payload is nil (detached)"))?;
-    Ok(CoseSign1 { inner, payload })
+    Ok(CoseSign1 {
+        inner: Some(inner),
+        payload,
+        unsigned_qemu: false,
+    })
 }
 
 /// The protected header must be exactly `{1: -35}` (alg ES384), as AWS's
@@ -289,13 +340,14 @@ fn check_header(cose: &CoseSign1) -> Result<(), VerifyError> {
     let want = coset::HeaderBuilder::new()
         .algorithm(coset::iana::Algorithm::ES384)
         .build();
-    if cose.inner.protected.header == want {
-        Ok(())
-    } else {
-        Err(VerifyError::WrongAlgorithm(format!(
+    match &cose.inner {
+        _ if cose.unsigned_qemu => Err(VerifyError::UnsignedQemu),
+        Some(c) if c.protected.header == want => Ok(()),
+        Some(c) => Err(VerifyError::WrongAlgorithm(format!(
             "{:?}",
-            cose.inner.protected.header
-        )))
+            c.protected.header
+        ))),
+        None => Err(VerifyError::WrongAlgorithm("no header".into())),
     }
 }
 
@@ -646,7 +698,8 @@ fn verify_signature(
 ) -> Result<(), VerifyError> {
     // Sig_structure = ["Signature1", protected (as received), h'', payload].
     let leaf_key = ec_p384_key(leaf, leaf_index)?;
-    cose.inner.verify_signature(b"", |sig, tbs| {
+    let inner = cose.inner.as_ref().ok_or(VerifyError::Signature)?;
+    inner.verify_signature(b"", |sig, tbs| {
         UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf_key)
             .verify(tbs, sig)
             .map_err(|_| VerifyError::Signature)
@@ -696,12 +749,39 @@ fn check_policy(doc: &AttestationDoc, policy: &Policy) -> Result<(), VerifyError
     Ok(())
 }
 
+/// Verify one of QEMU's unsigned documents: everything but the signature
+/// and the chain (which it does not have).
+fn verify_unsigned_qemu(cose: &CoseSign1, policy: &Policy) -> Result<Verified, VerifyError> {
+    if !cose.unsigned_qemu {
+        return Err(VerifyError::NotUnsignedQemu(
+            "protected header is not {1: -1} with a zero signature",
+        ));
+    }
+    let doc = parse_payload(&cose.payload)?;
+    let zero = |b: &[u8]| b.iter().all(|x| *x == 0);
+    if !zero(&doc.certificate) || !doc.cabundle.iter().all(|c| zero(c)) {
+        return Err(VerifyError::NotUnsignedQemu(
+            "it carries a certificate chain (a signed document must be verified as one)",
+        ));
+    }
+    check_policy(&doc, policy)?;
+    let debug_mode = is_debug(&doc);
+    Ok(Verified {
+        doc,
+        chain: vec![],
+        debug_mode,
+    })
+}
+
 fn verify_inner(
     bytes: &[u8],
     policy: &Policy,
     cache: Option<&ChainCache>,
 ) -> Result<Verified, VerifyError> {
     let cose = parse_cose(bytes)?;
+    if policy.unsigned_qemu {
+        return verify_unsigned_qemu(&cose, policy);
+    }
     check_header(&cose)?;
     let doc = parse_payload(&cose.payload)?;
 

@@ -50,6 +50,12 @@ enum Cmd {
         /// DANGEROUS: trust this root (PEM) instead of AWS's, e.g. the dev NSM's.
         #[arg(long)]
         dangerous_root: Option<PathBuf>,
+        /// DANGEROUS, tests only: accept QEMU nitro-enclave documents, which
+        /// are not signed and have no chain. Everything else (structure,
+        /// PCRs, nonce, public key, user data) is checked; signed documents
+        /// are refused in this mode.
+        #[arg(long, conflicts_with = "dangerous_root")]
+        dangerous_unsigned_qemu: bool,
         /// Output format: json or text.
         #[arg(long, default_value = "text")]
         format: String,
@@ -285,6 +291,7 @@ fn main() -> ExitCode {
             user_data,
             allow_debug,
             dangerous_root,
+            dangerous_unsigned_qemu,
             format,
         } => verify_cmd(VerifyArgs {
             doc,
@@ -295,6 +302,7 @@ fn main() -> ExitCode {
             user_data,
             allow_debug,
             dangerous_root,
+            dangerous_unsigned_qemu,
             format,
         }),
         Cmd::Audit(a) => audit_cmd(a),
@@ -490,6 +498,7 @@ struct VerifyArgs {
     user_data: Option<String>,
     allow_debug: bool,
     dangerous_root: Option<PathBuf>,
+    dangerous_unsigned_qemu: bool,
     format: String,
 }
 
@@ -548,9 +557,16 @@ fn verify_cmd(a: VerifyArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return usage(format!("cannot read {}: {e}", a.doc.display())),
     };
-    let mut policy = match policy_for(a.at, a.dangerous_root.as_deref()) {
-        Ok(p) => p,
-        Err(e) => return usage(e),
+    let mut policy = if a.dangerous_unsigned_qemu {
+        eprintln!(
+            "verifier: DANGEROUS: accepting an unsigned QEMU document (no signature, no chain)"
+        );
+        verifier::attestation::Policy::dangerous_unsigned_qemu(a.at)
+    } else {
+        match policy_for(a.at, a.dangerous_root.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return usage(e),
+        }
     };
     policy.allow_debug = a.allow_debug;
     if let Some(p) = &a.expected {

@@ -17,15 +17,31 @@ pub type BoxIo = Box<dyn Io>;
 /// Where the enclave listens.
 ///
 /// Textual forms: `vsock://CID:PORT` (CID `any` = `VMADDR_CID_ANY` for
-/// listeners) and `unix:/path` or `unix:///path`.
+/// listeners), `unix:/path` or `unix:///path`, and `hvsock:/path:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addr {
-    Vsock { cid: u32, port: u32 },
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
     Unix(PathBuf),
+    /// "Hybrid vsock", as Firecracker and `vhost-device-vsock` expose a
+    /// guest's vsock on the host: the Unix socket `uds` of the VM's vsock
+    /// device. Connecting sends `CONNECT <port>\n` and expects `OK <n>\n`,
+    /// then the stream is the guest's port `port`; listening binds
+    /// `<uds>_<port>`, where the backend delivers connections the guest makes
+    /// to the host's CID on `port`.
+    HybridVsock {
+        uds: PathBuf,
+        port: u32,
+    },
 }
 
+/// Longest `OK <n>` reply of a hybrid-vsock backend we read.
+const HYBRID_REPLY_MAX: usize = 32;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid transport address {input:?}: {reason} (expected vsock://CID:PORT or unix:/path)")]
+#[error("invalid transport address {input:?}: {reason} (expected vsock://CID:PORT, unix:/path or hvsock:/path:PORT)")]
 pub struct AddrParseError {
     input: String,
     reason: &'static str,
@@ -47,6 +63,17 @@ impl FromStr for Addr {
             };
             let port = port.parse().map_err(|_| err("PORT is not a number"))?;
             Ok(Addr::Vsock { cid, port })
+        } else if let Some(rest) = s.strip_prefix("hvsock:") {
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            let (path, port) = rest.rsplit_once(':').ok_or_else(|| err("missing :PORT"))?;
+            if path.is_empty() {
+                return Err(err("empty path"));
+            }
+            let port = port.parse().map_err(|_| err("PORT is not a number"))?;
+            Ok(Addr::HybridVsock {
+                uds: PathBuf::from(path),
+                port,
+            })
         } else if let Some(rest) = s.strip_prefix("unix:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
@@ -67,7 +94,18 @@ impl fmt::Display for Addr {
             }
             Addr::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
             Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::HybridVsock { uds, port } => write!(f, "hvsock:{}:{port}", uds.display()),
         }
+    }
+}
+
+impl Addr {
+    /// The Unix socket a hybrid-vsock listener on `port` binds: the backend
+    /// delivers the guest's connections to the host on `port` there.
+    pub fn hybrid_listen_path(uds: &std::path::Path, port: u32) -> PathBuf {
+        let mut p = uds.as_os_str().to_owned();
+        p.push(format!("_{port}"));
+        PathBuf::from(p)
     }
 }
 
@@ -82,6 +120,9 @@ impl Listener {
     /// Bind. A stale Unix socket file at the path is replaced.
     pub fn bind(addr: &Addr) -> io::Result<Listener> {
         match addr {
+            Addr::HybridVsock { uds, port } => {
+                Listener::bind(&Addr::Unix(Addr::hybrid_listen_path(uds, *port)))
+            }
             Addr::Vsock { cid, port } => Ok(Listener::Vsock(VsockListener::bind(VsockAddr::new(
                 *cid, *port,
             ))?)),
@@ -137,6 +178,51 @@ pub async fn connect(addr: &Addr) -> io::Result<BoxIo> {
             VsockStream::connect(VsockAddr::new(*cid, *port)).await?,
         )),
         Addr::Unix(path) => Ok(Box::new(UnixStream::connect(path).await?)),
+        Addr::HybridVsock { uds, port } => Ok(Box::new(hybrid_connect(uds, *port).await?)),
+    }
+}
+
+/// Connect to guest port `port` through a hybrid-vsock backend's socket.
+/// The caller bounds the time (a backend that never answers is its timeout).
+async fn hybrid_connect(uds: &std::path::Path, port: u32) -> io::Result<UnixStream> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = UnixStream::connect(uds).await?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    // Read the reply byte by byte so nothing after it is consumed.
+    let mut line = Vec::with_capacity(16);
+    loop {
+        let b = s.read_u8().await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("hvsock {}: no reply to CONNECT {port}: {e}", uds.display()),
+            )
+        })?;
+        if b == b'\n' {
+            break;
+        }
+        if line.len() >= HYBRID_REPLY_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("hvsock {}: reply to CONNECT {port} too long", uds.display()),
+            ));
+        }
+        line.push(b);
+    }
+    let ok = std::str::from_utf8(&line)
+        .ok()
+        .and_then(|l| l.strip_prefix("OK "))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(s)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!(
+                "hvsock {}: CONNECT {port} refused ({:?})",
+                uds.display(),
+                String::from_utf8_lossy(&line)
+            ),
+        ))
     }
 }
 
@@ -163,7 +249,23 @@ mod tests {
             "unix:rel.sock".parse::<Addr>(),
             Ok(Addr::Unix("rel.sock".into()))
         );
+        assert_eq!(
+            "hvsock:/run/vm.vsock:5000".parse::<Addr>(),
+            Ok(Addr::HybridVsock {
+                uds: "/run/vm.vsock".into(),
+                port: 5000
+            })
+        );
+        let h: Addr = "hvsock:///run/a:b.vsock:7".parse().unwrap();
+        assert_eq!(h.to_string(), "hvsock:/run/a:b.vsock:7");
+        assert_eq!(
+            Addr::hybrid_listen_path(std::path::Path::new("/run/vm.vsock"), 8000),
+            PathBuf::from("/run/vm.vsock_8000")
+        );
         for bad in [
+            "hvsock:/x",
+            "hvsock::5",
+            "hvsock:/x:port",
             "tcp://1:2",
             "vsock://x:1",
             "vsock://1",
@@ -172,6 +274,85 @@ mod tests {
         ] {
             assert!(bad.parse::<Addr>().is_err(), "{bad}");
         }
+    }
+
+    /// A stand-in for vhost-device-vsock's socket: answers `CONNECT <p>` as
+    /// `reply`, then echoes.
+    async fn backend(path: PathBuf, reply: &'static str) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut line = vec![];
+                    while let Ok(b) = s.read_u8().await {
+                        if b == b'\n' {
+                            break;
+                        }
+                        line.push(b);
+                    }
+                    assert!(line.starts_with(b"CONNECT "), "{line:?}");
+                    let _ = s.write_all(reply.as_bytes()).await;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_connects_refuses_and_listens() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.vsock");
+        backend(ok.clone(), "OK 1073741824\n").await;
+        let mut s = connect(&Addr::HybridVsock {
+            uds: ok.clone(),
+            port: 5000,
+        })
+        .await
+        .unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping", "the stream after OK is the guest's");
+
+        for (name, reply) in [
+            ("refused", "ERR no listener\n"),
+            ("empty", "OK \n"),
+            ("long", "OK 111111111111111111111111111111111111111\n"),
+        ] {
+            let p = dir.path().join(format!("{name}.vsock"));
+            backend(p.clone(), reply).await;
+            let e = connect(&Addr::HybridVsock { uds: p, port: 5000 })
+                .await
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("CONNECT 5000"), "{name}: {e}");
+        }
+        // No backend at all: a plain connect error.
+        assert!(connect(&Addr::HybridVsock {
+            uds: dir.path().join("none"),
+            port: 1
+        })
+        .await
+        .is_err());
+
+        // Guest-initiated: the listener is `<uds>_<port>`.
+        let l = Listener::bind(&Addr::HybridVsock {
+            uds: ok.clone(),
+            port: 8000,
+        })
+        .unwrap();
+        let p = Addr::hybrid_listen_path(&ok, 8000);
+        let c = tokio::spawn(async move { UnixStream::connect(p).await.unwrap() });
+        let (_s, from) = l.accept().await.unwrap();
+        assert!(from.ends_with("ok.vsock_8000"), "{from}");
+        c.await.unwrap();
     }
 
     /// Binding an AF_VSOCK listener is allowed on this machine; connecting to
