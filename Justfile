@@ -8,9 +8,14 @@ dev:
 test:
     ./ci/test.sh
 
-# Tests without the fuzz smoke run.
+# Tests without the fuzz smoke run and the QEMU boot.
 test-quick:
-    SKIP_FUZZ=1 ./ci/test.sh
+    SKIP_FUZZ=1 SKIP_QEMU=1 ./ci/test.sh
+
+# The EIF booted in QEMU's nitro-enclave machine (TCG), end to end through
+# the sidecar over virtio-vsock; QEMU_BENCH_SECONDS=10 adds the req/s run.
+e2e-qemu:
+    ./ci/e2e-qemu.sh
 
 lint:
     cargo fmt --all -- --check

@@ -33,6 +33,12 @@ fi
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   stage "fuzz smoke"; ci/fuzz-smoke.sh
 fi
+# The measured image booted in QEMU's nitro-enclave machine (TCG), end to
+# end through the sidecar over virtio-vsock; toolchain cached between runs.
+if [ "${SKIP_QEMU:-0}" != 1 ]; then
+  stage "qemu e2e"; QEMU_BENCH_SECONDS=${QEMU_BENCH_SECONDS:-1} ci/e2e-qemu.sh | tee target/qemu-e2e.txt
+  tail -n1 target/qemu-e2e.txt | grep -q ", 0 failed" || exit 1
+fi
 passed=$(grep -o '[0-9]* passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 failed=$(grep -o '[0-9]* failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 echo "$passed passed, $failed failed (total $((SECONDS - t0)) s)"

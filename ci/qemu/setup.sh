@@ -81,7 +81,7 @@ if [ ! -x "$C/bin/vhost-device-vsock" ]; then
 fi
 
 # ---- kernel and modules
-KVER=${KVER:-$(ls "$C/kernel" 2>/dev/null | sort -V | tail -1)}
+KVER=${KVER:-$(cat "$C/kernel/current" 2>/dev/null || true)}
 if [ -z "$KVER" ] || [ ! -f "$C/kernel/$KVER/modules/vmmio_cmdline.ko" ]; then
   stage "kernel"
   apt_update

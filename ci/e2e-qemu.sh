@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# The measured image, booted: `eif build` packs Debian's kernel, our init
+# (eif/guest/init), the vsock/NSM modules and the static pii-enclave into an
+# EIF; QEMU's nitro-enclave machine boots it under TCG with virtio-vsock
+# (vhost-device-vsock, Unix-socket backend) and its emulated NSM; the sidecar
+# reaches it over hybrid vsock (hvsock:…); the suite runs through the
+# sidecar. Toolchain cached by ci/qemu/setup.sh.
+#
+#   ci/e2e-qemu.sh          (just e2e-qemu)
+#
+# Last line: `qemu e2e: N passed, M failed`; exit status non-zero on any
+# failure. Every wait is bounded; no AF_VSOCK socket of this machine is used
+# (the guest's vsock exists only behind vhost-device-vsock's Unix sockets).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+t0=$SECONDS
+stage() { echo "== qemu e2e: $1 (at $((SECONDS - t0)) s)"; }
+die() { echo "qemu e2e: $*" >&2; echo "qemu e2e: 0 passed, 1 failed"; exit 1; }
+C=${PII_CACHE_DIR:-$HOME/.cache/pii-enclave}/qemu-nitro
+BOOT_TIMEOUT=${QEMU_BOOT_TIMEOUT:-180}
+
+stage "toolchain"
+ci/qemu/setup.sh || die "toolchain setup failed"
+KVER=$(cat "$C/kernel/current"); K="$C/kernel/$KVER"
+QEMU="$C/bin/qemu-system-x86_64"; VHD="$C/bin/vhost-device-vsock"
+
+stage "binaries (the enclave static for musl)"
+command -v musl-gcc >/dev/null || { apt-get install -y -qq musl-tools >/dev/null || die "musl-tools"; }
+rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
+  || rustup target add x86_64-unknown-linux-musl >/dev/null || die "musl target"
+cargo build --release -q -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev \
+  --target x86_64-unknown-linux-musl || die "enclave build"
+cargo build -q -p host-proxy --bin host-proxy && cargo build -q -p eif -p verifier || die "host build"
+BIN=target/x86_64-unknown-linux-musl/release/pii-enclave-dangerous-dev
+
+W=$PWD/target/qemu-e2e; rm -rf "$W"; mkdir -p "$W/boot/bin" "$W/boot/lib/modules" "$W/run" "$W/store"
+stage "image"
+cp /bin/busybox "$W/boot/bin/" && cp eif/guest/init "$W/boot/init" && chmod 755 "$W/boot/init"
+cp "$K"/modules/*.ko "$W/boot/lib/modules/"
+(cd "$W/boot" && find . | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --reproducible 2>/dev/null) > "$W/boot.cpio"
+# The development seal and root token (dev binary) with the guest's real NSM.
+target/debug/eif build --kernel "$K/vmlinuz" --cmdline "console=ttyS0 reboot=t panic=-1 rdinit=/init" \
+  --bootstrap-ramdisk "$W/boot.cpio" --binary "$BIN" --binary-name pii-enclave \
+  --arg=serve --arg=--listen --arg=vsock://any:5000 --arg=--log-format --arg=text \
+  --arg=--dangerous-dev-seal-passphrase --arg=qemu-e2e-passphrase \
+  --arg=--dangerous-dev-root-token --arg=qemu-e2e-root-token \
+  --output "$W/pii-enclave.eif" >/dev/null || die "eif build"
+target/debug/eif describe "$W/pii-enclave.eif" > "$W/describe.json" || die "eif describe"
+python3 - "$W/describe.json" "$W/expected.json" <<'PY' || die "PCRs"
+import json, sys
+m = json.load(open(sys.argv[1]))["Measurements"]
+json.dump({k: m[k] for k in ("PCR0", "PCR1", "PCR2")}, open(sys.argv[2], "w"))
+PY
+
+pass=0; fail=0
+ok() { pass=$((pass + 1)); echo "qemu e2e: ok   $1"; }
+bad() { fail=$((fail + 1)); echo "qemu e2e: FAIL $1" >&2; }
+check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+
+RUN=$W/run; QPID=""; VPID=""; PPID_=""
+boot() {
+  rm -f "$RUN/vhost.sock" "$RUN"/vm.vsock*
+  "$VHD" --vm guest-cid=16,socket="$RUN/vhost.sock",uds-path="$RUN/vm.vsock" >>"$RUN/vhd.log" 2>&1 &
+  VPID=$!
+  for _ in $(seq 100); do [ -S "$RUN/vhost.sock" ] && break; sleep 0.05; done
+  [ -S "$RUN/vhost.sock" ] || return 1
+  timeout "$BOOT_TIMEOUT" "$QEMU" -M nitro-enclave,vsock=c0,id=i-qemu-e2e-enc0001,parent-id=i-parent0001,parent-role=arn:aws:iam::123456789012:role/e2e \
+    -accel tcg -m 1024M -nographic -no-reboot -L /usr/share/qemu -kernel "$W/pii-enclave.eif" \
+    -chardev socket,id=c0,path="$RUN/vhost.sock" </dev/null >>"$RUN/serial.log" 2>>"$RUN/qemu.err" &
+  QPID=$!
+}
+halt() {
+  [ -n "$QPID" ] && { kill "$QPID" 2>/dev/null; wait "$QPID" 2>/dev/null; QPID=""; }
+  [ -n "$VPID" ] && { kill "$VPID" 2>/dev/null; wait "$VPID" 2>/dev/null; VPID=""; }
+}
+cleanup() { halt; [ -n "$PPID_" ] && kill "$PPID_" 2>/dev/null; }
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+S=http://127.0.0.1:$port
+cat > "$W/proxy.toml" <<TOML
+listen = "127.0.0.1:$port"
+enclave = "hvsock:$RUN/vm.vsock:5000"
+keyring_dir = "$W/store/keyring"
+audit_dir = "$W/store/audit"
+token_store = "sqlite:$W/store/tokens.db"
+TOML
+T='X-Vault-Token: qemu-e2e-root-token'
+api() { curl -s -m 20 -H "$T" "$@"; }
+ready() { # seconds waited, or fails after BOOT_TIMEOUT
+  local start=$SECONDS
+  while [ $((SECONDS - start)) -lt "$BOOT_TIMEOUT" ]; do
+    if [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "$S/v1/sys/health")" = 200 ]; then
+      echo $((SECONDS - start)); return 0
+    fi
+    kill -0 "$QPID" 2>/dev/null || { echo "guest exited" >&2; return 1; }
+    sleep 0.2
+  done
+  echo "no answer in ${BOOT_TIMEOUT}s" >&2; return 1
+}
+
+stage "boot"
+boot || die "vhost-device-vsock did not start"
+target/debug/host-proxy serve --config "$W/proxy.toml" --log-format json >"$RUN/proxy.log" 2>&1 &
+PPID_=$!
+if secs=$(ready); then ok "boot to ready in ${secs}s (TCG)"; else
+  bad "boot to ready"; tail -30 "$RUN/serial.log" >&2; echo "qemu e2e: $pass passed, $fail failed"; exit 1
+fi
+grep -q "INIT: devices up" "$RUN/serial.log" && ok "guest init: virtio-mmio, vsock, /dev/nsm" || bad "guest init"
+
+stage "transit"
+check "create key" test "$(api -o /dev/null -w '%{http_code}' -X POST "$S/v1/transit/keys/e2e" -d '{}')" -lt 300
+PT=$(printf 'jane.doe@example.com' | base64)
+CT=$(api -X POST "$S/v1/transit/encrypt/e2e" -d "{\"plaintext\":\"$PT\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["ciphertext"])' 2>/dev/null)
+check "encrypt" test -n "$CT"
+dec() { api -X POST "$S/v1/transit/decrypt/e2e" -d "{\"ciphertext\":\"$1\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["plaintext"])' 2>/dev/null; }
+check "decrypt" test "$(dec "$CT")" = "$PT"
+check "rotate" test "$(api -o /dev/null -w '%{http_code}' -X POST "$S/v1/transit/keys/e2e/rotate")" = 200
+CT2=$(api -X POST "$S/v1/transit/encrypt/e2e" -d "{\"plaintext\":\"$PT\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["ciphertext"])' 2>/dev/null)
+check "encrypt after rotate uses v2" test "${CT2#vault:v2:}" != "$CT2"
+
+stage "tokenize"
+check "tokenization transformation" test "$(api -o /dev/null -w '%{http_code}' -X POST "$S/v1/transform/transformations/tokenization/emails" -d '{"allowed_roles":["edge"]}')" -lt 300
+check "role" test "$(api -o /dev/null -w '%{http_code}' -X POST "$S/v1/transform/role/edge" -d '{"transformations":["emails"]}')" -lt 300
+TOK=$(api -X POST "$S/v1/transform/encode/edge" -d '{"value":"jane.doe@example.com","transformation":"emails"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["encoded_value"])' 2>/dev/null)
+check "encode" test -n "$TOK"
+check "decode" test "$(api -X POST "$S/v1/transform/decode/edge" -d "{\"value\":\"$TOK\",\"transformation\":\"emails\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["decoded_value"])' 2>/dev/null)" = "jane.doe@example.com"
+
+stage "attestation"
+NONCE=$(python3 -c 'import os; print(os.urandom(16).hex())')
+api "$S/v1/sys/attestation?nonce=$NONCE" | python3 -c 'import json,sys,base64; sys.stdout.buffer.write(base64.b64decode(json.load(sys.stdin)["data"]["document"]))' > "$W/doc.cbor" 2>/dev/null
+check "document from the guest's NSM" test -s "$W/doc.cbor"
+V=target/debug/verifier
+check "verifies with --dangerous-unsigned-qemu: PCR0/1/2 = eif describe, fresh nonce" \
+  "$V" verify --doc "$W/doc.cbor" --at "$(date +%s)" --expected "$W/expected.json" --nonce "$NONCE" --dangerous-unsigned-qemu --format text
+refused_by_name() {
+  local out; out=$("$V" verify --doc "$W/doc.cbor" --at "$(date +%s)" --format json 2>/dev/null)
+  [ $? -eq 1 ] && echo "$out" | grep -q "unsigned QEMU"
+}
+refused() { ! "$V" verify --doc "$W/doc.cbor" --at "$(date +%s)" --dangerous-unsigned-qemu "$@" --format text >/dev/null 2>&1; }
+check "refused without the flag, by name" refused_by_name
+python3 -c 'import json,sys; e=json.load(open(sys.argv[1])); e["PCR0"]="00"*48; json.dump(e,open(sys.argv[2],"w"))' "$W/expected.json" "$W/wrong.json"
+check "wrong PCR0 refused" refused --expected "$W/wrong.json"
+check "stale nonce refused" refused --nonce 00
+
+stage "restart: unseal from the stored blob"
+halt
+boot || die "vhost-device-vsock did not restart"
+if secs=$(ready); then ok "reboot to ready in ${secs}s"; else bad "reboot to ready"; fi
+check "old ciphertext decrypts after restart" test "$(dec "$CT")" = "$PT"
+check "v2 ciphertext decrypts after restart" test "$(dec "$CT2")" = "$PT"
+
+BENCH_SECS=${QEMU_BENCH_SECONDS:-0}
+if [ "$BENCH_SECS" != 0 ]; then
+  stage "bench: encrypt at c=16 over virtio-vsock (QEMU, TCG) and over a Unix socket (dev stack)"
+  command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null || die "wrk"; }
+  cat > "$W/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"plaintext":"amFuZS5kb2VAZXhhbXBsZS5jb20="}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Vault-Token"] = os.getenv("TOKEN")
+LUA
+  bench() { # label url token
+    TOKEN=$3 wrk -t2 -c16 -d1s -s "$W/post.lua" "$2/v1/transit/encrypt/e2e" >/dev/null 2>&1
+    TOKEN=$3 wrk -t2 -c16 -d"${BENCH_SECS}s" --latency -s "$W/post.lua" "$2/v1/transit/encrypt/e2e" \
+      | python3 ci/wrk2json.py "$1" 16 1 | tee -a "$W/bench.jsonl"
+  }
+  bench qemu-vsock "$S" qemu-e2e-root-token
+  dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cargo build --release -q -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev \
+    && cargo build --release -q -p host-proxy --bin host-proxy || die "dev stack build"
+  target/release/host-proxy dev --listen "127.0.0.1:$dport" --data-dir "$W/dev" --log-format json \
+    --enclave-bin target/release/pii-enclave-dangerous-dev >"$W/dev.out" 2>"$W/dev.log" &
+  DPID=$!
+  for _ in $(seq 100); do curl -sf -m 1 "http://127.0.0.1:$dport/v1/sys/health" >/dev/null && break; sleep 0.1; done
+  curl -s -m 5 -H 'X-Vault-Token: dev-root-token' -X POST "http://127.0.0.1:$dport/v1/transit/keys/e2e" -d '{}' >/dev/null
+  bench unix-dev "http://127.0.0.1:$dport" dev-root-token
+  kill "$DPID" 2>/dev/null; wait "$DPID" 2>/dev/null
+  ok "bench ran (target/qemu-e2e/bench.jsonl)"
+fi
+
+stage "done"
+halt
+echo "qemu e2e: total $((SECONDS - t0)) s"
+echo "qemu e2e: $pass passed, $fail failed"
+[ "$fail" = 0 ]
