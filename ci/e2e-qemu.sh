@@ -57,7 +57,7 @@ ok() { pass=$((pass + 1)); echo "qemu e2e: ok   $1"; }
 bad() { fail=$((fail + 1)); echo "qemu e2e: FAIL $1" >&2; }
 check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
 
-RUN=$W/run; QPID=""; VPID=""; PPID_=""
+RUN=$W/run; QPID=""; VPID=""; PPID_=""; IMAGE=$W/pii-enclave.eif
 boot() {
   rm -f "$RUN/vhost.sock" "$RUN"/vm.vsock*
   "$VHD" --vm guest-cid=16,socket="$RUN/vhost.sock",uds-path="$RUN/vm.vsock" >>"$RUN/vhd.log" 2>&1 &
@@ -65,7 +65,7 @@ boot() {
   for _ in $(seq 100); do [ -S "$RUN/vhost.sock" ] && break; sleep 0.05; done
   [ -S "$RUN/vhost.sock" ] || return 1
   timeout "$BOOT_TIMEOUT" "$QEMU" -M nitro-enclave,vsock=c0,id=i-qemu-e2e-enc0001,parent-id=i-parent0001,parent-role=arn:aws:iam::123456789012:role/e2e \
-    -accel tcg -m 1024M -nographic -no-reboot -L /usr/share/qemu -kernel "$W/pii-enclave.eif" \
+    -accel tcg -m 1024M -nographic -no-reboot -L /usr/share/qemu -kernel "$IMAGE" \
     -chardev socket,id=c0,path="$RUN/vhost.sock" </dev/null >>"$RUN/serial.log" 2>>"$RUN/qemu.err" &
   QPID=$!
 }
@@ -143,12 +143,50 @@ python3 -c 'import json,sys; e=json.load(open(sys.argv[1])); e["PCR0"]="00"*48; 
 check "wrong PCR0 refused" refused --expected "$W/wrong.json"
 check "stale nonce refused" refused --nonce 00
 
+stage "hostile or missing peers"
+# A port nobody listens on in the guest: the backend answers without OK.
+connect_refused() {
+  python3 - "$RUN/vm.vsock" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(10)
+s.connect(sys.argv[1]); s.sendall(b"CONNECT 5999\n")
+try:
+    reply = s.recv(64)
+except socket.timeout:
+    reply = b""
+sys.exit(0 if not reply.startswith(b"OK ") else 1)
+PY
+}
+check "CONNECT to a port the guest does not serve is refused" connect_refused
+
 stage "restart: unseal from the stored blob"
 halt
 boot || die "vhost-device-vsock did not restart"
 if secs=$(ready); then ok "reboot to ready in ${secs}s"; else bad "reboot to ready"; fi
 check "old ciphertext decrypts after restart" test "$(dec "$CT")" = "$PT"
 check "v2 ciphertext decrypts after restart" test "$(dec "$CT2")" = "$PT"
+
+stage "a guest that never comes up"
+# The same image without the NSM module: init stops at that step and ends
+# the VM off; the wait ends when the guest does, long before the timeout.
+halt
+mkdir -p "$W/broken"; cp -r "$W/boot" "$W/broken/boot"; rm "$W/broken/boot/lib/modules/nsm.ko"
+(cd "$W/broken/boot" && find . | LC_ALL=C sort | cpio -o -H newc --owner=0:0 --reproducible 2>/dev/null) > "$W/broken.cpio"
+target/debug/eif build --kernel "$K/vmlinuz" --cmdline "console=ttyS0 reboot=t panic=-1 rdinit=/init" \
+  --bootstrap-ramdisk "$W/broken.cpio" --binary "$BIN" --binary-name pii-enclave --arg=serve \
+  --output "$W/broken.eif" >/dev/null || die "eif build (broken)"
+EIF_SAVED=$W/pii-enclave.eif; IMAGE=$W/broken.eif; : > "$RUN/serial.log"
+started=$SECONDS
+boot || die "vhost-device-vsock did not start"
+if ready >/dev/null 2>&1; then bad "broken guest reported ready"; else
+  waited=$((SECONDS - started))
+  if grep -q "INIT: FAILED: nsm" "$RUN/serial.log" && [ "$waited" -lt "$BOOT_TIMEOUT" ]; then
+    ok "broken guest fails at its step (nsm) in ${waited}s, not at the ${BOOT_TIMEOUT}s timeout"
+  else bad "broken guest: no clear failure (${waited}s)"; fi
+fi
+halt; IMAGE=$EIF_SAVED
+boot || die "vhost-device-vsock did not restart"
+ready >/dev/null || bad "ready again after the broken guest"
 
 BENCH_SECS=${QEMU_BENCH_SECONDS:-0}
 if [ "$BENCH_SECS" != 0 ]; then
