@@ -217,6 +217,81 @@ LUA
   ok "bench ran (target/qemu-e2e/bench.jsonl)"
 fi
 
+stage "egress: the Vault seal inside the guest reaches OpenBao through the relay"
+# Another image, sealed by Vault Transit: every keyring write goes from the
+# enclave (vsock CID 2, port 8000) through vhost-device-vsock to the
+# sidecar's relay (hvsock listener <uds>_8000), which allows one upstream:
+# OpenBao on this machine's loopback. No connection to any AF_VSOCK CID here.
+halt
+export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+command -v bao >/dev/null || ci/setup.sh >/dev/null || die "OpenBao"
+bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$W/bao"
+HOME="$W/bao" bao server -dev -dev-root-token-id=qemu-e2e-bao-root -dev-listen-address="127.0.0.1:$bport" >"$W/bao/log" 2>&1 &
+BPID=$!
+for _ in $(seq 100); do curl -sf -m 1 "http://127.0.0.1:$bport/v1/sys/health" >/dev/null && break; sleep 0.1; done
+cargo build -q -p host-proxy --features vault-admin --bin host-proxy || die "host-proxy (vault-admin)"
+VAULT_TOKEN=qemu-e2e-bao-root target/debug/host-proxy vault bootstrap --address "http://127.0.0.1:$bport" \
+  --deployment-id qemu-e2e --dangerous-wrapped-secret-id > "$W/bao/bootstrap.json" 2>"$W/bao/bootstrap.err" \
+  || { cat "$W/bao/bootstrap.err" >&2; die "vault bootstrap"; }
+BPORT=$bport python3 - "$W/bao/bootstrap.json" "$W/vault-seal.toml" <<'PY' || die "seal config"
+import json, sys
+b = json.load(open(sys.argv[1]))
+open(sys.argv[2], "w").write(f"""listen = "vsock://any:5000"
+[seal]
+type = "vault-transit"
+deployment_id = "qemu-e2e"
+address = "http://127.0.0.1:8200"
+dangerous_allow_http = true
+mount = "transit"
+key = "pii-enclave-kek"
+approle_mount = "approle"
+role_id = "{b['role_id']}"
+dangerous_wrapped_secret_id = "{b['dangerous_wrapped_secret_id']}"
+anchor_kv_mount = "pii-enclave-anchor"
+[egress]
+relay = "vsock://2:8000"
+fixed = [{{ listen = "127.0.0.1:8200", upstream = "127.0.0.1:BAOPORT" }}]
+""".replace("BAOPORT", str(__import__("os").environ["BPORT"])))
+PY
+target/debug/eif build --kernel "$K/vmlinuz" --cmdline "console=ttyS0 reboot=t panic=-1 rdinit=/init" \
+  --bootstrap-ramdisk "$W/boot.cpio" --binary "$BIN" --binary-name pii-enclave \
+  --config "$W/vault-seal.toml" --arg=serve --arg=--config --arg=/etc/pii-enclave/config.toml \
+  --arg=--log-format --arg=text --arg=--dangerous-dev-root-token --arg=qemu-e2e-root-token \
+  --output "$W/vault.eif" >/dev/null || die "eif build (vault seal)"
+kill "$PPID_" 2>/dev/null; wait "$PPID_" 2>/dev/null
+cat > "$W/proxy-vault.toml" <<TOML
+listen = "127.0.0.1:$port"
+enclave = "hvsock:$RUN/vm.vsock:5000"
+keyring_dir = "$W/store-vault/keyring"
+audit_dir = "$W/store-vault/audit"
+token_store = "sqlite:$W/store-vault/tokens.db"
+[relay]
+listen = "hvsock:$RUN/vm.vsock:8000"
+allow = [{ host = "127.0.0.1", port = $bport, allow_private = true }]
+TOML
+IMAGE=$W/vault.eif; : > "$RUN/serial.log"
+boot || die "vhost-device-vsock did not start"
+target/debug/host-proxy serve --config "$W/proxy-vault.toml" --log-format json >"$RUN/proxy-vault.log" 2>&1 &
+PPID_=$!
+if secs=$(ready); then ok "Vault-sealed guest ready in ${secs}s"; else bad "Vault-sealed guest ready"; fi
+check "keyring write sealed by OpenBao through the relay (create key)" \
+  test "$(api -o /dev/null -w '%{http_code}' -X POST "$S/v1/transit/keys/via-relay" -d '{}')" -lt 300
+CTV=$(api -X POST "$S/v1/transit/encrypt/via-relay" -d "{\"plaintext\":\"$PT\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["ciphertext"])' 2>/dev/null)
+check "encrypt/decrypt under the Vault-sealed keyring" test "$(api -X POST "$S/v1/transit/decrypt/via-relay" -d "{\"ciphertext\":\"$CTV\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["plaintext"])' 2>/dev/null)" = "$PT"
+relayed() { # the sidecar's relay accepted connections to OpenBao (bytes are counted at close)
+  curl -s -m 5 "$S/metrics" > "$W/metrics-vault.txt"
+  grep -E "^pii_proxy_relay_connections_total\{upstream=\"127\.0\.0\.1:$bport\",result=\"ok\"\} [1-9]" \
+    "$W/metrics-vault.txt" >/dev/null
+}
+check "the relay carried the enclave's connections to OpenBao (metrics)" relayed
+sealed_by_vault() { # the stored blob names the Vault seal, not the dev seal
+  local b; b=$(ls "$W/store-vault/keyring" | sort | tail -1)
+  grep -aq "vault-transit" "$W/store-vault/keyring/$b"
+}
+check "the stored keyring is sealed by Vault Transit" sealed_by_vault
+halt; kill "$BPID" 2>/dev/null; wait "$BPID" 2>/dev/null
+
 stage "done"
 halt
 echo "qemu e2e: total $((SECONDS - t0)) s"
