@@ -13,7 +13,8 @@ test-quick:
     SKIP_FUZZ=1 SKIP_QEMU=1 ./ci/test.sh
 
 # The EIF booted in QEMU's nitro-enclave machine (TCG), end to end through
-# the sidecar over virtio-vsock; QEMU_BENCH_SECONDS=10 adds the req/s run.
+# the sidecar over virtio-vsock (root, Debian 12); QEMU_BENCH_SECONDS=8 adds
+# the req/s run.
 e2e-qemu:
     ./ci/e2e-qemu.sh
 

@@ -20,7 +20,15 @@ t0=$SECONDS
 stage() { echo "ci/qemu/setup.sh: $1 (at $((SECONDS - t0)) s)"; }
 export DEBIAN_FRONTEND=noninteractive
 QEMU_VERSION=${QEMU_VERSION:-10.0.2}
+# Debian's qemu_10.0.2+ds.orig.tar.xz (bookworm-backports), checked before use.
+QEMU_SHA256=${QEMU_SHA256:-0901da33844a331bf8b3602b9c1fbd178e60b737c8e3ade678255bd090c9b9f1}
 VHD_VERSION=${VHD_VERSION:-0.3.0}
+
+need_root_bookworm() { # only the stages that install or build need these
+  [ "$(id -u)" = 0 ] || { echo "ci/qemu/setup.sh: building the QEMU toolchain needs root (apt-get); run as root or set SKIP_QEMU=1" >&2; exit 1; }
+  grep -qs 'VERSION_CODENAME=bookworm' /etc/os-release \
+    || { echo "ci/qemu/setup.sh: the recipe is for Debian 12 (bookworm): its backports, kernel and source packages" >&2; exit 1; }
+}
 
 backports() {
   if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
@@ -33,6 +41,7 @@ apt_update() { [ "$apt_updated" = 1 ] || { apt-get update -qq; apt_updated=1; };
 
 # ---- QEMU with the nitro-enclave machine
 if ! { [ -x "$C/bin/qemu-system-x86_64" ] && "$C/bin/qemu-system-x86_64" -M help | grep -q nitro-enclave; }; then
+  need_root_bookworm
   stage "QEMU build dependencies"
   backports; apt_update
   apt-get install -y -qq -t bookworm-backports meson python3-pycotap >/dev/null
@@ -47,9 +56,16 @@ if ! { [ -x "$C/bin/qemu-system-x86_64" ] && "$C/bin/qemu-system-x86_64" -M help
     o="-o Dir::Etc::SourceList=$C/apt/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$C/apt/lists"
     # shellcheck disable=SC2086
     apt-get $o update -qq
+    # The .dsc may 404 on the mirror; the orig tarball is all that is needed.
     # shellcheck disable=SC2086
-    (cd "$C/src" && apt-get $o source --download-only -qq qemu >/dev/null 2>&1 || true)
-    orig=$(ls "$C"/src/qemu_"$QEMU_VERSION"+ds.orig.tar.xz)
+    (cd "$C/src" && apt-get $o source --download-only -qq qemu >"$C/src/download.log" 2>&1 || true)
+    orig=$(ls "$C"/src/qemu_"$QEMU_VERSION"+ds.orig.tar.xz 2>/dev/null) || {
+      echo "ci/qemu/setup.sh: bookworm-backports no longer has qemu $QEMU_VERSION (got: $(ls "$C/src"));" \
+           "set QEMU_VERSION and QEMU_SHA256 to the new version" >&2; tail -5 "$C/src/download.log" >&2; exit 1; }
+  fi
+  if ! echo "$QEMU_SHA256  $orig" | sha256sum -c --quiet - 2>/dev/null; then
+    rm -f "$orig"
+    echo "ci/qemu/setup.sh: $orig does not have the pinned SHA-256 (removed; run again)" >&2; exit 1
   fi
   rm -rf "$C/src/qemu-$QEMU_VERSION"
   tar -C "$C/src" -xf "$orig"
@@ -76,6 +92,7 @@ fi
 # ---- vhost-device-vsock
 if [ ! -x "$C/bin/vhost-device-vsock" ]; then
   stage "vhost-device-vsock $VHD_VERSION"
+  command -v cargo >/dev/null || { echo "ci/qemu/setup.sh: cargo is needed for vhost-device-vsock" >&2; exit 1; }
   CARGO_TARGET_DIR="$C/target-vhd" cargo install -q vhost-device-vsock --version "$VHD_VERSION" --locked --root "$C"
   rm -rf "$C/target-vhd"
 fi
@@ -83,8 +100,9 @@ fi
 # ---- kernel and modules
 KVER=${KVER:-$(cat "$C/kernel/current" 2>/dev/null || true)}
 if [ -z "$KVER" ] || [ ! -f "$C/kernel/$KVER/modules/vmmio_cmdline.ko" ]; then
+  need_root_bookworm
   stage "kernel"
-  apt_update
+  backports; apt_update
   KVER=$(apt-cache search --names-only '^linux-headers-6\.12\.[0-9]+\+deb12-cloud-amd64$' \
     | awk '{print $1}' | sed 's/^linux-headers-//' | sort -V | tail -1)
   [ -n "$KVER" ] || { echo "ci/qemu/setup.sh: no 6.12 cloud kernel in the apt lists" >&2; exit 1; }
@@ -102,9 +120,15 @@ if [ -z "$KVER" ] || [ ! -f "$C/kernel/$KVER/modules/vmmio_cmdline.ko" ]; then
   stage "vmmio_cmdline.ko"
   b="$k/vmmio-build"; rm -rf "$b"; cp -r "$repo/eif/guest/vmmio" "$b"
   make -s -C "/usr/src/linux-headers-$KVER" M="$b" modules
-  cp "$b/vmmio_cmdline.ko" "$k/modules/"; strip --strip-debug "$k/modules/vmmio_cmdline.ko"
+  strip --strip-debug "$b/vmmio_cmdline.ko"
+  # The module is the stage's completion mark: it appears whole or not at all.
+  cp "$b/vmmio_cmdline.ko" "$k/modules/vmmio_cmdline.ko.tmp"
+  mv "$k/modules/vmmio_cmdline.ko.tmp" "$k/modules/vmmio_cmdline.ko"
   rm -rf "$b"
 fi
-[ -x /bin/busybox ] || { apt_update; apt-get install -y -qq busybox-static cpio >/dev/null; }
+# The guest has no libc: its busybox must be the static one.
+if ! dpkg -s busybox-static >/dev/null 2>&1 || ! command -v cpio >/dev/null; then
+  need_root_bookworm; apt_update; apt-get install -y -qq busybox-static cpio >/dev/null
+fi
 echo "$KVER" > "$C/kernel/current"
 stage "ready: $C (kernel $KVER)"

@@ -76,7 +76,7 @@ struct ServeArgs {
     /// Configuration file (TOML); flags and PII_PROXY_* variables override it.
     #[arg(long, short, env = "PII_PROXY_CONFIG")]
     config: Option<PathBuf>,
-    /// Enclave address: vsock://CID:PORT or unix:/path.
+    /// Enclave address: vsock://CID:PORT, unix:/path or hvsock:/uds:PORT.
     #[arg(long, env = "PII_PROXY_ENCLAVE")]
     enclave: Option<String>,
     /// Directory of the sealed keyring store.

@@ -54,7 +54,7 @@ enum Cmd {
         /// are not signed and have no chain. Everything else (structure,
         /// PCRs, nonce, public key, user data) is checked; signed documents
         /// are refused in this mode.
-        #[arg(long, conflicts_with = "dangerous_root")]
+        #[arg(long, conflicts_with = "dangerous_root", requires_all = ["expected", "nonce"])]
         dangerous_unsigned_qemu: bool,
         /// Output format: json or text.
         #[arg(long, default_value = "text")]
@@ -597,13 +597,19 @@ fn verify_cmd(a: VerifyArgs) -> ExitCode {
                     "document": v.doc,
                     "debug_mode": v.debug_mode,
                     "chain": v.chain,
+                    "signed": !a.dangerous_unsigned_qemu,
                     "pinned_pcrs": policy.expected_pcrs.keys().map(|k| format!("PCR{k}")).collect::<Vec<_>>(),
                     "verify_micros": micros,
                 });
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             } else {
                 println!(
-                    "accepted: {} at {} ({} PCRs pinned)",
+                    "accepted{}: {} at {} ({} PCRs pinned)",
+                    if a.dangerous_unsigned_qemu {
+                        " (UNSIGNED QEMU document: no signature, no chain)"
+                    } else {
+                        ""
+                    },
                     v.doc.module_id,
                     a.at,
                     policy.expected_pcrs.len()

@@ -145,7 +145,18 @@ fn the_cli_needs_the_flag() {
             .contains("unsigned QEMU"),
         "{j}"
     );
-    let (code, j) = run(&["--dangerous-unsigned-qemu"]);
+    let expected = dir.path().join("expected.json");
+    std::fs::write(
+        &expected,
+        format!("{{\"PCR0\": \"{}\"}}", hex::encode(pcr(0))),
+    )
+    .expect("write");
+    let e = expected.to_str().expect("path");
+    let (code, j) = run(&["--dangerous-unsigned-qemu", "--expected", e]);
     assert_eq!(code, Some(0), "{j}");
     assert_eq!(j["document"]["module_id"], "i-qemu-enc0001");
+    assert_eq!(j["signed"], false, "an unsigned acceptance says so");
+    // The mode needs pinned PCRs (and, in `run`, a nonce): never a bare accept.
+    let (code, _) = run(&["--dangerous-unsigned-qemu"]);
+    assert_eq!(code, Some(2));
 }

@@ -182,9 +182,28 @@ pub async fn connect(addr: &Addr) -> io::Result<BoxIo> {
     }
 }
 
-/// Connect to guest port `port` through a hybrid-vsock backend's socket.
-/// The caller bounds the time (a backend that never answers is its timeout).
+/// How long a hybrid-vsock backend may take to answer `CONNECT` (a backend
+/// that accepts but never answers, e.g. a guest whose vsock driver never
+/// loads, must not hold a connection slot forever).
+const HYBRID_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connect to guest port `port` through a hybrid-vsock backend's socket,
+/// the reply bounded by [`HYBRID_REPLY_TIMEOUT`].
 async fn hybrid_connect(uds: &std::path::Path, port: u32) -> io::Result<UnixStream> {
+    tokio::time::timeout(HYBRID_REPLY_TIMEOUT, hybrid_handshake(uds, port))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "hvsock {}: no reply to CONNECT {port} in {HYBRID_REPLY_TIMEOUT:?}",
+                    uds.display()
+                ),
+            )
+        })?
+}
+
+async fn hybrid_handshake(uds: &std::path::Path, port: u32) -> io::Result<UnixStream> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = UnixStream::connect(uds).await?;
     s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;

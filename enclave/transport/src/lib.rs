@@ -1,7 +1,9 @@
 //! # pii-transport — every socket the host ↔ enclave link touches
 //!
-//! One seam, two transports: [`Addr::Vsock`] (production, AF_VSOCK through
-//! `tokio-vsock`) and [`Addr::Unix`] (dev and tests). Everything above this crate
+//! One seam, three transports: [`Addr::Vsock`] (production, AF_VSOCK through
+//! `tokio-vsock`), [`Addr::HybridVsock`] (a guest's vsock behind
+//! vhost-device-vsock or Firecracker, e.g. QEMU's nitro-enclave machine) and
+//! [`Addr::Unix`] (dev and tests). Everything above this crate
 //! sees a [`BoxIo`] and a [`Peer`]; nothing above it opens a socket.
 //!
 //! A [`Peer`] runs the `pii-proto` protocol over one connection: it performs the
