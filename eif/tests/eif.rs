@@ -350,9 +350,36 @@ fn corrupt_images_get_precise_errors_and_exit_1() {
     );
     let err = err.to_string();
     assert!(err.contains("does not match the image's PCR0"), "{err}");
-    let mut tampered = section.to_vec();
-    let n = tampered.len();
-    tampered[n - 3] ^= 0x01; // inside the ECDSA signature
+    // Flip the last byte of the COSE_Sign1 (inside the ECDSA signature). The
+    // section is CBOR with byte strings as arrays of integers, so the flip is
+    // made on the decoded value: flipping a raw byte could hit an integer's
+    // length marker and test the CBOR parser instead of the signature.
+    let tampered = {
+        use ciborium::Value;
+        let mut v: Value = ciborium::from_reader(section).unwrap();
+        let Value::Array(sigs) = &mut v else {
+            panic!("not an array")
+        };
+        let Value::Map(fields) = &mut sigs[0] else {
+            panic!("not a map")
+        };
+        let (_, cose) = fields
+            .iter_mut()
+            .find(|(k, _)| k.as_text() == Some("signature"))
+            .expect("signature field");
+        match cose {
+            Value::Array(items) => {
+                let last = items.last_mut().expect("non-empty");
+                let b = u8::try_from(last.as_integer().expect("byte")).expect("u8");
+                *last = Value::Integer((b ^ 1).into());
+            }
+            Value::Bytes(b) => *b.last_mut().expect("non-empty") ^= 1,
+            other => panic!("signature is {other:?}"),
+        }
+        let mut out = vec![];
+        ciborium::into_writer(&v, &mut out).unwrap();
+        out
+    };
     let err = eif::sign::verify_section(&tampered, &d.pcrs.pcr0).unwrap_err();
     assert!(matches!(err, SignError::BadSignature), "{err:?}");
     let err = err.to_string();
