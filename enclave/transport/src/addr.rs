@@ -374,6 +374,27 @@ mod tests {
         c.await.unwrap();
     }
 
+    /// A backend that accepts and never answers (a guest whose vsock driver
+    /// never loads, or a hostile host) cannot hold a connection forever.
+    #[tokio::test(start_paused = true)]
+    async fn hybrid_vsock_silence_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("silent.vsock");
+        let l = UnixListener::bind(&p).unwrap();
+        let hold = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(s);
+        });
+        let e = connect(&Addr::HybridVsock { uds: p, port: 5000 })
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("no reply to CONNECT 5000"), "{e}");
+        hold.abort();
+    }
+
     /// Binding an AF_VSOCK listener is allowed on this machine; connecting to
     /// any CID is not, so this test never connects.
     #[tokio::test]

@@ -634,6 +634,45 @@ mod tests {
         assert!(ssn.encode(&"1".repeat(5000), None).is_err());
     }
 
+    /// A value character outside the template's alphabet is refused without
+    /// naming it: error messages never carry plaintext.
+    #[test]
+    fn an_out_of_alphabet_character_is_not_echoed() {
+        let mut doc = TransformDoc::default();
+        doc.templates.insert(
+            "any".into(),
+            TemplateDoc {
+                pattern: "(.+)".into(),
+                alphabet: "builtin/numeric".into(),
+            },
+        );
+        doc.transformations.insert(
+            "t".into(),
+            TransformationDoc {
+                kind: Kind::Fpe {
+                    template: "any".into(),
+                    tweak_source: TweakSource::Internal,
+                },
+                allowed_roles: vec!["r".into()],
+                key: new_key().unwrap(),
+            },
+        );
+        doc.roles.insert(
+            "r".into(),
+            RoleDoc {
+                transformations: vec!["t".into()],
+                ..RoleDoc::default()
+            },
+        );
+        let t = TransformState::from_doc(doc)
+            .unwrap()
+            .resolve("r", None)
+            .unwrap();
+        let err = t.encode("1234567Q890", None).err().unwrap();
+        assert_eq!(err, EngineError::NotInAlphabet);
+        assert!(!err.to_string().contains('Q'), "{err}");
+    }
+
     #[test]
     fn tweaks() {
         let sup = fpe("builtin/socialsecuritynumber", TweakSource::Supplied);
