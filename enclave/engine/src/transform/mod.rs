@@ -562,7 +562,11 @@ mod tests {
     use super::*;
 
     fn state(kind: Kind) -> TransformState {
-        let mut doc = TransformDoc::default();
+        state_of(TransformDoc::default(), kind)
+    }
+
+    /// `doc` plus transformation `t` of `kind`, allowed for role `r`.
+    fn state_of(mut doc: TransformDoc, kind: Kind) -> TransformState {
         doc.transformations.insert(
             "t".into(),
             TransformationDoc {
@@ -646,28 +650,15 @@ mod tests {
                 alphabet: "builtin/numeric".into(),
             },
         );
-        doc.transformations.insert(
-            "t".into(),
-            TransformationDoc {
-                kind: Kind::Fpe {
-                    template: "any".into(),
-                    tweak_source: TweakSource::Internal,
-                },
-                allowed_roles: vec!["r".into()],
-                key: new_key().unwrap(),
+        let t = state_of(
+            doc,
+            Kind::Fpe {
+                template: "any".into(),
+                tweak_source: TweakSource::Internal,
             },
-        );
-        doc.roles.insert(
-            "r".into(),
-            RoleDoc {
-                transformations: vec!["t".into()],
-                ..RoleDoc::default()
-            },
-        );
-        let t = TransformState::from_doc(doc)
-            .unwrap()
-            .resolve("r", None)
-            .unwrap();
+        )
+        .resolve("r", None)
+        .unwrap();
         let err = t.encode("1234567Q890", None).err().unwrap();
         assert_eq!(err, EngineError::NotInAlphabet);
         assert!(!err.to_string().contains('Q'), "{err}");
