@@ -9,6 +9,12 @@ export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts")
 t0=$SECONDS
 stage() { echo "== $1 (at $((SECONDS - t0)) s)"; }
 stage setup;  ci/setup.sh
+# The linker dies with SIGBUS when the disk fills under it; say so up front.
+avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+echo "disk: $((avail_kb / 1024 / 1024)) GiB free where the build runs"
+if [ "$avail_kb" -lt $((12 * 1024 * 1024)) ]; then
+  echo "ci/test.sh: less than 12 GiB free; the build needs about 8 GiB (target/ plus caches)" >&2; exit 1
+fi
 stage fmt;    cargo fmt --all -- --check
 stage clippy; cargo clippy --workspace --all-targets -q -- -D warnings
 stage build;  cargo build --workspace --bins -q
@@ -41,4 +47,5 @@ if [ "${SKIP_QEMU:-0}" != 1 ]; then
 fi
 passed=$(grep -o '[0-9]* passed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 failed=$(grep -o '[0-9]* failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+echo "target/: $(du -sh target 2>/dev/null | cut -f1)"
 echo "$passed passed, $failed failed (total $((SECONDS - t0)) s)"

@@ -28,6 +28,9 @@ enum Cmd {
     /// AWS KMS helpers for the enclave's KMS seal.
     #[command(subcommand)]
     Kms(KmsCmd),
+    /// Fraud signals: replay a gateway log through the rules, run the drill.
+    #[command(subcommand)]
+    Fraud(pii_fraud::cli::FraudCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -195,6 +198,11 @@ async fn main() {
         Cmd::Vault(VaultCmd::Bootstrap { .. }) => {
             eprintln!("host-proxy: this build has no Vault admin client (the sidecar links no TLS/crypto library); rebuild with `cargo run -p host-proxy --features vault-admin -- vault bootstrap …`");
             std::process::exit(2);
+        }
+        Cmd::Fraud(c) => {
+            if let Err(e) = pii_fraud::cli::run(c) {
+                fail(format!("fraud: {e}"));
+            }
         }
         Cmd::Kms(KmsCmd::Policy(a)) => match host_proxy::kms::policy(&a) {
             Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),

@@ -96,6 +96,26 @@ fn host_proxy_never_links_key_handling_code() {
 }
 
 #[test]
+fn the_fraud_crate_sees_tokens_only() {
+    // The fraud signal bus runs on the host: it reaches subjects only as the
+    // enclave's tokens, over the sidecar's API, and holds no key-handling code.
+    let crates = tree("pii-fraud", &[]);
+    refuse(
+        "pii-fraud",
+        &crates,
+        &[
+            "pii-enclave",
+            "pii-engine",
+            "pii-custody",
+            "aws-lc-rs",
+            "aws-lc-sys",
+            "ring",
+        ],
+        "the fraud crate runs on the host and must not link key-handling code",
+    );
+}
+
+#[test]
 fn proto_and_engine_link_no_runtime_and_no_sockets() {
     for package in ["pii-proto", "pii-engine"] {
         let crates = tree(package, &[]);
@@ -184,6 +204,7 @@ const CRATES: &[&str] = &[
     "enclave/config-file/src",
     "enclave/src",
     "host-proxy/src",
+    "host-proxy/fraud/src",
     "verifier/src",
     "eif/src",
     "measurements/src",
