@@ -15,6 +15,8 @@ echo "disk: $((avail_kb / 1024 / 1024)) GiB free where the build runs"
 if [ "$avail_kb" -lt $((12 * 1024 * 1024)) ]; then
   echo "ci/test.sh: less than 12 GiB free; the build needs about 8 GiB (target/ plus caches)" >&2; exit 1
 fi
+# The Kafka-compatible broker the fraud tests start (built once into the cache).
+stage "kafka broker (tansu)"; PII_TANSU_BIN=$(ci/kafka/setup.sh); export PII_TANSU_BIN
 stage fmt;    cargo fmt --all -- --check
 stage clippy; cargo clippy --workspace --all-targets -q -- -D warnings
 stage build;  cargo build --workspace --bins -q

@@ -200,7 +200,8 @@ async fn main() {
             std::process::exit(2);
         }
         Cmd::Fraud(c) => {
-            if let Err(e) = pii_fraud::cli::run(c) {
+            init_logs("json");
+            if let Err(e) = pii_fraud::cli::run(c).await {
                 fail(format!("fraud: {e}"));
             }
         }

@@ -844,3 +844,156 @@ pub async fn wait_health(c: &Client, done: impl Fn(&Value) -> bool) -> Value {
     }
     panic!("health never reached the expected state: {last}");
 }
+
+/// The workspace's binaries (host-proxy, pii-enclave with its development
+/// build), rebuilt if stale; returns their folder (the test's profile dir).
+pub fn binaries() -> PathBuf {
+    // target/<profile>/deps/<test>-… → target/<profile>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target/<profile>")
+        .to_path_buf();
+    // Always (re)build: a stale binary would test old code. A no-op when fresh.
+    let release = dir.ends_with("release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "host-proxy",
+            "-p",
+            "pii-enclave",
+            "--bins",
+        ])
+        // host-proxy dev runs pii-enclave-dangerous-dev.
+        .args(["--features", "pii-enclave/dangerous-dev"])
+        .args(release.then_some("--release"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .expect("cargo build runs");
+    assert!(st.success(), "building the binaries failed");
+    dir
+}
+
+/// A real Kafka-compatible broker: tansu with in-memory storage, on a free
+/// loopback port. The binary comes from `$PII_TANSU_BIN` or from
+/// `ci/kafka/setup.sh` (which builds it into the cache on first use).
+pub struct Broker {
+    child: Option<tokio::process::Child>,
+    bin: PathBuf,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn tansu_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PII_TANSU_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/kafka/setup.sh");
+    let out = std::process::Command::new(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running ci/kafka/setup.sh")?;
+    if !out.status.success() {
+        bail!("ci/kafka/setup.sh failed");
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+impl Broker {
+    pub async fn start() -> anyhow::Result<Broker> {
+        let mut b = Broker {
+            child: None,
+            bin: tansu_bin()?,
+            port: free_port()?,
+            dir: tempfile::tempdir()?,
+        };
+        b.restart().await?;
+        Ok(b)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (its in-memory topics are gone).
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts the broker again on the same port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await;
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))?;
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = tokio::process::Command::new(&self.bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting tansu broker")?;
+        self.child = Some(child);
+        let t0 = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(self.addr()).await.is_err() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                bail!("tansu did not listen within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", self.addr())
+                .create()?;
+        let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let r = admin
+            .create_topics(
+                &[t],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await?;
+        for x in r {
+            match x {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => bail!("creating topic {t}: {e}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One sample from a `/metrics` page (`name` as exposed, or with its
+/// OpenMetrics `_total` suffix); None when the page or the sample is missing.
+pub async fn metric(base: &str, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let (plain, total) = (format!("{name} "), format!("{name}_total "));
+    text.lines()
+        .find_map(|l| l.strip_prefix(&plain).or_else(|| l.strip_prefix(&total)))
+        .and_then(|v| v.trim().parse().ok())
+}

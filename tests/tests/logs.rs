@@ -4,50 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use pii_tests::{b64, Client};
 use serde_json::json;
 
-fn bin_dir() -> PathBuf {
-    // target/<profile>/deps/logs-… → target/<profile>
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf()
-}
-
-fn ensure_binaries() -> PathBuf {
-    let dir = bin_dir();
-    // Always (re)build: a stale binary would test old code. A no-op when fresh.
-    {
-        let release = dir.ends_with("release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "host-proxy",
-                "-p",
-                "pii-enclave",
-                "--bins",
-                // host-proxy dev runs pii-enclave-dangerous-dev.
-                "--features",
-                "pii-enclave/dangerous-dev",
-            ])
-            .args(release.then_some("--release"))
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secrets_in_logs_and_no_panics() {
-    let bins = ensure_binaries();
+    let bins = pii_tests::binaries();
     let data = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -206,7 +171,7 @@ async fn no_secrets_in_logs_and_no_panics() {
 /// the config is refused with a clear message and exit code 64.
 #[test]
 fn production_binary_refuses_every_development_switch() {
-    let bins = ensure_binaries();
+    let bins = pii_tests::binaries();
     let prod = bins.join("pii-enclave");
     let dir = tempfile::tempdir().unwrap();
     let sock = format!("unix:{}", dir.path().join("e.sock").display());
@@ -288,7 +253,7 @@ fn production_binary_refuses_every_development_switch() {
 /// one it accepts, with the same hash.
 #[test]
 fn weak_tokens_are_refused_and_new_ones_hash() {
-    let bins = ensure_binaries();
+    let bins = pii_tests::binaries();
     let prod = bins.join("pii-enclave");
     let out = std::process::Command::new(&prod)
         .args(["hash-token", "dev-root-token"])

@@ -31,16 +31,9 @@ async fn nonce_metric(stack: &Stack, key: &str, version: u32) -> Option<u64> {
 
 /// `pii_proxy_key_random_nonces_max` from `/metrics`.
 async fn max_metric(stack: &Stack) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", stack.url))
+    pii_tests::metric(&stack.url, "pii_proxy_key_random_nonces_max")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("pii_proxy_key_random_nonces_max "))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap()
+        .expect("the nonce gauge is exposed")
 }
 
 async fn encrypt_version(c: &Client, key_version: Option<u32>) -> (u16, String) {

@@ -22,6 +22,79 @@ pub enum FraudCmd {
     /// Generate seeded human and bot traffic, run it through the pipeline and
     /// report precision, recall and false positives per bot kind.
     Drill(DrillArgs),
+    /// Run the online ingest: POST /v1/fraud/ingest and Kafka `gateway-logs`
+    /// in, subjects tokenized by the enclave (through the sidecar's Transform
+    /// API), signals out to Kafka `fraud-signals` with a disk spool.
+    Ingest(Box<IngestArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// TOML file with any of the options below (flags and environment win).
+    #[arg(long, env = "PII_FRAUD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP address for /v1/fraud/ingest, /metrics, /healthz [default: 127.0.0.1:8230].
+    #[arg(long, env = "PII_FRAUD_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The sidecar (or any Vault-compatible address) for tokenization [default: http://127.0.0.1:8210].
+    #[arg(long, env = "VAULT_ADDR")]
+    pub vault_addr: Option<String>,
+    /// File holding the token for transform/encode (policy: update on that path only).
+    #[arg(long, env = "PII_FRAUD_VAULT_TOKEN_FILE")]
+    pub vault_token_file: Option<PathBuf>,
+    /// Transform role [default: fraud].
+    #[arg(long, env = "PII_FRAUD_ROLE")]
+    pub role: Option<String>,
+    /// Deterministic tokenization transformation [default: fraud-subject].
+    #[arg(long, env = "PII_FRAUD_TRANSFORMATION")]
+    pub transformation: Option<String>,
+    /// File with the bearer tokens allowed to POST logs, one per line (stored hashed in memory).
+    #[arg(long, env = "PII_FRAUD_INGEST_TOKENS_FILE")]
+    pub ingest_tokens_file: Option<PathBuf>,
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(long, env = "PII_FRAUD_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic to consume gateway logs from; empty disables the consumer [default: gateway-logs].
+    #[arg(long, env = "PII_FRAUD_INPUT_TOPIC")]
+    pub input_topic: Option<String>,
+    /// Consumer group [default: pii-fraud].
+    #[arg(long, env = "PII_FRAUD_GROUP")]
+    pub group: Option<String>,
+    /// Topic for signals [default: fraud-signals].
+    #[arg(long, env = "PII_FRAUD_SIGNALS_TOPIC")]
+    pub signals_topic: Option<String>,
+    /// Spool directory for signals while the broker is down [default: /var/lib/pii-fraud/spool].
+    #[arg(long, env = "PII_FRAUD_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool size cap in bytes [default: 1 GiB].
+    #[arg(long, env = "PII_FRAUD_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: Option<u64>,
+    /// Tokenize client addresses too (no address or subnet keys leave then).
+    #[arg(long, env = "PII_FRAUD_TOKENIZE_IP")]
+    pub tokenize_ip: bool,
+    #[command(flatten)]
+    pub rules: RulesArgs,
+}
+
+/// `--config` file: the same options as the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestFile {
+    listen: Option<std::net::SocketAddr>,
+    vault_addr: Option<String>,
+    vault_token_file: Option<PathBuf>,
+    role: Option<String>,
+    transformation: Option<String>,
+    ingest_tokens_file: Option<PathBuf>,
+    kafka_brokers: Option<String>,
+    input_topic: Option<String>,
+    group: Option<String>,
+    signals_topic: Option<String>,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: Option<u64>,
+    tokenize_ip: Option<bool>,
+    rules: Option<PathBuf>,
+    allow: Option<Vec<String>>,
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +156,163 @@ pub enum CliError {
     Tokenize(#[from] TokenizeError),
     #[error("writing the report: {0}")]
     Output(io::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Ingest(#[from] crate::ingest::IngestError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+}
+
+fn read_secret(path: &PathBuf) -> Result<String, CliError> {
+    let s = std::fs::read_to_string(path).map_err(|source| CliError::File {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(s.trim().to_owned())
+}
+
+async fn ingest(a: IngestArgs) -> Result<(), CliError> {
+    use sha2::{Digest, Sha256};
+    use std::sync::Arc;
+    let file: IngestFile = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| CliError::File {
+                path: p.clone(),
+                source,
+            })?;
+            toml::from_str(&text).map_err(|e| CliError::Config(format!("{}: {e}", p.display())))?
+        }
+        None => IngestFile::default(),
+    };
+    let mut rules = a.rules;
+    if rules.rules.is_none() {
+        rules.rules = file.rules.clone();
+    }
+    for c in file.allow.iter().flatten() {
+        rules.allow.push(
+            c.parse()
+                .map_err(|e: crate::pipeline::CidrError| CliError::Config(e.to_string()))?,
+        );
+    }
+    let listen = a
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8230)));
+    let vault_addr = a
+        .vault_addr
+        .or(file.vault_addr)
+        .unwrap_or_else(|| "http://127.0.0.1:8210".into());
+    let token = match a.vault_token_file.or(file.vault_token_file) {
+        Some(p) => read_secret(&p)?,
+        None => std::env::var("VAULT_TOKEN").map_err(|_| {
+            CliError::Config(
+                "a token for transform/encode: --vault-token-file or VAULT_TOKEN".into(),
+            )
+        })?,
+    };
+    let role = a.role.or(file.role).unwrap_or_else(|| "fraud".into());
+    let transformation = a
+        .transformation
+        .or(file.transformation)
+        .unwrap_or_else(|| "fraud-subject".into());
+    let tokens_file = a
+        .ingest_tokens_file
+        .or(file.ingest_tokens_file)
+        .ok_or_else(|| {
+            CliError::Config("--ingest-tokens-file: the bearer tokens log shippers use".into())
+        })?;
+    let ingest_tokens: Vec<[u8; 32]> = std::fs::read_to_string(&tokens_file)
+        .map_err(|source| CliError::File {
+            path: tokens_file.clone(),
+            source,
+        })?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| Sha256::digest(l.as_bytes()).into())
+        .collect();
+    if ingest_tokens.is_empty() {
+        return Err(CliError::Config(format!(
+            "{}: no tokens",
+            tokens_file.display()
+        )));
+    }
+    let brokers = a
+        .kafka_brokers
+        .or(file.kafka_brokers)
+        .ok_or_else(|| CliError::Config("--kafka-brokers: signals go to Kafka".into()))?;
+    let input_topic = a
+        .input_topic
+        .or(file.input_topic)
+        .unwrap_or_else(|| "gateway-logs".into());
+    let group = a.group.or(file.group).unwrap_or_else(|| "pii-fraud".into());
+    let signals_topic = a
+        .signals_topic
+        .or(file.signals_topic)
+        .unwrap_or_else(|| "fraud-signals".into());
+    let spool_dir = a
+        .spool_dir
+        .or(file.spool_dir)
+        .unwrap_or_else(|| "/var/lib/pii-fraud/spool".into());
+    let spool_cap = a
+        .spool_max_bytes
+        .or(file.spool_max_bytes)
+        .unwrap_or(1 << 30);
+    let tokenize_ip = a.tokenize_ip || file.tokenize_ip.unwrap_or(false);
+
+    let client =
+        crate::tokenize::TransformClient::new(&vault_addr, &role, &transformation, &token)?;
+    let transport = crate::sink::KafkaTransport::new(&brokers, &signals_topic)
+        .map_err(|e| CliError::Config(format!("kafka producer: {e}")))?;
+    let sink = crate::sink::Sink::start(transport, &spool_dir, spool_cap, 256)?;
+    let service = Arc::new(crate::ingest::Ingest::new(
+        rules.pipeline()?,
+        client,
+        sink,
+        tokenize_ip,
+    ));
+    let cfg = crate::ingest::IngestConfig {
+        listen,
+        ingest_tokens_sha256: ingest_tokens,
+        tokenize_ip,
+        kafka_in: (!input_topic.is_empty()).then(|| crate::ingest::KafkaConfig {
+            brokers: brokers.clone(),
+            input_topic,
+            group,
+        }),
+        kafka_batch: 500,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let addr = crate::ingest::serve_http(service.clone(), &cfg, async {
+        let _ = stop_rx.await;
+    })
+    .await?;
+    tracing::info!(%addr, signals = %signals_topic, "fraud ingest listening");
+    eprintln!(
+        "fraud ingest: http://{addr}/v1/fraud/ingest, signals to {signals_topic} on {brokers}"
+    );
+    let consumer = cfg.kafka_in.clone().map(|k| {
+        let s = service.clone();
+        let batch = cfg.kafka_batch;
+        tokio::spawn(async move { crate::ingest::consume(s, &k, batch).await })
+    });
+    let result = match consumer {
+        Some(c) => tokio::select! {
+            r = c => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(CliError::Config(format!("consumer task: {e}"))),
+            },
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        },
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(());
+    result
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -121,8 +351,9 @@ impl RulesArgs {
     }
 }
 
-pub fn run(cmd: FraudCmd) -> Result<(), CliError> {
+pub async fn run(cmd: FraudCmd) -> Result<(), CliError> {
     match cmd {
+        FraudCmd::Ingest(a) => ingest(*a).await,
         FraudCmd::Replay(a) => {
             let mut pipeline = a.rules.pipeline()?;
             let mut tok = LocalPseudonyms::random()?;

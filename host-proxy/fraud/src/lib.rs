@@ -14,11 +14,14 @@
 
 pub mod cli;
 pub mod drill;
+pub mod ingest;
 pub mod pipeline;
 pub mod record;
 pub mod replay;
 pub mod rules;
 pub mod signal;
+pub mod sink;
+pub mod spool;
 pub mod state;
 pub mod table;
 pub mod tokenize;

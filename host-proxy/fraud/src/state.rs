@@ -199,7 +199,8 @@ impl EntityState {
     }
 
     /// Counts one request. With `behaviour` false only the identity
-    /// sketches (distinct subjects, addresses, user agents) learn from it:
+    /// sketches (distinct subjects, addresses, user agents and their
+    /// classes) learn from it:
     /// address and subnet keys judge anonymous traffic only, because
     /// signed-in traffic is judged by its subject token (so a scraper signed
     /// in behind a shared NAT gets its account blocked, not the NAT).
@@ -210,6 +211,9 @@ impl EntityState {
             }
             self.ips.insert(o.ip_hash);
             self.uas.insert(o.ua_hash);
+            // What software is behind the key counts either way (a scanner
+            // signed in is still a scanner).
+            self.ua_counts[o.ua.index()] = self.ua_counts[o.ua.index()].saturating_add(1);
             return;
         }
         let long_idle =

@@ -62,7 +62,11 @@ impl<K: Hash + Eq + Clone, V> BoundedTable<K, V> {
         self.slots.capacity() * std::mem::size_of::<Slot<K, V>>() + self.index.allocation_size()
     }
 
-    pub fn get(&self, key: &K) -> Option<&V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.index.get(key).map(|&i| &self.slots[i as usize].value)
     }
 

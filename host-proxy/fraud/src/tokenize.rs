@@ -71,6 +71,171 @@ impl Tokenizer for LocalPseudonyms {
     }
 }
 
+/// The enclave's deterministic tokenization through the Transform API
+/// (`POST /v1/transform/encode/<role>` with `batch_input`), on the sidecar
+/// or any Vault-compatible address. Plain HTTP: the sidecar listens on the
+/// pod's loopback.
+pub struct TransformClient {
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    url: hyper::Uri,
+    token: String,
+    transformation: String,
+}
+
+impl TransformClient {
+    pub fn new(
+        addr: &str,
+        role: &str,
+        transformation: &str,
+        token: &str,
+    ) -> Result<Self, TokenizeError> {
+        let base = addr.trim_end_matches('/');
+        if !base.starts_with("http://") {
+            return Err(TokenizeError::Unreachable(format!(
+                "{addr:?}: an http:// address of the sidecar"
+            )));
+        }
+        let url = format!("{base}/v1/transform/encode/{role}")
+            .parse()
+            .map_err(|e| TokenizeError::Unreachable(format!("{addr:?}: {e}")))?;
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Ok(TransformClient {
+            http,
+            url,
+            token: token.to_owned(),
+            transformation: transformation.to_owned(),
+        })
+    }
+
+    /// One token per value, in order, in one call.
+    pub async fn encode(&self, values: &[&str]) -> Result<Vec<String>, TokenizeError> {
+        use http_body_util::BodyExt;
+        let items: Vec<serde_json::Value> = values
+            .iter()
+            .map(|v| serde_json::json!({ "value": v, "transformation": self.transformation }))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "batch_input": items }))
+            .map_err(|e| TokenizeError::Refused(e.to_string()))?;
+        let req = hyper::Request::post(self.url.clone())
+            .header("X-Vault-Token", &self.token)
+            .header("Content-Type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| TokenizeError::Unreachable(e.to_string()))?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), self.http.request(req))
+            .await
+            .map_err(|_| TokenizeError::Unreachable("no answer within 10 s".into()))?
+            .map_err(|e| TokenizeError::Unreachable(e.to_string()))?;
+        let status = resp.status();
+        let limited = http_body_util::Limited::new(resp.into_body(), 64 << 20);
+        let bytes = limited
+            .collect()
+            .await
+            .map_err(|e| TokenizeError::Unreachable(e.to_string()))?
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| TokenizeError::Refused(format!("HTTP {status}: not JSON")))?;
+        if !status.is_success() {
+            let errors = v["errors"].as_array().map(|e| {
+                e.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            return Err(TokenizeError::Refused(format!(
+                "HTTP {status}: {}",
+                errors.unwrap_or_default()
+            )));
+        }
+        let results = v["data"]["batch_results"]
+            .as_array()
+            .ok_or_else(|| TokenizeError::Refused("no batch_results".into()))?;
+        let tokens: Vec<String> = results
+            .iter()
+            .map(
+                |r| match (r["encoded_value"].as_str(), r["error"].as_str()) {
+                    (Some(t), _) => Ok(t.to_owned()),
+                    (None, e) => Err(TokenizeError::Refused(
+                        e.unwrap_or("no encoded_value").to_owned(),
+                    )),
+                },
+            )
+            .collect::<Result<_, _>>()?;
+        if tokens.len() != values.len() {
+            return Err(TokenizeError::Count {
+                sent: values.len(),
+                got: tokens.len(),
+            });
+        }
+        Ok(tokens)
+    }
+}
+
+/// Subjects already tokenized: a bounded cache in front of the enclave.
+pub struct TokenCache {
+    table: crate::table::BoundedTable<Box<str>, Box<str>>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        TokenCache {
+            table: crate::table::BoundedTable::new(capacity),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// The subjects of `subjects` that are not cached (deduplicated).
+    pub fn missing<'a>(&mut self, subjects: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut out: Vec<&str> = Vec::new();
+        for s in subjects {
+            if s.is_empty() {
+                continue;
+            }
+            if self.table.get(s).is_some() {
+                self.hits += 1;
+            } else {
+                self.misses += 1;
+                out.push(s);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    pub fn lookup(&self, subject: &str) -> Option<String> {
+        self.table.get(subject).map(|t| t.to_string())
+    }
+
+    pub fn insert(&mut self, subject: &str, token: &str) {
+        let (v, _) = self.table.entry(&Box::from(subject), || Box::from(token));
+        *v = Box::from(token);
+    }
+}
+
+impl Tokenizer for TokenCache {
+    /// Answers from the cache; a subject that is not there is an error (the
+    /// online ingest fills the cache from the enclave first).
+    fn tokenize(&mut self, subjects: &[&str]) -> Result<Vec<String>, TokenizeError> {
+        subjects
+            .iter()
+            .map(|s| {
+                self.table
+                    .get(*s)
+                    .map(|t| t.to_string())
+                    .ok_or_else(|| TokenizeError::Refused("subject not tokenized".into()))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,526 @@
+//! The online ingest (`host-proxy fraud ingest`): gateway logs over HTTP
+//! (`POST /v1/fraud/ingest`) and from Kafka `gateway-logs`, subjects to
+//! enclave tokens, the pipeline, signals to `fraud-signals`.
+//!
+//! Kafka delivery is at least once: a consumed batch's offsets are committed
+//! only after the signals it produced were acknowledged by the broker or
+//! fsynced to the spool. HTTP batches are answered once their signals are
+//! queued (or spooled when the queue is full); a full spool answers 503 so
+//! the shipper retries.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::Message;
+use sha2::{Digest, Sha256};
+
+use crate::pipeline::{Decision, Pipeline};
+use crate::record::{parse_line, LogRecord, Reject};
+use crate::rules::KeyType;
+use crate::signal::Signal;
+use crate::sink::{Sink, SinkError, SinkStats};
+use crate::spool::{Record, SpoolError};
+use crate::tokenize::{TokenCache, TokenizeError, TransformClient};
+
+/// Largest HTTP ingest body.
+pub const MAX_BODY: usize = 8 << 20;
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub input_topic: String,
+    pub group: String,
+}
+
+pub struct IngestConfig {
+    pub listen: SocketAddr,
+    /// SHA-256 of each bearer token allowed to POST logs.
+    pub ingest_tokens_sha256: Vec<[u8; 32]>,
+    /// Replace client addresses by tokens too (then no address or subnet
+    /// keys leave: WAF sync gets subject keys only).
+    pub tokenize_ip: bool,
+    pub kafka_in: Option<KafkaConfig>,
+    /// Consumed messages per batch (and per commit).
+    pub kafka_batch: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What one batch of lines produced.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    pub accepted: u64,
+    pub rejected: HashMap<&'static str, u64>,
+    pub signals: u64,
+}
+
+pub struct Ingest {
+    pipeline: Mutex<Pipeline>,
+    cache: Mutex<TokenCache>,
+    client: TransformClient,
+    sink: Sink,
+    tokenize_ip: bool,
+    tokenize_errors: std::sync::atomic::AtomicU64,
+}
+
+impl Ingest {
+    pub fn new(pipeline: Pipeline, client: TransformClient, sink: Sink, tokenize_ip: bool) -> Self {
+        Ingest {
+            pipeline: Mutex::new(pipeline),
+            cache: Mutex::new(TokenCache::new(200_000)),
+            client,
+            sink,
+            tokenize_ip,
+            tokenize_errors: Default::default(),
+        }
+    }
+
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+
+    /// Parses, tokenizes and scores a batch of NDJSON lines; returns the
+    /// signals to send. No raw subject survives this function.
+    pub async fn process(&self, body: &[u8]) -> Result<(Outcome, Vec<Record>), IngestError> {
+        let mut out = Outcome::default();
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut rejects: Vec<Reject> = Vec::new();
+        for line in body.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match parse_line(line) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    *out.rejected.entry(e.label()).or_default() += 1;
+                    rejects.push(e);
+                }
+            }
+        }
+        out.accepted = records.len() as u64;
+        let missing: Vec<String> = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let subjects = records.iter().map(|r| r.jwt_sub.as_str());
+            let ips: Vec<String> = if self.tokenize_ip {
+                records.iter().map(|r| r.ip.to_string()).collect()
+            } else {
+                Vec::new()
+            };
+            cache
+                .missing(subjects.chain(ips.iter().map(String::as_str)))
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        if !missing.is_empty() {
+            let refs: Vec<&str> = missing.iter().map(String::as_str).collect();
+            let tokens = self.client.encode(&refs).await.inspect_err(|_| {
+                self.tokenize_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })?;
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            for (s, t) in refs.iter().zip(&tokens) {
+                cache.insert(s, t);
+            }
+        }
+        let mut decisions: Vec<Decision> = Vec::new();
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut p = self.lock_pipeline();
+            for e in rejects {
+                p.rejected(e);
+            }
+            for r in &mut records {
+                let subject = if r.jwt_sub.is_empty() {
+                    None
+                } else {
+                    cache.lookup(&r.jwt_sub)
+                };
+                if self.tokenize_ip {
+                    r.ip_text = cache.lookup(&r.ip.to_string()).unwrap_or_default();
+                }
+                // The raw subject goes no further than this line.
+                r.jwt_sub.clear();
+                p.observe(r, subject.as_deref(), &mut decisions);
+            }
+        }
+        if self.tokenize_ip {
+            decisions.retain(|d| d.key_type != KeyType::Subnet);
+        }
+        out.signals = decisions.len() as u64;
+        let recs = decisions
+            .iter()
+            .map(|d| Record {
+                key: d.key.clone(),
+                value: serde_json::to_string(&Signal::from(d)).unwrap_or_default(),
+            })
+            .collect();
+        Ok((out, recs))
+    }
+
+    fn lock_pipeline(&self) -> std::sync::MutexGuard<'_, Pipeline> {
+        self.pipeline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The HTTP API: ingest, health, metrics.
+    pub fn router(self: Arc<Self>, tokens: Vec<[u8; 32]>) -> Router {
+        let state = (self, Arc::new(tokens));
+        Router::new()
+            .route("/v1/fraud/ingest", post(ingest_http))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(metrics))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .with_state(state)
+    }
+}
+
+type AppState = (Arc<Ingest>, Arc<Vec<[u8; 32]>>);
+
+fn authorized(headers: &HeaderMap, tokens: &[[u8; 32]]) -> bool {
+    let Some(bearer) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let h: [u8; 32] = Sha256::digest(bearer.trim().as_bytes()).into();
+    // Compare hashes in constant time, against every entry.
+    tokens.iter().fold(false, |ok, t| {
+        ok | bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &t[..]))
+    })
+}
+
+async fn ingest_http(
+    State((ingest, tokens)): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&headers, &tokens) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"errors": ["missing or unknown bearer token"]})),
+        )
+            .into_response();
+    }
+    let (outcome, records) = match ingest.process(&body).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(error = %e, "fraud ingest batch failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("Retry-After", "5")],
+                axum::Json(serde_json::json!({"errors": [e.to_string()]})),
+            )
+                .into_response();
+        }
+    };
+    match ingest.sink.offer(records) {
+        Ok(()) => axum::Json(outcome).into_response(),
+        Err(e @ SinkError::Spool(SpoolError::Full { .. })) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("Retry-After", "5")],
+            axum::Json(serde_json::json!({"errors": [e.to_string()]})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"errors": [e.to_string()]})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State((ingest, _)): State<AppState>) -> Response {
+    let mut reg = prometheus_client::registry::Registry::default();
+    reg.register_collector(Box::new(Snapshot::of(&ingest)));
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &reg) {
+        Ok(()) => (
+            [(
+                "Content-Type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The counters at scrape time.
+#[derive(Debug)]
+struct Snapshot {
+    counters: crate::pipeline::Counters,
+    delivered: u64,
+    spooled: u64,
+    replayed: u64,
+    send_failures: u64,
+    spool_bytes: u64,
+    tokenize_errors: u64,
+    cache_hits: u64,
+    cache_misses: u64,
+}
+
+impl Snapshot {
+    fn of(i: &Ingest) -> Self {
+        let s: &SinkStats = &i.sink.stats;
+        let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let cache = i.cache.lock().unwrap_or_else(|p| p.into_inner());
+        Snapshot {
+            counters: i.lock_pipeline().counters(),
+            delivered: ld(&s.delivered),
+            spooled: ld(&s.spooled),
+            replayed: ld(&s.replayed),
+            send_failures: ld(&s.send_failures),
+            spool_bytes: ld(&s.spool_bytes),
+            tokenize_errors: ld(&i.tokenize_errors),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct Label {
+    label: String,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.counters;
+        let plain: [(&str, &str, u64); 12] = [
+            ("pii_fraud_records", "Log records parsed", c.records),
+            (
+                "pii_fraud_own_responses",
+                "Responses our own blocking or shedding produced (never evidence)",
+                c.own_responses,
+            ),
+            (
+                "pii_fraud_allowlisted",
+                "Records from allowlisted addresses",
+                c.allowlisted,
+            ),
+            (
+                "pii_fraud_decisions",
+                "Decisions emitted as signals",
+                c.decisions,
+            ),
+            (
+                "pii_fraud_signals_delivered",
+                "Signals acknowledged by the broker",
+                self.delivered,
+            ),
+            (
+                "pii_fraud_signals_spooled",
+                "Signals written to the disk spool",
+                self.spooled,
+            ),
+            (
+                "pii_fraud_signals_replayed",
+                "Spooled signals delivered later",
+                self.replayed,
+            ),
+            (
+                "pii_fraud_send_failures",
+                "Failed sends to the broker",
+                self.send_failures,
+            ),
+            (
+                "pii_fraud_tokenize_errors",
+                "Failed tokenization calls to the enclave",
+                self.tokenize_errors,
+            ),
+            (
+                "pii_fraud_token_cache_hits",
+                "Subjects found in the token cache",
+                self.cache_hits,
+            ),
+            (
+                "pii_fraud_token_cache_misses",
+                "Subjects sent to the enclave",
+                self.cache_misses,
+            ),
+            (
+                "pii_fraud_evictions_ip",
+                "Address states evicted to make room",
+                c.evictions_ip,
+            ),
+        ];
+        for (name, help, v) in plain {
+            let m = ConstCounter::new(v);
+            m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)?;
+        }
+        for (name, help, v) in [
+            (
+                "pii_fraud_evictions_subnet",
+                "Subnet states evicted to make room",
+                c.evictions_subnet,
+            ),
+            (
+                "pii_fraud_evictions_subject",
+                "Subject states evicted to make room",
+                c.evictions_subject,
+            ),
+        ] {
+            let m = ConstCounter::new(v);
+            m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)?;
+        }
+        let g = ConstGauge::new(self.spool_bytes as i64);
+        g.encode(enc.encode_descriptor(
+            "pii_fraud_spool_bytes",
+            "Bytes waiting in the disk spool",
+            None,
+            g.metric_type(),
+        )?)?;
+        let m = ConstCounter::new(0u64);
+        let mut fam = enc.encode_descriptor(
+            "pii_fraud_rejected",
+            "Log lines skipped, by reason",
+            None,
+            m.metric_type(),
+        )?;
+        for (r, n) in Reject::ALL.iter().zip(c.rejected) {
+            let l = Label {
+                label: r.label().to_owned(),
+            };
+            ConstCounter::new(n).encode(fam.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves the HTTP API until `stop` resolves.
+pub async fn serve_http(
+    ingest: Arc<Ingest>,
+    cfg: &IngestConfig,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr, IngestError> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| IngestError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| IngestError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let app = ingest.router(cfg.ingest_tokens_sha256.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "fraud ingest HTTP server stopped");
+        }
+    });
+    Ok(addr)
+}
+
+/// Consumes `gateway-logs` until the consumer fails; commits each batch's
+/// offsets only after its signals are delivered or spooled.
+pub async fn consume(
+    ingest: Arc<Ingest>,
+    k: &KafkaConfig,
+    batch: usize,
+) -> Result<(), IngestError> {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| IngestError::Kafka(e.to_string()))?;
+    consumer
+        .subscribe(&[&k.input_topic])
+        .map_err(|e| IngestError::Kafka(e.to_string()))?;
+    loop {
+        let mut body = Vec::new();
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        let mut n = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while n < batch.max(1) {
+            let wait = if n == 0 {
+                Duration::from_secs(3600)
+            } else {
+                deadline.saturating_duration_since(tokio::time::Instant::now())
+            };
+            let m = match tokio::time::timeout(wait, consumer.recv()).await {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "gateway-logs consumer");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Ok(Ok(m)) => m,
+            };
+            if let Some(p) = m.payload() {
+                body.extend_from_slice(p);
+                body.push(b'\n');
+            }
+            next.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+            n += 1;
+        }
+        if n == 0 {
+            continue;
+        }
+        let records = loop {
+            match ingest.process(&body).await {
+                Ok((_, r)) => break r,
+                Err(e) => {
+                    // The enclave is unreachable: keep the batch, do not commit, retry.
+                    tracing::warn!(error = %e, "gateway-logs batch waits for tokenization");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        loop {
+            match ingest.sink.submit(records.clone()).await {
+                Ok(()) => break,
+                Err(SinkError::Stopped) => return Err(SinkError::Stopped.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "signals not yet durable; holding the commit");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for ((t, p), o) in &next {
+            tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*o))
+                .map_err(|e| IngestError::Kafka(e.to_string()))?;
+        }
+        consumer
+            .commit(&tpl, CommitMode::Sync)
+            .map_err(|e| IngestError::Kafka(e.to_string()))?;
+    }
+}

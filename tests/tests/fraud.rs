@@ -1,0 +1,340 @@
+//! The fraud signal bus end to end against a real broker (tansu) and the
+//! real sidecar + enclave: gateway logs over HTTP and over `gateway-logs`
+//! become signals on `fraud-signals` whose subjects are the enclave's
+//! tokens (no raw subject in any message), offsets are committed only after
+//! the signals are out, and a broker outage is spooled and replayed.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use pii_tests::{Broker, Stack, ROOT_TOKEN};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde_json::{json, Value};
+
+const INGEST_TOKEN: &str = "shipper-token-3b7f0c";
+
+fn line(
+    ts_ms: i64,
+    ip: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    ua: &str,
+    sub: &str,
+) -> String {
+    json!({
+        "ts": pii_fraud::record::format_ts(ts_ms), "client_ip": ip, "method": method, "host": "shop.example",
+        "path": path, "status": status, "bytes": 512, "duration_ms": 3.5, "user_agent": ua,
+        "referer": "", "jwt_sub": sub,
+    })
+    .to_string()
+}
+
+/// 40 requests of a 404 prober: an address, and a subject if given.
+fn prober(t0: i64, ip: &str, sub: &str) -> Vec<String> {
+    (0..40)
+        .map(|i| {
+            line(
+                t0 + i * 400,
+                ip,
+                "GET",
+                &format!("/wp-{i}.php"),
+                404,
+                "sqlmap/1.8#stable",
+                sub,
+            )
+        })
+        .collect()
+}
+
+struct Ingest {
+    child: tokio::process::Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Ingest {
+    async fn start(
+        bins: &std::path::Path,
+        stack: &Stack,
+        broker: &Broker,
+        dir: &std::path::Path,
+    ) -> Ingest {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            dir.join("tokens"),
+            format!("# log shippers\n{INGEST_TOKEN}\n"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("ingest.log")).unwrap();
+        let child = tokio::process::Command::new(bins.join("host-proxy"))
+            .args(["fraud", "ingest", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--ingest-tokens-file")
+            .arg(dir.join("tokens"))
+            .args(["--kafka-brokers", &broker.addr(), "--spool-dir"])
+            .arg(dir.join("spool"))
+            .env("VAULT_ADDR", &stack.url)
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .env("PII_PROXY_LOG", "info,librdkafka=off,rdkafka=off")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let t0 = Instant::now();
+        while http.get(format!("{url}/healthz")).send().await.is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "ingest did not start: {}",
+                std::fs::read_to_string(dir.join("ingest.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ingest { child, url, http }
+    }
+
+    async fn post(&self, lines: &[String], token: Option<&str>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/fraud/ingest", self.url))
+            .body(lines.join("\n"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn metric(&self, name: &str) -> u64 {
+        pii_tests::metric(&self.url, name).await.unwrap_or(0)
+    }
+}
+
+fn consumer(broker: &Broker, group: &str) -> StreamConsumer {
+    let c: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    c.subscribe(&["fraud-signals"]).unwrap();
+    c
+}
+
+/// Reads signals until `done` holds for what was read, or 30 s pass.
+async fn read_until(
+    c: &StreamConsumer,
+    seen: &mut Vec<(String, String)>,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> bool {
+    let t0 = Instant::now();
+    while !done(seen) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            return false;
+        }
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), c.recv()).await {
+            let key = m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            let value = m
+                .payload()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            seen.push((key, value));
+        }
+    }
+    true
+}
+
+fn has_key(seen: &[(String, String)], key_type: &str, key: &str) -> bool {
+    seen.iter().any(|(k, v)| {
+        let s: Value = serde_json::from_str(v).unwrap_or(Value::Null);
+        k == key && s["key"] == key && s["key_type"] == key_type && s["action"] == "block"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
+    let bins = pii_tests::binaries();
+    let mut broker = Broker::start().await.unwrap();
+    broker.create_topic("gateway-logs", 2).await.unwrap();
+    broker.create_topic("fraud-signals", 3).await.unwrap();
+    let stack = Stack::start().await;
+    let root = stack.client();
+    let r = root
+        .post(
+            "transform/transformations/tokenization/fraud-subject",
+            json!({"allowed_roles": ["fraud"], "mapping_mode": "deterministic"}),
+        )
+        .await;
+    assert!(r.status < 300, "{r:?}");
+    let r = root
+        .post(
+            "transform/role/fraud",
+            json!({"transformations": ["fraud-subject"]}),
+        )
+        .await;
+    assert!(r.status < 300, "{r:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = Ingest::start(&bins, &stack, &broker, dir.path()).await;
+    let now = 1_796_083_200_000;
+
+    // Without the bearer token: refused, nothing counted.
+    let (status, _) = ingest.post(&prober(now, "198.51.100.1", ""), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = ingest
+        .post(&prober(now, "198.51.100.1", ""), Some("wrong"))
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(ingest.metric("pii_fraud_records").await, 0);
+
+    // Over HTTP: a prober signed in as mallory, plus malformed lines.
+    let mut lines = prober(now, "198.51.100.7", "mallory@example.com");
+    lines.push("not json".into());
+    lines.push(format!("{{\"ts\":\"x\",{}", "\"a\":1".repeat(10)));
+    lines.push(line(now, "999.0.0.1", "GET", "/", 200, "x", ""));
+    let (status, body) = ingest.post(&lines, Some(INGEST_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 40, "{body}");
+    assert_eq!(body["rejected"]["bad_json"], 2, "{body}");
+    assert_eq!(body["rejected"]["bad_ip"], 1, "{body}");
+
+    // Over Kafka: a credential stuffer, produced to gateway-logs in two messages.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let stuffing: Vec<String> = (0..40)
+        .map(|i| {
+            line(
+                now + i * 700,
+                "192.0.2.33",
+                "POST",
+                "/login",
+                401,
+                "python-requests/2.32.3",
+                "",
+            )
+        })
+        .collect();
+    for chunk in stuffing.chunks(20) {
+        let payload = chunk.join("\n");
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::<(), _>::to("gateway-logs").payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    // The enclave's token for mallory, asked directly.
+    let enc = root
+        .post(
+            "transform/encode/fraud",
+            json!({"value": "mallory@example.com", "transformation": "fraud-subject"}),
+        )
+        .await;
+    let mallory = enc.data("encoded_value").as_str().unwrap().to_owned();
+    assert!(!mallory.contains("mallory"));
+
+    let signals = consumer(&broker, "test-reader");
+    let mut seen = Vec::new();
+    let ok = read_until(&signals, &mut seen, |s| {
+        has_key(s, "subject", &mallory)
+            && has_key(s, "ip", "198.51.100.7")
+            && has_key(s, "ip", "192.0.2.33")
+    })
+    .await;
+    assert!(
+        ok,
+        "signals seen: {seen:#?}\n{}",
+        std::fs::read_to_string(dir.path().join("ingest.log")).unwrap_or_default()
+    );
+    for (k, v) in &seen {
+        assert!(
+            !k.contains("example.com") && !v.contains("example.com") && !v.contains("mallory"),
+            "raw subject in a signal: {k} {v}"
+        );
+        let s: pii_fraud::signal::Signal = serde_json::from_str(v).unwrap();
+        assert_eq!(s.schema, "pii-fraud.signal/v1");
+    }
+
+    // gateway-logs offsets were committed after the signals went out.
+    let probe: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", "pii-fraud")
+        .create()
+        .unwrap();
+    let mut committed_total = 0;
+    let t0 = Instant::now();
+    while committed_total < 2 && t0.elapsed() < Duration::from_secs(20) {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition("gateway-logs", 0);
+        tpl.add_partition("gateway-logs", 1);
+        committed_total = probe
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .map(|t| {
+                t.elements()
+                    .iter()
+                    .filter_map(|e| e.offset().to_raw())
+                    .filter(|o| *o > 0)
+                    .sum()
+            })
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed_total, 2, "both gateway-logs messages committed");
+
+    // Broker down: signals are spooled, the ingest keeps answering.
+    broker.stop().await;
+    let (status, body) = ingest
+        .post(
+            &prober(now + 60_000, "203.0.113.99", ""),
+            Some(INGEST_TOKEN),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let t0 = Instant::now();
+    while ingest.metric("pii_fraud_signals_spooled").await == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "nothing spooled while the broker was down"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Back up (in-memory storage: the topics are new): the spool drains, in order.
+    broker.restart().await.unwrap();
+    broker.create_topic("fraud-signals", 3).await.unwrap();
+    broker.create_topic("gateway-logs", 2).await.unwrap();
+    let signals = consumer(&broker, "test-reader-2");
+    let mut after = Vec::new();
+    let ok = read_until(&signals, &mut after, |s| has_key(s, "ip", "203.0.113.99")).await;
+    assert!(
+        ok,
+        "spooled signal never arrived: {after:#?}\n{}",
+        std::fs::read_to_string(dir.path().join("ingest.log")).unwrap_or_default()
+    );
+    assert!(ingest.metric("pii_fraud_signals_replayed").await > 0);
+    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    for (k, _) in &after {
+        *by_key.entry(k.as_str()).or_default() += 1;
+    }
+    assert!(by_key.contains_key("203.0.113.99"), "{by_key:?}");
+    drop(ingest.child);
+}
