@@ -16,13 +16,19 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "ci/setup.sh: pip install ${need[*]}"
   "$PY" -m pip install --disable-pip-version-check -q "${need[@]}"
 fi
-# Headless Chromium renders the attestation report in a test (Debian's package).
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "ci/setup.sh: apt-get install chromium"
+# Debian packages: headless Chromium renders the attestation report in a
+# test; nginx is a real WAF target of waf-sync (tests/tests/waf.rs). Services
+# are not started by the install (policy-rc.d): the tests run their own.
+apt_need=()
+command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_need+=(nginx)
+if [ ${#apt_need[@]} -gt 0 ]; then
+  echo "ci/setup.sh: apt-get install ${apt_need[*]}"
+  install_cmd="printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${apt_need[*]}; rc=\$?; rm -f /usr/sbin/policy-rc.d; exit \$rc"
   if [ "$(id -u)" = 0 ]; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null
+    sh -c "$install_cmd" >/dev/null
   else
-    sudo sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium' >/dev/null
+    sudo sh -c "$install_cmd" >/dev/null
   fi
 fi
 command -v bao >/dev/null 2>&1 || { echo "ci/setup.sh: bao not found after install (scripts dir: $scripts_dir)" >&2; exit 1; }

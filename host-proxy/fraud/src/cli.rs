@@ -26,6 +26,9 @@ pub enum FraudCmd {
     /// in, subjects tokenized by the enclave (through the sidecar's Transform
     /// API), signals out to Kafka `fraud-signals` with a disk spool.
     Ingest(Box<IngestArgs>),
+    /// Turn signals into WAF block lists (nginx map, AWS WAFv2 IP sets):
+    /// dry run by default, printing the diff; --apply writes it.
+    WafSync(Box<crate::waf::sync::WafSyncArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +165,8 @@ pub enum CliError {
     Ingest(#[from] crate::ingest::IngestError),
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
+    #[error("waf-sync: {0}")]
+    WafSync(crate::waf::sync::SyncError),
 }
 
 fn read_secret(path: &PathBuf) -> Result<String, CliError> {
@@ -354,6 +359,7 @@ impl RulesArgs {
 pub async fn run(cmd: FraudCmd) -> Result<(), CliError> {
     match cmd {
         FraudCmd::Ingest(a) => ingest(*a).await,
+        FraudCmd::WafSync(a) => crate::waf::sync::run(*a).await.map_err(CliError::WafSync),
         FraudCmd::Replay(a) => {
             let mut pipeline = a.rules.pipeline()?;
             let mut tok = LocalPseudonyms::random()?;

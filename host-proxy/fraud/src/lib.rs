@@ -26,3 +26,4 @@ pub mod state;
 pub mod table;
 pub mod tokenize;
 pub mod ua;
+pub mod waf;

@@ -115,20 +115,23 @@ struct Wire<'a> {
     #[serde(borrow)]
     method: std::borrow::Cow<'a, str>,
     #[serde(default, borrow)]
-    host: std::borrow::Cow<'a, str>,
+    host: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     path: std::borrow::Cow<'a, str>,
     status: u64,
     #[serde(default)]
     bytes: u64,
     #[serde(default)]
-    duration_ms: f64,
+    duration_ms: Option<f64>,
+    /// nginx's `$request_time` (seconds), when `duration_ms` is absent.
+    #[serde(default)]
+    request_time: Option<f64>,
     #[serde(default, borrow)]
-    user_agent: std::borrow::Cow<'a, str>,
+    user_agent: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
-    referer: std::borrow::Cow<'a, str>,
+    referer: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
-    jwt_sub: std::borrow::Cow<'a, str>,
+    jwt_sub: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, borrow)]
     blocked_by: Option<std::borrow::Cow<'a, str>>,
 }
@@ -146,6 +149,11 @@ pub fn parse_line(line: &[u8]) -> Result<LogRecord, Reject> {
         return Err(Reject::BadIp);
     }
     let ip: IpAddr = w.client_ip.parse().map_err(|_| Reject::BadIp)?;
+    // Envoy writes null for a header that was absent.
+    let host = w.host.unwrap_or_default();
+    let user_agent = w.user_agent.unwrap_or_default();
+    let referer = w.referer.unwrap_or_default();
+    let jwt_sub = w.jwt_sub.unwrap_or_default();
     let status = u16::try_from(w.status)
         .ok()
         .filter(|s| (100..=599).contains(s))
@@ -159,14 +167,18 @@ pub fn parse_line(line: &[u8]) -> Result<LogRecord, Reject> {
     if !w.path.starts_with('/') || w.path.len() > MAX_PATH {
         return Err(Reject::BadPath);
     }
-    if w.host.len() > MAX_HEADER || w.user_agent.len() > MAX_HEADER || w.referer.len() > MAX_HEADER
-    {
+    if host.len() > MAX_HEADER || user_agent.len() > MAX_HEADER || referer.len() > MAX_HEADER {
         return Err(Reject::FieldTooLong);
     }
-    if w.jwt_sub.len() > MAX_SUBJECT {
+    if jwt_sub.len() > MAX_SUBJECT {
         return Err(Reject::SubjectTooLong);
     }
-    if !w.duration_ms.is_finite() {
+    let duration_ms = match (w.duration_ms, w.request_time) {
+        (Some(ms), _) => ms,
+        (None, Some(s)) => s * 1000.0,
+        (None, None) => 0.0,
+    };
+    if !duration_ms.is_finite() {
         return Err(Reject::BadJson);
     }
     Ok(LogRecord {
@@ -174,15 +186,19 @@ pub fn parse_line(line: &[u8]) -> Result<LogRecord, Reject> {
         ip: ip.to_canonical(),
         ip_text: w.client_ip.into_owned(),
         method: w.method.to_ascii_uppercase(),
-        host: w.host.into_owned(),
+        host: host.into_owned(),
         path: w.path.into_owned(),
         status,
         bytes: w.bytes,
-        duration_ms: w.duration_ms,
-        user_agent: w.user_agent.into_owned(),
-        referer: w.referer.into_owned(),
-        jwt_sub: w.jwt_sub.into_owned(),
-        blocked_by: w.blocked_by.map(|b| b.chars().take(32).collect()),
+        duration_ms,
+        user_agent: user_agent.into_owned(),
+        referer: referer.into_owned(),
+        jwt_sub: jwt_sub.into_owned(),
+        // An empty marker (nginx logs "" when nothing of ours answered) is none.
+        blocked_by: w
+            .blocked_by
+            .filter(|b| !b.is_empty())
+            .map(|b| b.chars().take(32).collect()),
     })
 }
 

@@ -1,0 +1,237 @@
+//! The `waf-sync` command: read signals (a topic or a file), update the
+//! sync state, print each target's diff, and with `--apply` write it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::nginx::Nginx;
+use super::wafv2::{Credentials, WafV2, IP_SET_CAPACITY};
+use super::{diff, signals_from_lines, Diff, SyncState, WafError};
+use crate::pipeline::Cidr;
+use crate::signal::Signal;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    Nginx,
+    Wafv2,
+}
+
+#[derive(Args, Debug)]
+pub struct WafSyncArgs {
+    /// Read signals from this Kafka topic (its own consumer group; offsets
+    /// are committed only after --apply succeeded).
+    #[arg(long, conflicts_with = "from_file")]
+    pub from_topic: Option<String>,
+    /// Read signals from an NDJSON file instead.
+    #[arg(long)]
+    pub from_file: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "PII_FRAUD_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_brokers: String,
+    #[arg(long, default_value = "pii-waf-sync")]
+    pub group: String,
+    /// The sync's state (blocked keys, strikes, expiries).
+    #[arg(
+        long,
+        env = "PII_WAF_SYNC_STATE",
+        default_value = "/var/lib/pii-fraud/waf-sync.json"
+    )]
+    pub state: PathBuf,
+    /// Write the changes (default: print them only).
+    #[arg(long)]
+    pub apply: bool,
+    /// Targets to sync (repeatable).
+    #[arg(long = "target", value_enum, required = true)]
+    pub targets: Vec<TargetKind>,
+    /// Never block these addresses or blocks; existing blocks inside them are removed.
+    #[arg(long = "allow")]
+    pub allow: Vec<Cidr>,
+    /// nginx: the geo map file.
+    #[arg(long, default_value = "/etc/nginx/pii-fraud.map")]
+    pub nginx_map: PathBuf,
+    /// nginx: the command run after the map changed.
+    #[arg(long, default_value = "nginx -s reload")]
+    pub nginx_reload: String,
+    /// nginx: most entries per list.
+    #[arg(long, default_value_t = 50_000)]
+    pub nginx_capacity: usize,
+    /// WAFv2: endpoint override (e.g. a local moto server).
+    #[arg(long, env = "PII_WAFV2_ENDPOINT")]
+    pub wafv2_endpoint: Option<String>,
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// WAFv2: REGIONAL or CLOUDFRONT.
+    #[arg(long, default_value = "REGIONAL")]
+    pub scope: String,
+    /// WAFv2: IP sets are named <prefix>-enforce-v4, -enforce-v6, -shadow-v4, -shadow-v6.
+    #[arg(long, default_value = "pii-fraud")]
+    pub set_prefix: String,
+    /// The current time (Unix seconds) instead of the system clock.
+    #[arg(long)]
+    pub now: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Waf(#[from] WafError),
+    #[error("{0}")]
+    Input(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
+}
+
+/// Reads every signal currently on the topic (until 3 s pass without one).
+async fn from_topic(
+    a: &WafSyncArgs,
+    topic: &str,
+) -> Result<(Vec<Signal>, usize, rdkafka::consumer::StreamConsumer), SyncError> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::Message;
+    let c: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &a.kafka_brokers)
+        .set("group.id", &a.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| SyncError::Kafka(e.to_string()))?;
+    c.subscribe(&[topic])
+        .map_err(|e| SyncError::Kafka(e.to_string()))?;
+    let mut text = String::new();
+    let mut waited = Duration::from_secs(15);
+    while let Ok(m) = tokio::time::timeout(waited, c.recv()).await {
+        let m = m.map_err(|e| SyncError::Kafka(e.to_string()))?;
+        if let Some(p) = m.payload() {
+            text.push_str(&String::from_utf8_lossy(p));
+            text.push('\n');
+        }
+        waited = Duration::from_secs(3);
+    }
+    let (signals, bad) = signals_from_lines(&text);
+    Ok((signals, bad, c))
+}
+
+fn print_diff(target: &str, capacity: usize, d: &Diff) {
+    println!(
+        "{target}: +{} -{} enforce, +{} -{} shadow, {} dropped (capacity {capacity} per list)",
+        d.add_enforce.len(),
+        d.remove_enforce.len(),
+        d.add_shadow.len(),
+        d.remove_shadow.len(),
+        d.dropped.len()
+    );
+    for (sign, list, keys) in [
+        ("+", "enforce", &d.add_enforce),
+        ("-", "enforce", &d.remove_enforce),
+        ("+", "shadow", &d.add_shadow),
+        ("-", "shadow", &d.remove_shadow),
+    ] {
+        for k in keys {
+            println!("  {sign} {list} {k}");
+        }
+    }
+    for k in &d.dropped {
+        println!("  dropped (no room) {k}");
+    }
+}
+
+pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
+    let now = a
+        .now
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+    let (signals, bad, consumer) = match (&a.from_topic, &a.from_file) {
+        (Some(t), _) => {
+            let (s, b, c) = from_topic(&a, t).await?;
+            (s, b, Some(c))
+        }
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| SyncError::Input(format!("{}: {e}", f.display())))?;
+            let (s, b) = signals_from_lines(&text);
+            (s, b, None)
+        }
+        (None, None) => {
+            return Err(SyncError::Input(
+                "--from-topic TOPIC or --from-file FILE".into(),
+            ))
+        }
+    };
+    let mut state = SyncState::load(&a.state)?;
+    for s in &signals {
+        state.observe(s, now);
+    }
+    let allowlisted = state.prune(&a.allow, now);
+    let live = state
+        .entries
+        .values()
+        .filter(|e| e.expires_at > now)
+        .count();
+    println!("waf-sync: {} signals read ({bad} unreadable), {live} live blocks, {} removed by the allowlist", signals.len(), allowlisted.len());
+    for k in &allowlisted {
+        println!("  allowlisted {k}");
+    }
+    for t in &a.targets {
+        match t {
+            TargetKind::Nginx => {
+                let reload: Vec<String> = a
+                    .nginx_reload
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                let n = Nginx {
+                    map: a.nginx_map.clone(),
+                    reload,
+                    capacity: a.nginx_capacity,
+                };
+                let (want, dropped) = state.desired(now, n.capacity);
+                let d = diff(&n.current()?, &want, dropped);
+                print_diff(&format!("nginx {}", n.map.display()), n.capacity, &d);
+                if a.apply && !d.is_empty() {
+                    n.apply(&want)?;
+                }
+            }
+            TargetKind::Wafv2 => {
+                let creds = Credentials::from_env().ok_or_else(|| {
+                    SyncError::Input(
+                        "WAFv2 needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                    )
+                })?;
+                let mut w = WafV2::new(
+                    a.wafv2_endpoint.clone(),
+                    &a.region,
+                    &a.scope,
+                    &a.set_prefix,
+                    creds,
+                )?;
+                // Each set holds one address family; the capacity is per set.
+                let (want, dropped) = state.desired(now, IP_SET_CAPACITY);
+                let d = diff(&w.current().await?, &want, dropped);
+                print_diff(
+                    &format!("wafv2 {} {}", a.region, a.scope),
+                    IP_SET_CAPACITY,
+                    &d,
+                );
+                if a.apply && !d.is_empty() {
+                    let writes = w.apply(&want).await?;
+                    println!("  {writes} IP set writes");
+                }
+            }
+        }
+    }
+    if a.apply {
+        state.save(&a.state)?;
+        if let Some(c) = consumer {
+            use rdkafka::consumer::Consumer;
+            c.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+                .map_err(|e| SyncError::Kafka(e.to_string()))?;
+        }
+    } else {
+        println!("dry run: nothing written (pass --apply)");
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! `waf-sync` against real targets: a real nginx from Debian (blocked
+//! addresses get 403 in enforce; in shadow they are only logged; its JSON
+//! access log parses as gateway logs with our own 403s marked), and AWS
+//! WAFv2 IP sets in moto's server mode (checked with boto3, an independent
+//! client), with capacity, idempotence and the allowlist.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use pii_tests::which;
+use serde_json::json;
+
+fn signal(key: &str, key_type: &str, mode: &str) -> String {
+    json!({
+        "schema": "pii-fraud.signal/v1", "key_type": key_type, "key": key, "score": 0.97,
+        "action": "block", "mode": mode, "reasons": ["not_found_probing"], "window_s": 900,
+        "first_seen": "2026-12-01T00:00:00Z", "last_seen": "2026-12-01T00:05:00Z",
+    })
+    .to_string()
+}
+
+/// Runs `waf-sync` (the real binary); returns its stdout.
+fn waf_sync(bins: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(bins.join("waf-sync"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "waf-sync {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn binaries() -> PathBuf {
+    let dir = pii_tests::binaries();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", "pii-fraud", "--bin", "waf-sync"])
+        .args(dir.ends_with("release").then_some("--release"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    dir
+}
+
+async fn get_from(source: &str, port: u16) -> u16 {
+    let c = reqwest::Client::builder()
+        .local_address(source.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    c.get(format!("http://127.0.0.1:{port}/shop"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_blocks_enforced_addresses_and_only_logs_shadow_ones() {
+    let nginx =
+        which("nginx").or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists()));
+    let nginx = nginx.expect("nginx is not installed: run ci/setup.sh (Debian's nginx package)");
+    let bins = binaries();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let map = d.join("pii-fraud.map");
+    std::fs::write(&map, "").unwrap();
+    let conf = d.join("nginx.conf");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../host-proxy/fraud/deploy/nginx-fraud.conf"
+    ))
+    .unwrap();
+    let text = text
+        .replace("@DIR@", &d.display().to_string())
+        .replace("@PORT@", &port.to_string())
+        .replace("@MAP@", &map.display().to_string());
+    std::fs::write(&conf, text).unwrap();
+    let conf_s = conf.display().to_string();
+    let dir_s = d.display().to_string();
+    let mut child = tokio::process::Command::new(&nginx)
+        .args([
+            "-c",
+            &conf_s,
+            "-p",
+            &dir_s,
+            "-e",
+            &format!("{dir_s}/error.log"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get_from("127.0.0.77", port).await, 200);
+
+    let signals = d.join("signals.ndjson");
+    std::fs::write(
+        &signals,
+        [
+            signal("127.0.0.77", "ip", "enforce"),
+            signal("127.0.0.88", "ip", "shadow"),
+            signal("tok_x", "subject", "enforce"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let reload = format!(
+        "{} -c {conf_s} -p {dir_s} -e {dir_s}/error.log -s reload",
+        nginx.display()
+    );
+    let state = d.join("state.json").display().to_string();
+    let map_s = map.display().to_string();
+    let sig_s = signals.display().to_string();
+    let common = [
+        "--from-file",
+        &sig_s,
+        "--target",
+        "nginx",
+        "--nginx-map",
+        &map_s,
+        "--nginx-reload",
+        &reload,
+        "--state",
+        &state,
+        "--now",
+        "1796083500",
+    ];
+
+    // Dry run: prints the diff, writes nothing.
+    let out = waf_sync(&bins, &common, &[]);
+    assert!(out.contains("+1 -0 enforce, +1 -0 shadow"), "{out}");
+    assert!(
+        out.contains("+ enforce 127.0.0.77/32") && out.contains("dry run"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&map).unwrap(), "");
+    assert!(!Path::new(&state).exists());
+
+    let mut apply: Vec<&str> = common.to_vec();
+    apply.push("--apply");
+    let out = waf_sync(&bins, &apply, &[]);
+    assert!(out.contains("+1 -0 enforce"), "{out}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        get_from("127.0.0.77", port).await,
+        403,
+        "enforced address blocked"
+    );
+    assert_eq!(
+        get_from("127.0.0.88", port).await,
+        200,
+        "shadow address only logged"
+    );
+    assert_eq!(get_from("127.0.0.5", port).await, 200);
+
+    // Idempotent: the same signals again change nothing.
+    let out = waf_sync(&bins, &apply, &[]);
+    assert!(out.contains("+0 -0 enforce, +0 -0 shadow"), "{out}");
+
+    // The access log is our gateway-log schema; our own 403 is marked.
+    let log = std::fs::read_to_string(d.join("access.log")).unwrap();
+    let recs: Vec<_> = log
+        .lines()
+        .map(|l| pii_fraud::record::parse_line(l.as_bytes()).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let blocked = recs
+        .iter()
+        .find(|r| r.ip_text == "127.0.0.77" && r.status == 403)
+        .unwrap();
+    assert_eq!(blocked.blocked_by.as_deref(), Some("pii-fraud"));
+    let shadow = log
+        .lines()
+        .find(|l| l.contains("\"client_ip\":\"127.0.0.88\""))
+        .unwrap();
+    assert!(shadow.contains("\"pii_fraud\":\"shadow\""), "{shadow}");
+    assert!(recs
+        .iter()
+        .filter(|r| r.status == 200)
+        .all(|r| r.blocked_by.is_none()));
+
+    // An allowlist entry removes the existing block.
+    let mut allow = apply.clone();
+    allow.extend(["--allow", "127.0.0.64/26"]);
+    let out = waf_sync(&bins, &allow, &[]);
+    assert!(
+        out.contains("allowlisted 127.0.0.77") && out.contains("-1 enforce"),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(get_from("127.0.0.77", port).await, 200);
+    let _ = child.kill().await;
+}
+
+fn boto_addresses(host: &str, name: &str) -> Vec<String> {
+    let script = format!(
+        r#"
+import boto3, json
+c = boto3.client("wafv2", region_name="us-east-1", endpoint_url="http://{host}",
+                 aws_access_key_id="testing", aws_secret_access_key="testing")
+sets = {{s["Name"]: s["Id"] for s in c.list_ip_sets(Scope="REGIONAL")["IPSets"]}}
+print(json.dumps(sorted(c.get_ip_set(Name="{name}", Scope="REGIONAL", Id=sets["{name}"])["IPSet"]["Addresses"])))
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wafv2_ip_sets_in_moto_follow_the_signals_within_capacity() {
+    let bins = binaries();
+    let moto = pii_tests::Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let endpoint = format!("http://{}", moto.host);
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    let signals = d.join("signals.ndjson");
+    std::fs::write(
+        &signals,
+        [
+            signal("198.51.100.7", "ip", "enforce"),
+            signal("2001:db8::7", "ip", "enforce"),
+            signal("203.0.113.0/24", "subnet", "shadow"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let state = d.join("state.json").display().to_string();
+    let sig_s = signals.display().to_string();
+    let args = [
+        "--from-file",
+        &sig_s,
+        "--target",
+        "wafv2",
+        "--wafv2-endpoint",
+        &endpoint,
+        "--state",
+        &state,
+        "--now",
+        "1796083500",
+        "--apply",
+    ];
+    let out = waf_sync(&bins, &args, &env);
+    assert!(
+        out.contains("+2 -0 enforce, +1 -0 shadow") && out.contains("3 IP set writes"),
+        "{out}"
+    );
+    assert_eq!(
+        boto_addresses(&moto.host, "pii-fraud-enforce-v4"),
+        ["198.51.100.7/32"]
+    );
+    assert_eq!(
+        boto_addresses(&moto.host, "pii-fraud-enforce-v6"),
+        ["2001:db8::7/128"]
+    );
+    assert_eq!(
+        boto_addresses(&moto.host, "pii-fraud-shadow-v4"),
+        ["203.0.113.0/24"]
+    );
+    // Again: nothing to write.
+    let out = waf_sync(&bins, &args, &env);
+    assert!(
+        out.contains("+0 -0 enforce") && out.contains("0 IP set writes")
+            || out.contains("+0 -0 enforce, +0 -0 shadow"),
+        "{out}"
+    );
+
+    // More enforce keys than a set holds: the top 10,000 by score stay, the rest are reported.
+    let many: Vec<String> = (0..10_050u32)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            let mut s: serde_json::Value =
+                serde_json::from_str(&signal(&ip.to_string(), "ip", "enforce")).unwrap();
+            s["score"] = json!(0.9 + f64::from(i) / 1_000_000.0);
+            s.to_string()
+        })
+        .collect();
+    std::fs::write(&signals, many.join("\n")).unwrap();
+    let out = waf_sync(&bins, &args, &env);
+    assert!(
+        out.contains("dropped (capacity 10000"),
+        "{}",
+        &out[..out.len().min(400)]
+    );
+    let kept = boto_addresses(&moto.host, "pii-fraud-enforce-v4");
+    assert_eq!(kept.len(), 10_000);
+    // The lowest scores (10.0.0.0 .. 10.0.0.50, plus the earlier 198.51.100.7 at 0.97 stays) lost their place.
+    assert!(!kept.contains(&"10.0.0.0/32".to_owned()));
+    assert!(kept.contains(&"10.0.39.65/32".to_owned()));
+}
