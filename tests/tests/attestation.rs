@@ -29,6 +29,10 @@ async fn sidecar_attestation_verifies_with_the_dev_root() {
         rb.send()
     };
     let root_token = Some(pii_tests::ROOT_TOKEN);
+    // The audit key is made when the host first connects, in the background;
+    // reading it first makes sure it exists before the document is asked for
+    // (under load the document could otherwise come first, without it).
+    let audit_key = stack.client().get("sys/audit-key").await;
     let view: serde_json::Value = get(
         format!("nonce={nonce}&user_data=abcd&format=json"),
         root_token,
@@ -66,7 +70,6 @@ async fn sidecar_attestation_verifies_with_the_dev_root() {
         ud.caller_data_sha256,
         Some(pii_custody::attest::sha256(&[0xab, 0xcd]))
     );
-    let audit_key = stack.client().get("sys/audit-key").await;
     let audit_pub = hex::decode(audit_key.data("public_key").as_str().unwrap()).unwrap();
     assert_eq!(
         ud.audit_key_sha256,
