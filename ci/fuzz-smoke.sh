@@ -17,7 +17,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 report=target/fuzz-report.txt
 mkdir -p target; : > "$report"
-for dir in enclave/proto/fuzz enclave/fuzz verifier/fuzz; do
+for dir in enclave/proto/fuzz enclave/fuzz verifier/fuzz host-proxy/fraud/fuzz; do
   tdir="$cache/fuzz-target/${dir//\//-}"
   for target in $(cd "$dir" && cargo fuzz list); do
     echo "ci/fuzz-smoke.sh: $dir $target for ${secs}s"

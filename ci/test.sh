@@ -38,6 +38,8 @@ cargo build -q -p host-proxy --bin host-proxy
 if grep -q "aws_lc_[0-9]" target/debug/host-proxy; then
   echo "ci/test.sh: target/debug/host-proxy links aws-lc-rs" >&2; exit 1
 fi
+# Every benchmark runs briefly so a broken one fails CI (figures not judged).
+stage "bench smoke (fraud)"; FRAUD_BENCH_SMOKE=1 ci/bench-fraud.sh
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   stage "fuzz smoke"; ci/fuzz-smoke.sh
 fi

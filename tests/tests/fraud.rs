@@ -191,7 +191,12 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     assert!(r.status < 300, "{r:?}");
     let dir = tempfile::tempdir().unwrap();
     let ingest = Ingest::start(&bins, &stack, &broker, dir.path()).await;
-    let now = 1_796_083_200_000;
+    // Record times near the ingest's clock (it refuses far-off ones).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 120_000;
 
     // Without the bearer token: refused, nothing counted.
     let (status, _) = ingest.post(&prober(now, "198.51.100.1", ""), None).await;
@@ -207,11 +212,22 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     lines.push("not json".into());
     lines.push(format!("{{\"ts\":\"x\",{}", "\"a\":1".repeat(10)));
     lines.push(line(now, "999.0.0.1", "GET", "/", 200, "x", ""));
+    // A forged far-future time would freeze a key's windows: refused.
+    lines.push(line(
+        now + 86_400_000 * 365,
+        "198.51.100.7",
+        "GET",
+        "/",
+        200,
+        "x",
+        "",
+    ));
     let (status, body) = ingest.post(&lines, Some(INGEST_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["accepted"], 40, "{body}");
     assert_eq!(body["rejected"]["bad_json"], 2, "{body}");
     assert_eq!(body["rejected"]["bad_ip"], 1, "{body}");
+    assert_eq!(body["rejected"]["out_of_window"], 1, "{body}");
 
     // Over Kafka: a credential stuffer, produced to gateway-logs in two messages.
     let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
@@ -322,9 +338,9 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     broker.restart().await.unwrap();
     broker.create_topic("fraud-signals", 3).await.unwrap();
     broker.create_topic("gateway-logs", 2).await.unwrap();
-    let signals = consumer(&broker, "test-reader-2");
+    let signals2 = consumer(&broker, "test-reader-2");
     let mut after = Vec::new();
-    let ok = read_until(&signals, &mut after, |s| has_key(s, "ip", "203.0.113.99")).await;
+    let ok = read_until(&signals2, &mut after, |s| has_key(s, "ip", "203.0.113.99")).await;
     assert!(
         ok,
         "spooled signal never arrived: {after:#?}\n{}",
@@ -336,5 +352,15 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
         *by_key.entry(k.as_str()).or_default() += 1;
     }
     assert!(by_key.contains_key("203.0.113.99"), "{by_key:?}");
+    // librdkafka clients are closed while the runtime and the broker still
+    // run (dropping them at process exit, with the broker gone, has crashed
+    // the test binary).
+    for c in [&signals, &signals2, &probe] {
+        c.unsubscribe();
+    }
+    drop((signals, signals2, probe));
+    let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(5));
+    drop(producer);
     drop(ingest.child);
+    broker.stop().await;
 }

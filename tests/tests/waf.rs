@@ -57,7 +57,9 @@ async fn get_from(source: &str, port: u16) -> u16 {
         .local_address(source.parse::<IpAddr>().unwrap())
         .build()
         .unwrap();
+    // A client-chosen subject header must never reach the log as jwt_sub.
     c.get(format!("http://127.0.0.1:{port}/shop"))
+        .header("X-JWT-Sub", "victim@example.com")
         .send()
         .await
         .unwrap()
@@ -120,14 +122,23 @@ async fn nginx_blocks_enforced_addresses_and_only_logs_shadow_ones() {
     assert_eq!(get_from("127.0.0.77", port).await, 200);
 
     let signals = d.join("signals.ndjson");
+    // With two hostile keys a producer on the topic could send: refused.
+    let hostile = [
+        signal("0.0.0.0/0", "subnet", "enforce"),
+        signal("default", "ip", "enforce"),
+    ];
+    let good = [
+        signal("127.0.0.77", "ip", "enforce"),
+        signal("127.0.0.88", "ip", "shadow"),
+        signal("tok_x", "subject", "enforce"),
+    ];
     std::fs::write(
         &signals,
-        [
-            signal("127.0.0.77", "ip", "enforce"),
-            signal("127.0.0.88", "ip", "shadow"),
-            signal("tok_x", "subject", "enforce"),
-        ]
-        .join("\n"),
+        good.iter()
+            .chain(&hostile)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
     )
     .unwrap();
     let reload = format!(
@@ -159,6 +170,7 @@ async fn nginx_blocks_enforced_addresses_and_only_logs_shadow_ones() {
         out.contains("+ enforce 127.0.0.77/32") && out.contains("dry run"),
         "{out}"
     );
+    assert!(out.contains("2 refused keys"), "{out}");
     assert_eq!(std::fs::read_to_string(&map).unwrap(), "");
     assert!(!Path::new(&state).exists());
 
@@ -203,6 +215,15 @@ async fn nginx_blocks_enforced_addresses_and_only_logs_shadow_ones() {
         .iter()
         .filter(|r| r.status == 200)
         .all(|r| r.blocked_by.is_none()));
+    assert!(
+        recs.iter().all(|r| r.jwt_sub.is_empty()),
+        "a client header reached jwt_sub"
+    );
+    let map_text = std::fs::read_to_string(&map).unwrap();
+    assert!(
+        !map_text.contains("0.0.0.0/0") && !map_text.contains("default"),
+        "{map_text}"
+    );
 
     // An allowlist entry removes the existing block.
     let mut allow = apply.clone();

@@ -57,6 +57,10 @@ pub struct IngestArgs {
     /// Kafka bootstrap servers (host:port,...).
     #[arg(long, env = "PII_FRAUD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// Extra librdkafka setting for every Kafka client, KEY=VALUE (repeatable):
+    /// e.g. security.protocol=SASL_PLAINTEXT, sasl.mechanism=SCRAM-SHA-512.
+    #[arg(long = "kafka-option", value_parser = crate::sink::parse_kv)]
+    pub kafka_options: Vec<(String, String)>,
     /// Topic to consume gateway logs from; empty disables the consumer [default: gateway-logs].
     #[arg(long, env = "PII_FRAUD_INPUT_TOPIC")]
     pub input_topic: Option<String>,
@@ -268,7 +272,7 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
 
     let client =
         crate::tokenize::TransformClient::new(&vault_addr, &role, &transformation, &token)?;
-    let transport = crate::sink::KafkaTransport::new(&brokers, &signals_topic)
+    let transport = crate::sink::KafkaTransport::new(&brokers, &a.kafka_options, &signals_topic)
         .map_err(|e| CliError::Config(format!("kafka producer: {e}")))?;
     let sink = crate::sink::Sink::start(transport, &spool_dir, spool_cap, 256)?;
     let service = Arc::new(crate::ingest::Ingest::new(
@@ -283,13 +287,14 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
         tokenize_ip,
         kafka_in: (!input_topic.is_empty()).then(|| crate::ingest::KafkaConfig {
             brokers: brokers.clone(),
+            options: a.kafka_options.clone(),
             input_topic,
             group,
         }),
         kafka_batch: 500,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let addr = crate::ingest::serve_http(service.clone(), &cfg, async {
+    let (addr, server) = crate::ingest::serve_http(service.clone(), &cfg, async {
         let _ = stop_rx.await;
     })
     .await?;
@@ -309,15 +314,33 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
                 Ok(Err(e)) => Err(e.into()),
                 Err(e) => Err(CliError::Config(format!("consumer task: {e}"))),
             },
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            () = shutdown() => Ok(()),
         },
         None => {
-            let _ = tokio::signal::ctrl_c().await;
+            shutdown().await;
             Ok(())
         }
     };
+    // Requests in flight finish (their answers wait for durable signals).
     let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), server).await;
     result
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends).
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {

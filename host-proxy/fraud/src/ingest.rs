@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,12 +34,25 @@ use crate::sink::{Sink, SinkError, SinkStats};
 use crate::spool::{Record, SpoolError};
 use crate::tokenize::{TokenCache, TokenizeError, TransformClient};
 
-/// Largest HTTP ingest body.
+/// Largest HTTP ingest body, and largest consumed Kafka batch.
 pub const MAX_BODY: usize = 8 << 20;
+/// Accepted record times around the ingest's clock.
+pub const MAX_AHEAD_MS: i64 = 5 * 60 * 1000;
+pub const MAX_BEHIND_MS: i64 = 24 * 3600 * 1000;
+/// HTTP requests handled at once.
+pub const MAX_CONCURRENT: usize = 32;
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
     pub brokers: String,
+    /// Extra librdkafka settings (security, timeouts).
+    pub options: Vec<(String, String)>,
     pub input_topic: String,
     pub group: String,
 }
@@ -107,7 +119,14 @@ impl Ingest {
 
     /// Parses, tokenizes and scores a batch of NDJSON lines; returns the
     /// signals to send. No raw subject survives this function.
-    pub async fn process(&self, body: &[u8]) -> Result<(Outcome, Vec<Record>), IngestError> {
+    /// `now_ms` is the ingest's clock: records more than 5 minutes ahead of
+    /// it or 24 hours behind are refused (a forged far-future `ts` would
+    /// otherwise freeze a key's windows and its block refreshes).
+    pub async fn process(
+        &self,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<(Outcome, Vec<Record>), IngestError> {
         let mut out = Outcome::default();
         let mut records: Vec<LogRecord> = Vec::new();
         let mut rejects: Vec<Reject> = Vec::new();
@@ -117,6 +136,10 @@ impl Ingest {
                 continue;
             }
             match parse_line(line) {
+                Ok(r) if r.ts_ms > now_ms + MAX_AHEAD_MS || r.ts_ms < now_ms - MAX_BEHIND_MS => {
+                    *out.rejected.entry(Reject::OutOfWindow.label()).or_default() += 1;
+                    rejects.push(Reject::OutOfWindow);
+                }
                 Ok(r) => records.push(r),
                 Err(e) => {
                     *out.rejected.entry(e.label()).or_default() += 1;
@@ -125,46 +148,56 @@ impl Ingest {
             }
         }
         out.accepted = records.len() as u64;
-        let missing: Vec<String> = {
+        // Subjects (and with --tokenize-ip the addresses, as "ip:<addr>" so
+        // that they never share a token with a subject) to tokens: the cache
+        // first, the enclave for the rest; this batch keeps its own map, so a
+        // concurrent batch evicting cache entries cannot drop its subjects.
+        let ip_value = |r: &LogRecord| format!("ip:{}", r.ip);
+        let mut values: Vec<String> = records
+            .iter()
+            .filter(|r| !r.jwt_sub.is_empty())
+            .map(|r| r.jwt_sub.clone())
+            .collect();
+        if self.tokenize_ip {
+            values.extend(records.iter().map(ip_value));
+        }
+        values.sort_unstable();
+        values.dedup();
+        let mut known: HashMap<String, String> = HashMap::with_capacity(values.len());
+        let mut missing: Vec<&str> = Vec::new();
+        {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let subjects = records.iter().map(|r| r.jwt_sub.as_str());
-            let ips: Vec<String> = if self.tokenize_ip {
-                records.iter().map(|r| r.ip.to_string()).collect()
-            } else {
-                Vec::new()
-            };
-            cache
-                .missing(subjects.chain(ips.iter().map(String::as_str)))
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        };
+            for v in &values {
+                match cache.lookup(v) {
+                    Some(t) => {
+                        known.insert(v.clone(), t);
+                    }
+                    None => missing.push(v),
+                }
+            }
+            cache.count(values.len() - missing.len(), missing.len());
+        }
         if !missing.is_empty() {
-            let refs: Vec<&str> = missing.iter().map(String::as_str).collect();
-            let tokens = self.client.encode(&refs).await.inspect_err(|_| {
+            let tokens = self.client.encode(&missing).await.inspect_err(|_| {
                 self.tokenize_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             })?;
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            for (s, t) in refs.iter().zip(&tokens) {
-                cache.insert(s, t);
+            for (v, t) in missing.iter().zip(tokens) {
+                cache.insert(v, &t);
+                known.insert((*v).to_owned(), t);
             }
         }
         let mut decisions: Vec<Decision> = Vec::new();
         {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             let mut p = self.lock_pipeline();
             for e in rejects {
                 p.rejected(e);
             }
             for r in &mut records {
-                let subject = if r.jwt_sub.is_empty() {
-                    None
-                } else {
-                    cache.lookup(&r.jwt_sub)
-                };
+                let subject = known.get(&r.jwt_sub).cloned();
                 if self.tokenize_ip {
-                    r.ip_text = cache.lookup(&r.ip.to_string()).unwrap_or_default();
+                    r.ip_text = known.get(&ip_value(r)).cloned().unwrap_or_default();
                 }
                 // The raw subject goes no further than this line.
                 r.jwt_sub.clear();
@@ -172,6 +205,7 @@ impl Ingest {
             }
         }
         if self.tokenize_ip {
+            // Subnets would reveal the address; address keys are tokens.
             decisions.retain(|d| d.key_type != KeyType::Subnet);
         }
         out.signals = decisions.len() as u64;
@@ -197,6 +231,7 @@ impl Ingest {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT))
             .with_state(state)
     }
 }
@@ -221,8 +256,9 @@ fn authorized(headers: &HeaderMap, tokens: &[[u8; 32]]) -> bool {
 async fn ingest_http(
     State((ingest, tokens)): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    // The token is checked before a byte of the body is read.
     if !authorized(&headers, &tokens) {
         return (
             StatusCode::UNAUTHORIZED,
@@ -230,7 +266,14 @@ async fn ingest_http(
         )
             .into_response();
     }
-    let (outcome, records) = match ingest.process(&body).await {
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            axum::Json(serde_json::json!({"errors": [format!("body larger than {MAX_BODY} bytes, or cut short")]})),
+        )
+            .into_response();
+    };
+    let (outcome, records) = match ingest.process(&body, wall_ms()).await {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %e, "fraud ingest batch failed");
@@ -242,7 +285,8 @@ async fn ingest_http(
                 .into_response();
         }
     };
-    match ingest.sink.offer(records) {
+    // Answered once the signals are durable (delivered, or spooled).
+    match ingest.sink.offer(records).await {
         Ok(()) => axum::Json(outcome).into_response(),
         Err(e @ SinkError::Spool(SpoolError::Full { .. })) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -417,12 +461,13 @@ impl Collector for Snapshot {
     }
 }
 
-/// Serves the HTTP API until `stop` resolves.
+/// Serves the HTTP API until `stop` resolves; the handle ends when the
+/// requests in flight have been answered.
 pub async fn serve_http(
     ingest: Arc<Ingest>,
     cfg: &IngestConfig,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<SocketAddr, IngestError> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), IngestError> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| IngestError::Listen {
@@ -436,7 +481,7 @@ pub async fn serve_http(
             source,
         })?;
     let app = ingest.router(cfg.ingest_tokens_sha256.clone());
-    tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await
@@ -444,7 +489,7 @@ pub async fn serve_http(
             tracing::error!(error = %e, "fraud ingest HTTP server stopped");
         }
     });
-    Ok(addr)
+    Ok((addr, handle))
 }
 
 /// Consumes `gateway-logs` until the consumer fails; commits each batch's
@@ -454,8 +499,7 @@ pub async fn consume(
     k: &KafkaConfig,
     batch: usize,
 ) -> Result<(), IngestError> {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &k.brokers)
+    let consumer: StreamConsumer = crate::sink::client_config(&k.brokers, &k.options)
         .set("group.id", &k.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -469,7 +513,7 @@ pub async fn consume(
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
         let mut n = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
-        while n < batch.max(1) {
+        while n < batch.max(1) && body.len() < MAX_BODY {
             let wait = if n == 0 {
                 Duration::from_secs(3600)
             } else {
@@ -495,7 +539,7 @@ pub async fn consume(
             continue;
         }
         let records = loop {
-            match ingest.process(&body).await {
+            match ingest.process(&body, wall_ms()).await {
                 Ok((_, r)) => break r,
                 Err(e) => {
                     // The enclave is unreachable: keep the batch, do not commit, retry.

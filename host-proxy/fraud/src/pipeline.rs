@@ -17,8 +17,12 @@ use crate::ua::{UaClass, UaClassifier};
 /// A decision is sent again at the same severity after this long, so a
 /// block's TTL is refreshed while the abuse goes on.
 pub const REFRESH_MS: i64 = 60_000;
-/// Subject tokens longer than this are not keyed (the enclave's are far shorter).
-pub const MAX_TOKEN: usize = 128;
+/// Subject tokens longer than this are not keyed (a 256-byte subject's
+/// base58 token is about 400 characters).
+pub const MAX_TOKEN: usize = 512;
+const LABEL: usize = 120;
+/// How long an unmarked 403 to an address we block counts as ours.
+pub const OWN_BLOCK_MS: i64 = 15 * 60 * 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Subnet {
@@ -55,17 +59,22 @@ impl fmt::Display for Subnet {
     }
 }
 
-/// The address as the log wrote it, inline (at most 45 bytes: no allocation per entry).
+/// The address as the log wrote it (or, with --tokenize-ip, its token),
+/// inline: at most 120 bytes, no allocation per entry.
 #[derive(Clone, Copy)]
 struct Label {
     len: u8,
-    bytes: [u8; 45],
+    bytes: [u8; LABEL],
 }
 
 impl Label {
     fn new(s: &str) -> Self {
-        let mut bytes = [0; 45];
-        let n = s.len().min(45);
+        let mut bytes = [0; LABEL];
+        // Cut at a character boundary (labels are ASCII in practice).
+        let mut n = s.len().min(LABEL);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
         bytes[..n].copy_from_slice(&s.as_bytes()[..n]);
         Label {
             len: n as u8,
@@ -144,8 +153,8 @@ impl std::str::FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, CidrError> {
         let bad = || CidrError(s.to_owned());
         let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-        let addr: IpAddr = a.trim().parse().map_err(|_| bad())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let written: IpAddr = a.trim().parse().map_err(|_| bad())?;
+        let max = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
             Some(p) => p
@@ -155,10 +164,14 @@ impl std::str::FromStr for Cidr {
                 .filter(|&p| p <= max)
                 .ok_or_else(bad)?,
         };
-        Ok(Cidr {
-            addr: addr.to_canonical(),
-            prefix,
-        })
+        let addr = written.to_canonical();
+        // An IPv4-mapped block (::ffff:a.b.c.d/N) is the IPv4 block /N-96;
+        // one shorter than /96 reaches outside the mapped range: refused.
+        let prefix = match (written, addr) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => prefix.checked_sub(96).ok_or_else(bad)?,
+            _ => prefix,
+        };
+        Ok(Cidr { addr, prefix })
     }
 }
 
@@ -172,7 +185,7 @@ impl Cidr {
         if la != lb {
             return false;
         }
-        let p = u32::from(self.prefix);
+        let p = u32::from(self.prefix).min(la);
         if p == 0 {
             return true;
         }
@@ -297,12 +310,22 @@ impl Pipeline {
             self.counters.allowlisted += 1;
             return;
         }
+        // A 403 to an address we enforce a block on is ours, marked or not,
+        // for as long as a first block lasts at the WAF (15 min).
         let ip_blocked = self
             .ips
             .get(&rec.ip)
             .and_then(|e| e.emitted)
-            .is_some_and(|(s, _)| s >= Severity::of(Action::Block, Mode::Enforce));
-        let ours = rec.blocked_by.is_some() || (rec.status == 403 && ip_blocked);
+            .is_some_and(|(s, at)| {
+                s >= Severity::of(Action::Block, Mode::Enforce)
+                    && rec.ts_ms.saturating_sub(at) < OWN_BLOCK_MS
+            });
+        // Markers count only with the status their component answers.
+        let marked = matches!(
+            (rec.blocked_by.as_deref(), rec.status),
+            (Some("pii-fraud"), 403) | (Some("pii-shed"), 429 | 503)
+        );
+        let ours = marked || (rec.status == 403 && ip_blocked);
         if ours {
             self.counters.own_responses += 1;
             return;
@@ -587,6 +610,77 @@ mod tests {
     }
 
     #[test]
+    fn an_old_block_does_not_hide_new_abuse_and_foreign_markers_are_not_ours() {
+        let mut p = pipeline(&[]);
+        let mut out = Vec::new();
+        p.observe(
+            &line(0, "198.51.100.8", "/", 200, "sqlmap/1.8"),
+            None,
+            &mut out,
+        );
+        assert!(out
+            .iter()
+            .any(|d| d.key_type == KeyType::Ip && d.action == Action::Block));
+        out.clear();
+        // 20 minutes later the block has lapsed: failed logins answered 403
+        // by the application are evidence again.
+        let ua = "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0";
+        for i in 0..30 {
+            let mut r = line(20 * 60_000 + i * 900, "198.51.100.8", "/login", 403, ua);
+            r.method = "POST".into();
+            p.observe(&r, None, &mut out);
+        }
+        let d = out
+            .iter()
+            .filter(|d| d.key_type == KeyType::Ip)
+            .max_by_key(|d| d.severity())
+            .expect("decision");
+        assert!(
+            d.reasons.iter().any(|r| r == "credential_stuffing"),
+            "{d:?}"
+        );
+        // A marker with the wrong status, or a marker of someone else's, is evidence.
+        let before = p.counters().own_responses;
+        for (who, status) in [("pii-fraud", 404), ("pii-shed", 403), ("anything", 403)] {
+            let mut r = line(40 * 60_000, "192.0.2.99", "/x", status, ua);
+            r.blocked_by = Some(who.into());
+            p.observe(&r, None, &mut out);
+        }
+        assert_eq!(p.counters().own_responses, before);
+    }
+
+    #[test]
+    fn one_address_does_not_get_its_neighbours_blocked() {
+        let mut p = pipeline(&[]);
+        let mut out = Vec::new();
+        p.observe(
+            &line(0, "203.0.113.5", "/", 200, "sqlmap/1.8"),
+            None,
+            &mut out,
+        );
+        for i in 0..40 {
+            p.observe(
+                &line(
+                    i * 700,
+                    "203.0.113.6",
+                    &format!("/wp-{i}.php"),
+                    404,
+                    "Mozilla/5.0 (X11) Firefox/133.0",
+                ),
+                None,
+                &mut out,
+            );
+        }
+        assert!(out
+            .iter()
+            .any(|d| d.key_type == KeyType::Ip && d.action == Action::Block));
+        assert!(
+            !out.iter().any(|d| d.key_type == KeyType::Subnet),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn cidr_parsing_and_matching() {
         let c: Cidr = "203.0.113.0/24".parse().expect("cidr");
         assert!(c.contains("203.0.113.200".parse().expect("ip")));
@@ -599,7 +693,16 @@ mod tests {
             .parse::<Cidr>()
             .expect("cidr")
             .contains("8.8.8.8".parse().expect("ip")));
-        for bad in ["203.0.113.0/33", "nope", "1.2.3.4/", "::/129"] {
+        let mapped: Cidr = "::ffff:203.0.113.0/120".parse().expect("mapped /24");
+        assert!(mapped.contains("203.0.113.9".parse().expect("ip")));
+        assert!(!mapped.contains("8.8.8.8".parse().expect("ip")));
+        for bad in [
+            "203.0.113.0/33",
+            "nope",
+            "1.2.3.4/",
+            "::/129",
+            "::ffff:203.0.113.0/64",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
         assert_eq!(

@@ -50,10 +50,14 @@ pub enum Reject {
     FieldTooLong,
     #[error("jwt_sub longer than {MAX_SUBJECT} bytes")]
     SubjectTooLong,
+    #[error(
+        "ts is more than 5 minutes ahead of the ingest's clock or more than 24 hours behind it"
+    )]
+    OutOfWindow,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 9] = [
+    pub const ALL: [Reject; 10] = [
         Reject::TooLong,
         Reject::BadJson,
         Reject::BadTimestamp,
@@ -63,6 +67,7 @@ impl Reject {
         Reject::BadPath,
         Reject::FieldTooLong,
         Reject::SubjectTooLong,
+        Reject::OutOfWindow,
     ];
 
     /// The label of this reason in metrics and reports.
@@ -77,6 +82,7 @@ impl Reject {
             Reject::BadPath => "bad_path",
             Reject::FieldTooLong => "field_too_long",
             Reject::SubjectTooLong => "subject_too_long",
+            Reject::OutOfWindow => "out_of_window",
         }
     }
 }

@@ -41,25 +41,52 @@ pub trait Transport: Send + Sync + 'static {
     fn reset(&self) {}
 }
 
+/// `KEY=VALUE` for `--kafka-option`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?}: KEY=VALUE")),
+    }
+}
+
+/// A Kafka client configuration: the brokers and the operator's extra
+/// librdkafka settings (`--kafka-option security.protocol=SASL_PLAINTEXT`, …).
+pub fn client_config(brokers: &str, options: &[(String, String)]) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in options {
+        c.set(k, v);
+    }
+    c
+}
+
 /// The producer for `fraud-signals`: idempotent, acks from all in-sync replicas.
 pub struct KafkaTransport {
     producer: Mutex<Arc<rdkafka::producer::FutureProducer>>,
     brokers: String,
+    options: Vec<(String, String)>,
     topic: String,
 }
 
 impl KafkaTransport {
-    pub fn new(brokers: &str, topic: &str) -> Result<Self, TransportError> {
+    pub fn new(
+        brokers: &str,
+        options: &[(String, String)],
+        topic: &str,
+    ) -> Result<Self, TransportError> {
         Ok(KafkaTransport {
-            producer: Mutex::new(Arc::new(Self::producer(brokers)?)),
+            producer: Mutex::new(Arc::new(Self::producer(brokers, options)?)),
             brokers: brokers.to_owned(),
+            options: options.to_vec(),
             topic: topic.to_owned(),
         })
     }
 
-    fn producer(brokers: &str) -> Result<rdkafka::producer::FutureProducer, TransportError> {
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    fn producer(
+        brokers: &str,
+        options: &[(String, String)],
+    ) -> Result<rdkafka::producer::FutureProducer, TransportError> {
+        client_config(brokers, options)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             // A send that cannot be delivered in 10 s fails and is spooled.
@@ -90,7 +117,7 @@ impl Transport for KafkaTransport {
     /// to a fresh cluster) no longer knows the idempotent producer's id, and
     /// the old producer can stay wedged: a fresh one gets a new id.
     fn reset(&self) {
-        match Self::producer(&self.brokers) {
+        match Self::producer(&self.brokers, &self.options) {
             Ok(p) => {
                 if let Ok(mut cur) = self.producer.lock() {
                     *cur = Arc::new(p);
@@ -147,18 +174,18 @@ impl Sink {
         done.await.map_err(|_| SinkError::Stopped)?
     }
 
-    /// Hands a batch over without waiting: when the queue is full the batch
-    /// goes straight to the spool (never blocking the caller on the broker).
-    pub fn offer(&self, records: Vec<Record>) -> Result<(), SinkError> {
+    /// Hands a batch over and waits until it is durable (delivered or
+    /// spooled), without ever waiting for room: when the queue is full the
+    /// batch goes straight to the spool.
+    pub async fn offer(&self, records: Vec<Record>) -> Result<(), SinkError> {
         if records.is_empty() {
             return Ok(());
         }
-        let (ack, _) = oneshot::channel();
+        let (ack, done) = oneshot::channel();
         match self.tx.try_send((records, ack)) {
-            Ok(()) => Ok(()),
+            Ok(()) => done.await.map_err(|_| SinkError::Stopped)?,
             Err(mpsc::error::TrySendError::Full((records, _))) => {
-                append(&self.spool, &self.stats, &records)?;
-                Ok(())
+                append(&self.spool, &self.stats, &records)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkError::Stopped),
         }
@@ -219,6 +246,9 @@ async fn run<T: Transport>(
                     let failed = deliver(&*t, &records, &stats).await;
                     if failed.is_empty() { Ok(()) } else { append(&spool, &stats, &failed) }
                 };
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, records = records.len(), "signals neither delivered nor spooled; the sender is told");
+                }
                 let _ = ack.send(result);
             }
             _ = tick.tick() => drain(&*t, &spool, &stats).await,

@@ -131,12 +131,15 @@ impl Spool {
         let Some((_, f, size)) = self.current.as_mut() else {
             return Ok(());
         };
-        f.write_all(&buf)
-            .and_then(|()| f.sync_data())
-            .map_err(|source| SpoolError::Io {
+        if let Err(source) = f.write_all(&buf).and_then(|()| f.sync_data()) {
+            // Cut a partial write back off, so the next record does not
+            // land on a torn line and get skipped on replay.
+            let _ = f.set_len(*size);
+            return Err(SpoolError::Io {
                 dir: self.dir.clone(),
                 source,
-            })?;
+            });
+        }
         *size += len;
         self.bytes += len;
         Ok(())

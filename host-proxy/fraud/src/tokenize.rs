@@ -71,6 +71,9 @@ impl Tokenizer for LocalPseudonyms {
     }
 }
 
+/// Values per encode call (keeps each request far below the sidecar's body limit).
+pub const ENCODE_CHUNK: usize = 1000;
+
 /// The enclave's deterministic tokenization through the Transform API
 /// (`POST /v1/transform/encode/<role>` with `batch_input`), on the sidecar
 /// or any Vault-compatible address. Plain HTTP: the sidecar listens on the
@@ -93,9 +96,27 @@ impl TransformClient {
         token: &str,
     ) -> Result<Self, TokenizeError> {
         let base = addr.trim_end_matches('/');
-        if !base.starts_with("http://") {
+        // Plain HTTP carries raw subjects and the token: only to the sidecar
+        // beside us on the loopback interface.
+        let host = base
+            .strip_prefix("http://")
+            .and_then(|r| r.split(['/', '?']).next())
+            .unwrap_or("");
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
             return Err(TokenizeError::Unreachable(format!(
-                "{addr:?}: an http:// address of the sidecar"
+                "{addr:?}: the sidecar's http:// address on the loopback interface (subjects and the token travel in it)"
             )));
         }
         let url = format!("{base}/v1/transform/encode/{role}")
@@ -112,8 +133,23 @@ impl TransformClient {
         })
     }
 
-    /// One token per value, in order, in one call.
+    /// One token per value, in order, in calls of at most [`ENCODE_CHUNK`]
+    /// values, each bounded by a 30 s deadline (headers and body).
     pub async fn encode(&self, values: &[&str]) -> Result<Vec<String>, TokenizeError> {
+        let mut out = Vec::with_capacity(values.len());
+        for chunk in values.chunks(ENCODE_CHUNK) {
+            let tokens =
+                tokio::time::timeout(std::time::Duration::from_secs(30), self.encode_chunk(chunk))
+                    .await
+                    .map_err(|_| {
+                        TokenizeError::Unreachable("no complete answer within 30 s".into())
+                    })??;
+            out.extend(tokens);
+        }
+        Ok(out)
+    }
+
+    async fn encode_chunk(&self, values: &[&str]) -> Result<Vec<String>, TokenizeError> {
         use http_body_util::BodyExt;
         let items: Vec<serde_json::Value> = values
             .iter()
@@ -191,23 +227,10 @@ impl TokenCache {
         }
     }
 
-    /// The subjects of `subjects` that are not cached (deduplicated).
-    pub fn missing<'a>(&mut self, subjects: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-        let mut out: Vec<&str> = Vec::new();
-        for s in subjects {
-            if s.is_empty() {
-                continue;
-            }
-            if self.table.get(s).is_some() {
-                self.hits += 1;
-            } else {
-                self.misses += 1;
-                out.push(s);
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        out
+    /// Counts lookups (for the metrics).
+    pub fn count(&mut self, hits: usize, misses: usize) {
+        self.hits += hits as u64;
+        self.misses += misses as u64;
     }
 
     pub fn lookup(&self, subject: &str) -> Option<String> {
@@ -217,22 +240,6 @@ impl TokenCache {
     pub fn insert(&mut self, subject: &str, token: &str) {
         let (v, _) = self.table.entry(&Box::from(subject), || Box::from(token));
         *v = Box::from(token);
-    }
-}
-
-impl Tokenizer for TokenCache {
-    /// Answers from the cache; a subject that is not there is an error (the
-    /// online ingest fills the cache from the enclave first).
-    fn tokenize(&mut self, subjects: &[&str]) -> Result<Vec<String>, TokenizeError> {
-        subjects
-            .iter()
-            .map(|s| {
-                self.table
-                    .get(*s)
-                    .map(|t| t.to_string())
-                    .ok_or_else(|| TokenizeError::Refused("subject not tokenized".into()))
-            })
-            .collect()
     }
 }
 

@@ -90,6 +90,7 @@ impl UaClass {
 
 /// Compiled once; classification is one pass of a [`RegexSet`] plus two
 /// substring scans.
+#[derive(Clone)]
 pub struct UaClassifier {
     crawlers: RegexSet,
 }

@@ -68,6 +68,49 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncState {
     pub entries: BTreeMap<String, Entry>,
+    /// Targets whose last write did not finish (an nginx reload that
+    /// failed): the next run writes them again even without a diff.
+    #[serde(default)]
+    pub pending: BTreeSet<String>,
+    /// Signals refused since the state was made (bad keys, stale evidence).
+    #[serde(default)]
+    pub refused: u64,
+}
+
+/// Why a signal did not become a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a block of an address or subnet (nothing for a WAF).
+    NotForWaf,
+    /// The key is not one address, or not an exact /24 (IPv4) or /64 (IPv6).
+    BadKey,
+    /// Its evidence is older than the block it would get.
+    Stale,
+}
+
+/// The canonical WAF entry for a signal key: one address (`/32`, `/128`)
+/// or exactly the subnet the pipeline makes (`/24`, `/64`, host bits zero).
+/// Anything else — `0.0.0.0/0`, `default`, text with `;` or a newline — is
+/// refused, so a hostile producer on the topic cannot widen a block or
+/// write syntax into a target.
+pub fn canonical_key(key_type: KeyType, key: &str) -> Option<String> {
+    match key_type {
+        KeyType::Ip => match key.parse::<IpAddr>().ok()?.to_canonical() {
+            IpAddr::V4(a) => Some(format!("{a}/32")),
+            IpAddr::V6(a) => Some(format!("{a}/128")),
+        },
+        KeyType::Subnet => {
+            let (addr, prefix) = key.split_once('/')?;
+            let ip: IpAddr = addr.parse().ok()?;
+            let ok = match (ip, prefix) {
+                (IpAddr::V4(a), "24") => a.octets()[3] == 0,
+                (IpAddr::V6(a), "64") => a.segments()[4..].iter().all(|&s| s == 0),
+                _ => false,
+            };
+            ok.then(|| format!("{ip}/{prefix}"))
+        }
+        KeyType::Subject => None,
+    }
 }
 
 /// The lists a target should hold (and, read back, holds).
@@ -141,42 +184,66 @@ impl SyncState {
         std::fs::rename(&tmp, path).map_err(err)
     }
 
-    /// Takes one signal in. Only blocks of addresses and subnets matter.
-    pub fn observe(&mut self, s: &Signal, now: i64) {
+    /// Takes one signal in. Only blocks of addresses and subnets matter;
+    /// the block runs from the evidence (`last_seen`, never later than now),
+    /// so an old signal read again does not block anyone afresh.
+    pub fn observe(&mut self, s: &Signal, now: i64) -> Result<(), Refused> {
         let d = &s.decision;
         if d.action != Action::Block
             || d.mode == Mode::Off
             || !matches!(d.key_type, KeyType::Ip | KeyType::Subnet)
         {
-            return;
+            return Err(Refused::NotForWaf);
         }
-        let last_seen = time::OffsetDateTime::parse(
-            &s.last_seen,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map(|t| t.unix_timestamp())
-        .unwrap_or(now);
-        let e = self.entries.entry(d.key.clone()).or_insert_with(|| Entry {
+        let Some(key) = canonical_key(d.key_type, &d.key) else {
+            self.refused += 1;
+            return Err(Refused::BadKey);
+        };
+        let rfc3339 = &time::format_description::well_known::Rfc3339;
+        let last_seen = time::OffsetDateTime::parse(&s.last_seen, rfc3339)
+            .map(|t| t.unix_timestamp())
+            .unwrap_or(now)
+            .min(now);
+        let strikes = match self.entries.get(&key) {
+            Some(e) if e.expires_at > now => e.strikes,
+            Some(e) => e.strikes.saturating_add(1),
+            None => 1,
+        };
+        if last_seen + ttl_s(&key, strikes) <= now {
+            self.refused += 1;
+            return Err(Refused::Stale);
+        }
+        let e = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             key_type: d.key_type,
             mode: d.mode,
-            score: d.score,
-            reasons: d.reasons.clone(),
+            score: 0.0,
+            reasons: Vec::new(),
             last_seen,
             expires_at: i64::MIN,
             strikes: 0,
         });
         if e.expires_at <= now {
             // A new block (first, or after the last one expired): escalate.
-            e.strikes = e.strikes.saturating_add(1);
             e.mode = d.mode;
         } else if d.mode == Mode::Enforce {
             // Shadow → enforce when an enforcing rule fires; never back.
             e.mode = Mode::Enforce;
         }
-        e.score = d.score;
-        e.reasons = d.reasons.clone();
+        e.strikes = strikes;
+        e.score = if d.score.is_finite() {
+            d.score.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        e.reasons = d
+            .reasons
+            .iter()
+            .take(16)
+            .map(|r| r.chars().take(64).collect())
+            .collect();
         e.last_seen = e.last_seen.max(last_seen);
-        e.expires_at = e.expires_at.max(now + ttl_s(&d.key, e.strikes));
+        e.expires_at = e.expires_at.max(last_seen + ttl_s(&key, e.strikes));
+        Ok(())
     }
 
     /// Removes allowlisted keys and forgets entries expired long ago.
@@ -212,7 +279,7 @@ impl SyncState {
         // and IPv6 in separate sets of 10,000 each).
         let mut used = [[0usize; 2]; 2];
         for (k, e) in live {
-            let cidr = cidr_text(k);
+            let cidr = k.clone();
             let (list, l) = if e.mode == Mode::Enforce {
                 (&mut lists.enforce, 0)
             } else {
@@ -230,23 +297,11 @@ impl SyncState {
     }
 }
 
-/// Keys as CIDR blocks (an address becomes /32 or /128).
-pub fn cidr_text(key: &str) -> String {
-    if key.contains('/') {
-        key.to_owned()
-    } else if let Ok(ip) = key.parse::<IpAddr>() {
-        match ip.to_canonical() {
-            IpAddr::V4(a) => format!("{a}/32"),
-            IpAddr::V6(a) => format!("{a}/128"),
-        }
-    } else {
-        key.to_owned()
-    }
-}
-
+/// Entries are canonical CIDR text; one that does not parse (a state file
+/// edited by hand) is treated as allowlisted, i.e. removed.
 fn allowed(key: &str, allow: &[Cidr]) -> bool {
-    let Ok(c) = cidr_text(key).parse::<Cidr>() else {
-        return false;
+    let Ok(c) = key.parse::<Cidr>() else {
+        return true;
     };
     allow.iter().any(|a| a.overlaps(&c))
 }
@@ -327,19 +382,19 @@ mod tests {
     #[test]
     fn a_repeat_offender_gets_a_longer_block_and_shadow_promotes_to_enforce() {
         let mut s = SyncState::default();
-        s.observe(&sig("198.51.100.7", KeyType::Ip, Mode::Shadow, 0.95), 0);
-        assert_eq!(s.entries["198.51.100.7"].mode, Mode::Shadow);
-        s.observe(&sig("198.51.100.7", KeyType::Ip, Mode::Enforce, 0.97), 60);
-        let e = &s.entries["198.51.100.7"];
+        let _ = s.observe(&sig("198.51.100.7", KeyType::Ip, Mode::Shadow, 0.95), 0);
+        assert_eq!(s.entries["198.51.100.7/32"].mode, Mode::Shadow);
+        let _ = s.observe(&sig("198.51.100.7", KeyType::Ip, Mode::Enforce, 0.97), 60);
+        let e = &s.entries["198.51.100.7/32"];
         assert_eq!((e.mode, e.strikes), (Mode::Enforce, 1));
         let first = e.expires_at;
         // After expiry, the next block is a second strike, about 4x longer.
         let later = first + 10;
-        s.observe(
+        let _ = s.observe(
             &sig("198.51.100.7", KeyType::Ip, Mode::Enforce, 0.97),
             later,
         );
-        let e = &s.entries["198.51.100.7"];
+        let e = &s.entries["198.51.100.7/32"];
         assert_eq!(e.strikes, 2);
         assert!(e.expires_at - later > 3000);
     }
@@ -348,7 +403,7 @@ mod tests {
     fn capacity_ranks_by_mode_score_and_recency_and_reports_the_rest() {
         let mut s = SyncState::default();
         for i in 0..10 {
-            s.observe(
+            let _ = s.observe(
                 &sig(
                     &format!("192.0.2.{i}"),
                     KeyType::Ip,
@@ -358,11 +413,11 @@ mod tests {
                 0,
             );
         }
-        s.observe(
+        let _ = s.observe(
             &sig("203.0.113.0/24", KeyType::Subnet, Mode::Shadow, 0.99),
             0,
         );
-        s.observe(&sig("tok_abc", KeyType::Subject, Mode::Enforce, 0.99), 0);
+        let _ = s.observe(&sig("tok_abc", KeyType::Subject, Mode::Enforce, 0.99), 0);
         let (lists, dropped) = s.desired(1, 4);
         assert_eq!(lists.enforce.len(), 4);
         assert!(lists.enforce.contains("192.0.2.9/32") && lists.enforce.contains("192.0.2.6/32"));
@@ -377,16 +432,16 @@ mod tests {
     #[test]
     fn allowlist_entries_remove_existing_blocks() {
         let mut s = SyncState::default();
-        s.observe(&sig("198.51.100.7", KeyType::Ip, Mode::Enforce, 0.95), 0);
-        s.observe(
+        let _ = s.observe(&sig("198.51.100.7", KeyType::Ip, Mode::Enforce, 0.95), 0);
+        let _ = s.observe(
             &sig("198.51.100.0/24", KeyType::Subnet, Mode::Enforce, 0.95),
             0,
         );
-        s.observe(&sig("192.0.2.1", KeyType::Ip, Mode::Enforce, 0.95), 0);
+        let _ = s.observe(&sig("192.0.2.1", KeyType::Ip, Mode::Enforce, 0.95), 0);
         let removed = s.prune(&["198.51.100.128/25".parse().expect("cidr")], 1);
         assert_eq!(removed, vec!["198.51.100.0/24".to_owned()]);
         let removed = s.prune(&["198.51.100.7".parse().expect("cidr")], 1);
-        assert_eq!(removed, vec!["198.51.100.7".to_owned()]);
+        assert_eq!(removed, vec!["198.51.100.7/32".to_owned()]);
         let current = Lists {
             enforce: BTreeSet::from(["198.51.100.7/32".to_owned(), "192.0.2.1/32".to_owned()]),
             shadow: BTreeSet::new(),

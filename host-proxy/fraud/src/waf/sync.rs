@@ -33,6 +33,9 @@ pub struct WafSyncArgs {
         default_value = "127.0.0.1:9092"
     )]
     pub kafka_brokers: String,
+    /// Extra librdkafka setting, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-option", value_parser = crate::sink::parse_kv)]
+    pub kafka_options: Vec<(String, String)>,
     #[arg(long, default_value = "pii-waf-sync")]
     pub group: String,
     /// The sync's state (blocked keys, strikes, expiries).
@@ -86,23 +89,32 @@ pub enum SyncError {
     Kafka(String),
 }
 
-/// Reads every signal currently on the topic (until 3 s pass without one).
+/// Most signal messages and bytes read in one run.
+pub const MAX_MESSAGES: usize = 2_000_000;
+pub const MAX_TEXT: usize = 512 << 20;
+
+/// Reads the signals on the topic up to its end at the start of the run.
 async fn from_topic(
     a: &WafSyncArgs,
     topic: &str,
 ) -> Result<(Vec<Signal>, usize, rdkafka::consumer::StreamConsumer), SyncError> {
     use rdkafka::consumer::Consumer;
     use rdkafka::Message;
-    let c: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &a.kafka_brokers)
-        .set("group.id", &a.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|e| SyncError::Kafka(e.to_string()))?;
+    let c: rdkafka::consumer::StreamConsumer =
+        crate::sink::client_config(&a.kafka_brokers, &a.kafka_options)
+            .set("group.id", &a.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| SyncError::Kafka(e.to_string()))?;
     c.subscribe(&[topic])
         .map_err(|e| SyncError::Kafka(e.to_string()))?;
+    // Read up to the end the partitions had when we started (producers that
+    // keep refreshing blocks cannot keep the sync reading forever), within
+    // a message and a byte cap; the rest waits for the next run.
     let mut text = String::new();
+    let mut n = 0usize;
+    let mut ends: Option<std::collections::HashMap<(String, i32), i64>> = None;
     let mut waited = Duration::from_secs(15);
     while let Ok(m) = tokio::time::timeout(waited, c.recv()).await {
         let m = m.map_err(|e| SyncError::Kafka(e.to_string()))?;
@@ -110,7 +122,41 @@ async fn from_topic(
             text.push_str(&String::from_utf8_lossy(p));
             text.push('\n');
         }
+        n += 1;
         waited = Duration::from_secs(3);
+        if n >= MAX_MESSAGES || text.len() >= MAX_TEXT {
+            break;
+        }
+        let ends = match &ends {
+            Some(e) => e,
+            None => {
+                let mut e = std::collections::HashMap::new();
+                let assigned = c
+                    .assignment()
+                    .map_err(|e| SyncError::Kafka(e.to_string()))?;
+                for el in assigned.elements() {
+                    let (_, high) = c
+                        .fetch_watermarks(el.topic(), el.partition(), Duration::from_secs(10))
+                        .map_err(|e| SyncError::Kafka(e.to_string()))?;
+                    e.insert((el.topic().to_owned(), el.partition()), high);
+                }
+                ends.insert(e)
+            }
+        };
+        let pos = c.position().map_err(|e| SyncError::Kafka(e.to_string()))?;
+        let done = pos.elements().iter().all(|el| {
+            let end = ends
+                .get(&(el.topic().to_owned(), el.partition()))
+                .copied()
+                .unwrap_or(0);
+            match el.offset() {
+                rdkafka::Offset::Offset(o) => o >= end,
+                _ => end == 0,
+            }
+        });
+        if done {
+            break;
+        }
     }
     let (signals, bad) = signals_from_lines(&text);
     Ok((signals, bad, c))
@@ -162,8 +208,13 @@ pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
         }
     };
     let mut state = SyncState::load(&a.state)?;
+    let (mut bad_keys, mut stale) = (0usize, 0usize);
     for s in &signals {
-        state.observe(s, now);
+        match state.observe(s, now) {
+            Err(super::Refused::BadKey) => bad_keys += 1,
+            Err(super::Refused::Stale) => stale += 1,
+            Ok(()) | Err(super::Refused::NotForWaf) => {}
+        }
     }
     let allowlisted = state.prune(&a.allow, now);
     let live = state
@@ -171,7 +222,11 @@ pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
         .values()
         .filter(|e| e.expires_at > now)
         .count();
-    println!("waf-sync: {} signals read ({bad} unreadable), {live} live blocks, {} removed by the allowlist", signals.len(), allowlisted.len());
+    println!(
+        "waf-sync: {} signals read ({bad} unreadable, {bad_keys} refused keys, {stale} stale), {live} live blocks, {} removed by the allowlist",
+        signals.len(),
+        allowlisted.len()
+    );
     for k in &allowlisted {
         println!("  allowlisted {k}");
     }
@@ -190,9 +245,14 @@ pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
                 };
                 let (want, dropped) = state.desired(now, n.capacity);
                 let d = diff(&n.current()?, &want, dropped);
-                print_diff(&format!("nginx {}", n.map.display()), n.capacity, &d);
-                if a.apply && !d.is_empty() {
+                let name = format!("nginx {}", n.map.display());
+                print_diff(&name, n.capacity, &d);
+                // A reload that failed last time is retried even without a diff.
+                if a.apply && (!d.is_empty() || state.pending.contains(&name)) {
+                    state.pending.insert(name.clone());
+                    state.save(&a.state)?;
                     n.apply(&want)?;
+                    state.pending.remove(&name);
                 }
             }
             TargetKind::Wafv2 => {

@@ -88,9 +88,27 @@ impl WafV2 {
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(https);
+        let endpoint = endpoint.unwrap_or_else(|| format!("https://wafv2.{region}.amazonaws.com"));
+        // Signed requests carry the session token: plain HTTP only to a
+        // local test server (moto on the loopback interface).
+        if let Some(rest) = endpoint.strip_prefix("http://") {
+            let host = rest.split(['/', ':']).next().unwrap_or("");
+            let local = host == "localhost"
+                || host
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !local {
+                return Err(WafError::Target {
+                    target: "wafv2".into(),
+                    message: format!(
+                        "{endpoint}: https:// (plain http only on the loopback interface)"
+                    ),
+                });
+            }
+        }
         Ok(WafV2 {
             http,
-            endpoint: endpoint.unwrap_or_else(|| format!("https://wafv2.{region}.amazonaws.com")),
+            endpoint,
             region: region.to_owned(),
             scope: scope.to_owned(),
             prefix: prefix.to_owned(),

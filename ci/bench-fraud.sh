@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Fraud pipeline figures on this machine: offline replay throughput on the
+# drill's traffic, and peak RSS while 100,000 and 1,000,000 distinct
+# addresses spray it (the tables are fixed-size, so the two should match).
+# Writes target/bench/fraud.json and prints a Markdown table.
+# FRAUD_BENCH_SMOKE=1: tiny sizes, for CI (figures not judged).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+smoke=${FRAUD_BENCH_SMOKE:-0}
+out=target/bench
+mkdir -p "$out"
+cargo build -q --release -p host-proxy
+bin=target/release/host-proxy
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+if [ "$smoke" = 1 ]; then humans=100; spray_small=1000; spray_big=5000; else humans=1500; spray_small=100000; spray_big=1000000; fi
+"$bin" fraud drill --seed 7 --humans "$humans" --write-log "$tmp/drill.ndjson" > "$tmp/drill.md"
+lines=$(wc -l < "$tmp/drill.ndjson")
+
+# One request each from N distinct addresses (sequential from 10.0.0.0),
+# failed logins with a scripted user agent: the worst case for per-key state.
+spray() {
+  python3 - "$1" > "$2" <<'PY'
+import sys, ipaddress
+n = int(sys.argv[1]); base = int(ipaddress.IPv4Address("10.0.0.0"))
+w = sys.stdout.write
+for i in range(n):
+    ms = i % 1000; s = (i // 1000) % 60; m = (i // 60000) % 60
+    w('{"ts":"2026-12-01T00:%02d:%02d.%03dZ","client_ip":"%s","method":"POST","host":"shop.example","path":"/login","status":401,"bytes":12,"duration_ms":3,"user_agent":"python-requests/2.32.3","referer":"","jwt_sub":""}\n'
+      % (m, s, ms, ipaddress.IPv4Address(base + i)))
+PY
+}
+spray "$spray_small" "$tmp/spray-small.ndjson"
+spray "$spray_big" "$tmp/spray-big.ndjson"
+
+# Seconds and peak RSS (KiB) of one replay.
+measure() { /usr/bin/time -f "%e %M" "$bin" fraud replay --input "$1" --output "$tmp/out.ndjson" 2>&1 >/dev/null | tail -n1; }
+read -r t_drill rss_drill < <(measure "$tmp/drill.ndjson")
+read -r t_small rss_small < <(measure "$tmp/spray-small.ndjson")
+read -r t_big rss_big < <(measure "$tmp/spray-big.ndjson")
+rate() { python3 -c "import sys; print(int(int(sys.argv[1]) / max(float(sys.argv[2]), 0.001)))" "$1" "$2"; }
+r_drill=$(rate "$lines" "$t_drill"); r_big=$(rate "$spray_big" "$t_big")
+cat > "$out/fraud.json" <<JSON
+{"commit":"$(git rev-parse --short HEAD)","date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","smoke":$smoke,
+ "drill":{"lines":$lines,"seconds":$t_drill,"lines_per_s":$r_drill,"peak_rss_kib":$rss_drill},
+ "spray_small":{"addresses":$spray_small,"seconds":$t_small,"peak_rss_kib":$rss_small},
+ "spray_big":{"addresses":$spray_big,"seconds":$t_big,"lines_per_s":$r_big,"peak_rss_kib":$rss_big}}
+JSON
+echo "| run | lines | seconds | lines/s | peak RSS |"
+echo "|---|---:|---:|---:|---:|"
+echo "| drill (seed 7, $humans humans + bots) | $lines | $t_drill | $r_drill | $((rss_drill / 1024)) MiB |"
+echo "| spraying, $spray_small distinct addresses | $spray_small | $t_small | $(rate "$spray_small" "$t_small") | $((rss_small / 1024)) MiB |"
+echo "| spraying, $spray_big distinct addresses | $spray_big | $t_big | $r_big | $((rss_big / 1024)) MiB |"
+echo "(offline replay, one core; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); target/bench/fraud.json)"
