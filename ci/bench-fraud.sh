@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fraud pipeline figures on this machine: offline replay throughput on the
-# drill's traffic, and peak RSS while 100,000 and 1,000,000 distinct
-# addresses spray it (the tables are fixed-size, so the two should match).
+# drill's traffic, and peak RSS while 1,000,000 and 3,000,000 distinct
+# addresses spray it. The tables have a fixed capacity (200,000 addresses by
+# default): RSS grows while they fill and is flat afterwards, so the two
+# spraying runs should match.
 # Writes target/bench/fraud.json and prints a Markdown table.
 # FRAUD_BENCH_SMOKE=1: tiny sizes, for CI (figures not judged).
 set -euo pipefail
@@ -13,7 +15,7 @@ cargo build -q --release -p host-proxy
 bin=target/release/host-proxy
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
-if [ "$smoke" = 1 ]; then humans=100; spray_small=1000; spray_big=5000; else humans=1500; spray_small=100000; spray_big=1000000; fi
+if [ "$smoke" = 1 ]; then humans=100; spray_small=1000; spray_big=5000; else humans=1500; spray_small=1000000; spray_big=3000000; fi
 "$bin" fraud drill --seed 7 --humans "$humans" --write-log "$tmp/drill.ndjson" > "$tmp/drill.md"
 lines=$(wc -l < "$tmp/drill.ndjson")
 
@@ -25,9 +27,9 @@ import sys, ipaddress
 n = int(sys.argv[1]); base = int(ipaddress.IPv4Address("10.0.0.0"))
 w = sys.stdout.write
 for i in range(n):
-    ms = i % 1000; s = (i // 1000) % 60; m = (i // 60000) % 60
-    w('{"ts":"2026-12-01T00:%02d:%02d.%03dZ","client_ip":"%s","method":"POST","host":"shop.example","path":"/login","status":401,"bytes":12,"duration_ms":3,"user_agent":"python-requests/2.32.3","referer":"","jwt_sub":""}\n'
-      % (m, s, ms, ipaddress.IPv4Address(base + i)))
+    ms = i % 1000; s = (i // 1000) % 60; m = (i // 60000) % 60; h = i // 3600000
+    w('{"ts":"2026-12-01T%02d:%02d:%02d.%03dZ","client_ip":"%s","method":"POST","host":"shop.example","path":"/login","status":401,"bytes":12,"duration_ms":3,"user_agent":"python-requests/2.32.3","referer":"","jwt_sub":""}\n'
+      % (h, m, s, ms, ipaddress.IPv4Address(base + i)))
 PY
 }
 spray "$spray_small" "$tmp/spray-small.ndjson"

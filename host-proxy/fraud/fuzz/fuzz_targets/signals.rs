@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let (signals, _) = signals_from_lines(&text);
     let mut s = SyncState::default();
     for (i, sig) in signals.iter().enumerate() {
-        s.observe(sig, i as i64);
+        let _ = s.observe(sig, i as i64);
     }
     if let Ok(allow) = "10.0.0.0/8".parse() {
         let _ = s.prune(&[allow], 5);
