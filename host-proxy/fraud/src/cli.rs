@@ -343,12 +343,17 @@ async fn shutdown() {
     }
 }
 
-fn parse_mode(s: &str) -> Result<Mode, String> {
+/// A `--mode` that is not off, shadow or enforce.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}: off, shadow or enforce")]
+pub struct ModeError(String);
+
+fn parse_mode(s: &str) -> Result<Mode, ModeError> {
     match s {
         "off" => Ok(Mode::Off),
         "shadow" => Ok(Mode::Shadow),
         "enforce" => Ok(Mode::Enforce),
-        _ => Err(format!("{s:?}: off, shadow or enforce")),
+        _ => Err(ModeError(s.to_owned())),
     }
 }
 

@@ -41,11 +41,16 @@ pub trait Transport: Send + Sync + 'static {
     fn reset(&self) {}
 }
 
+/// A `--kafka-option` that is not `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}: KEY=VALUE")]
+pub struct KvError(String);
+
 /// `KEY=VALUE` for `--kafka-option`.
-pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub fn parse_kv(s: &str) -> Result<(String, String), KvError> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?}: KEY=VALUE")),
+        _ => Err(KvError(s.to_owned())),
     }
 }
 
