@@ -949,6 +949,11 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's own log (all its runs), for a failing test's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+
     /// Stops the broker (its in-memory topics are gone).
     pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

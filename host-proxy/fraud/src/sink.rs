@@ -261,6 +261,9 @@ async fn run<T: Transport>(
     }
 }
 
+/// How long one spool segment's replay may take before it is retried.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Sends the spool's segments oldest first while the broker takes them.
 async fn drain<T: Transport>(t: &T, spool: &Mutex<Spool>, stats: &SinkStats) {
     loop {
@@ -276,12 +279,24 @@ async fn drain<T: Transport>(t: &T, spool: &Mutex<Spool>, stats: &SinkStats) {
                 return;
             }
         };
-        let failed = deliver(t, &records, stats).await;
+        // A producer wedged by a broker that lost its state may never
+        // answer: a bounded wait, then the segment stays for the next tick.
+        let failed = match tokio::time::timeout(DRAIN_DEADLINE, deliver(t, &records, stats)).await {
+            Ok(failed) => failed,
+            Err(_) => {
+                tracing::warn!(
+                    records = records.len(),
+                    "replaying the signal spool: no answer in time; retrying with a new producer"
+                );
+                records.clone()
+            }
+        };
         if !failed.is_empty() {
             // The whole segment stays and is sent again later: at least once.
             t.reset();
             return;
         }
+        tracing::info!(records = records.len(), "replayed spooled signals");
         stats
             .replayed
             .fetch_add(records.len() as u64, Ordering::Relaxed);
