@@ -4,6 +4,8 @@
 //! Why one file: test code: the shared harness (stack, enclave, clients, fixtures) every integration test imports as one prelude.
 #![forbid(unsafe_code)]
 
+pub mod cloudflare;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;

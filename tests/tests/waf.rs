@@ -2,7 +2,9 @@
 //! addresses get 403 in enforce; in shadow they are only logged; its JSON
 //! access log parses as gateway logs with our own 403s marked), and AWS
 //! WAFv2 IP sets in moto's server mode (checked with boto3, an independent
-//! client), with capacity, idempotence and the allowlist.
+//! client), and Cloudflare Lists plus a custom rule through the Rulesets API
+//! in a local emulator of the documented endpoints and limits
+//! (`pii_tests::cloudflare`), with capacity, idempotence and the allowlist.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
@@ -21,6 +23,16 @@ fn signal(key: &str, key_type: &str, mode: &str) -> String {
         "first_seen": "2026-12-01T00:00:00Z", "last_seen": "2026-12-01T00:05:00Z",
     })
     .to_string()
+}
+
+/// Writes signal lines to `<d>/signals.ndjson`; returns that path, the
+/// sync state's path and the signals path as text.
+fn signal_files(d: &Path, lines: &[String]) -> (PathBuf, String, String) {
+    let signals = d.join("signals.ndjson");
+    std::fs::write(&signals, lines.join("\n")).unwrap();
+    let state = d.join("state.json").display().to_string();
+    let text = signals.display().to_string();
+    (signals, state, text)
 }
 
 /// Runs `waf-sync` (the real binary); returns its stdout.
@@ -271,19 +283,14 @@ async fn wafv2_ip_sets_in_moto_follow_the_signals_within_capacity() {
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
     ];
-    let signals = d.join("signals.ndjson");
-    std::fs::write(
-        &signals,
-        [
+    let (signals, state, sig_s) = signal_files(
+        d,
+        &[
             signal("198.51.100.7", "ip", "enforce"),
             signal("2001:db8::7", "ip", "enforce"),
             signal("203.0.113.0/24", "subnet", "shadow"),
-        ]
-        .join("\n"),
-    )
-    .unwrap();
-    let state = d.join("state.json").display().to_string();
-    let sig_s = signals.display().to_string();
+        ],
+    );
     let args = [
         "--from-file",
         &sig_s,
@@ -344,4 +351,216 @@ async fn wafv2_ip_sets_in_moto_follow_the_signals_within_capacity() {
     // The lowest scores (10.0.0.0 .. 10.0.0.50, plus the earlier 198.51.100.7 at 0.97 stays) lost their place.
     assert!(!kept.contains(&"10.0.0.0/32".to_owned()));
     assert!(kept.contains(&"10.0.39.65/32".to_owned()));
+}
+
+/// Runs `waf-sync` expecting it to fail; returns its stdout and stderr.
+fn waf_sync_fails(bins: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(bins.join("waf-sync"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "waf-sync {args:?} succeeded:\n{text}"
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_lists_and_custom_rules_follow_the_signals_within_the_api_limits() {
+    use pii_tests::cloudflare::{Emulator, Limits};
+    let bins = binaries();
+    // Small limits so that each one is reached: 4 list items in the
+    // account, 12 requests per 2 s, bulk operations that take 3 reads,
+    // pages of 2 items.
+    let cf = Emulator::start(Limits {
+        max_items: 4,
+        requests_per_window: 12,
+        window: Duration::from_secs(2),
+        polls_until_done: 3,
+        page_size: 2,
+        ..Limits::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (signals, state, sig_s) = signal_files(
+        d,
+        &[
+            signal("198.51.100.7", "ip", "enforce"),
+            signal("2001:db8:1:2::/64", "subnet", "enforce"),
+            // A single IPv6 address does not fit a Cloudflare list.
+            signal("2001:db8::7", "ip", "enforce"),
+            signal("203.0.113.0/24", "subnet", "shadow"),
+        ],
+    );
+    let base = [
+        "--from-file",
+        &sig_s,
+        "--target",
+        "cloudflare",
+        "--cloudflare-endpoint",
+        &cf.url,
+        "--cloudflare-account",
+        &cf.account,
+        "--cloudflare-zone",
+        &cf.zone,
+        "--state",
+        &state,
+        "--now",
+        "1796083500",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| (*s).to_owned()).collect()
+    };
+    let env = [("CLOUDFLARE_API_TOKEN", cf.token.as_str())];
+    let run = |args: &[String]| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        waf_sync(&bins, &a, &env)
+    };
+
+    // A dry run writes nothing.
+    let out = run(&with(&["--cloudflare-capacity", "4"]));
+    assert!(out.contains("+2 -0 enforce, +1 -0 shadow"), "{out}");
+    assert_eq!(cf.items("pii_fraud_enforce"), None, "{out}");
+
+    let args = with(&["--cloudflare-capacity", "4", "--apply"]);
+    let out = run(&args);
+    assert!(
+        out.contains("not representable") && out.contains("2001:db8::7/128"),
+        "{out}"
+    );
+    // Two bulk operations, and the entry point made with both rules.
+    assert!(out.contains("3 Cloudflare writes"), "{out}");
+    assert!(
+        !out.contains(&cf.token),
+        "the token stays out of the output"
+    );
+    assert_eq!(
+        cf.count("POST ruleset"),
+        1,
+        "the entry point was created, not replaced"
+    );
+    assert_eq!(
+        cf.items("pii_fraud_enforce").unwrap(),
+        ["198.51.100.7", "2001:db8:1:2::/64"]
+    );
+    assert_eq!(cf.items("pii_fraud_shadow").unwrap(), ["203.0.113.0/24"]);
+    assert!(
+        cf.count("throttled") > 0,
+        "the rate limit was reached and waited out"
+    );
+    assert_eq!(
+        cf.count("rejected: pending operation"),
+        0,
+        "one bulk operation at a time"
+    );
+    assert_eq!(cf.rules().len(), 2, "{:#?}", cf.rules());
+    let at = |ip: &str| cf.action_for(ip.parse().unwrap());
+    assert_eq!(at("198.51.100.7"), ["block"]);
+    assert_eq!(at("2001:db8:1:2::99"), ["block"]);
+    assert_eq!(at("203.0.113.9"), ["log"], "shadow: logged, not blocked");
+    assert!(at("198.51.100.8").is_empty());
+
+    // Again: nothing to write.
+    let out = run(&args);
+    assert!(
+        out.contains("+0 -0 enforce, +0 -0 shadow") && out.contains("0 Cloudflare writes"),
+        "{out}"
+    );
+    assert_eq!(cf.count("PUT items"), 2);
+
+    // Someone adds their own rule and weakens ours in the dashboard: ours is
+    // repaired (one write), theirs is never touched.
+    let foreign = json!({"ref": "office", "description": "office", "action": "skip",
+                         "expression": "http.request.uri.path eq \"/healthz\"", "enabled": true});
+    cf.add_foreign_rule(foreign.clone());
+    cf.edit_rule("pii_fraud_enforce", "action", json!("log"));
+    assert_eq!(at("198.51.100.7"), ["log"]);
+    let out = run(&args);
+    assert!(out.contains("1 Cloudflare writes"), "{out}");
+    assert_eq!(at("198.51.100.7"), ["block"]);
+    let theirs = || {
+        let mut r = cf
+            .rules()
+            .into_iter()
+            .find(|r| r["ref"] == "office")
+            .unwrap();
+        r.as_object_mut()
+            .unwrap()
+            .retain(|k, _| k != "id" && k != "version");
+        r
+    };
+    assert_eq!(theirs(), foreign);
+
+    // More keys than the account holds: the top 4 (enforce first, by
+    // score) stay; the shadow list shrinks before the enforce list grows.
+    let mut more = std::fs::read_to_string(&signals).unwrap();
+    for ip in ["192.0.2.10", "192.0.2.11", "192.0.2.12"] {
+        let mut s: serde_json::Value = serde_json::from_str(&signal(ip, "ip", "enforce")).unwrap();
+        s["score"] = json!(0.99);
+        more.push('\n');
+        more.push_str(&s.to_string());
+    }
+    std::fs::write(&signals, more).unwrap();
+    let out = run(&args);
+    assert!(
+        out.contains("2 dropped (capacity 4 across the lists)"),
+        "{out}"
+    );
+    let enforce = cf.items("pii_fraud_enforce").unwrap();
+    assert_eq!(enforce.len(), 4, "{enforce:?}");
+    assert!(enforce.contains(&"192.0.2.12".to_owned()));
+    assert_eq!(cf.items("pii_fraud_shadow").unwrap(), Vec::<String>::new());
+
+    // A capacity beyond the account's: the bulk operation fails, and so does the run.
+    let out = waf_sync_fails(
+        &bins,
+        &with(&["--cloudflare-capacity", "10", "--apply"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &env,
+    );
+    assert!(
+        out.contains("failed") && out.contains("maximum of 4"),
+        "{out}"
+    );
+    assert_eq!(
+        cf.items("pii_fraud_enforce").unwrap(),
+        enforce,
+        "the list kept its items"
+    );
+
+    // The allowlist removes an existing block.
+    let out = run(&with(&[
+        "--cloudflare-capacity",
+        "4",
+        "--allow",
+        "192.0.2.0/24",
+        "--apply",
+    ]));
+    assert!(out.contains("allowlisted 192.0.2.12/32"), "{out}");
+    assert!(at("192.0.2.12").is_empty());
+    assert_eq!(at("198.51.100.7"), ["block"]);
+
+    // A wrong token: a clear error, nothing written.
+    let out = waf_sync_fails(
+        &bins,
+        &with(&["--apply"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[("CLOUDFLARE_API_TOKEN", "stolen")],
+    );
+    assert!(out.contains("Authentication error"), "{out}");
+    assert!(!out.contains("stolen") && !out.contains(&cf.token), "{out}");
+    assert_eq!(cf.rules().len(), 3);
+    assert_eq!(theirs(), foreign);
 }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pii_fraud::waf::{signals_from_lines, SyncState};
+use pii_fraud::waf::{signals_from_lines, Room, SyncState};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -15,6 +15,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(allow) = "10.0.0.0/8".parse() {
         let _ = s.prune(&[allow], 5);
     }
-    let (lists, _) = s.desired(5, 3);
+    let (lists, _) = s.desired(5, Room::PerFamily(3));
     assert!(lists.enforce.len() <= 6 && lists.shadow.len() <= 6);
+    let (lists, _) = s.desired(5, Room::PerList(3));
+    assert!(lists.enforce.len() <= 3 && lists.shadow.len() <= 3);
+    let (lists, _) = s.desired(5, Room::Total(3));
+    assert!(lists.enforce.len() + lists.shadow.len() <= 3);
 });

@@ -15,6 +15,8 @@
 //! Only address and subnet keys go to a WAF: a subject token is enforced by
 //! the application, not at the edge.
 
+pub mod cloudflare;
+pub mod http;
 pub mod nginx;
 pub mod sync;
 pub mod wafv2;
@@ -111,6 +113,15 @@ pub fn canonical_key(key_type: KeyType, key: &str) -> Option<String> {
         }
         KeyType::Subject => None,
     }
+}
+
+/// Whether a state entry's key is exactly what [`canonical_key`] makes.
+fn is_canonical_entry(key_type: KeyType, entry: &str) -> bool {
+    let source = match key_type {
+        KeyType::Ip => entry.rsplit_once('/').map_or(entry, |(a, _)| a),
+        _ => entry,
+    };
+    canonical_key(key_type, source).as_deref() == Some(entry)
 }
 
 /// The lists a target should hold (and, read back, holds).
@@ -259,12 +270,26 @@ impl SyncState {
         removed
     }
 
-    /// The lists for a target of `capacity` entries per list and address family, ranked.
-    pub fn desired(&self, now: i64, capacity: usize) -> (Lists, Vec<String>) {
+    /// The lists for a target with this much room, ranked.
+    pub fn desired(&self, now: i64, room: Room) -> (Lists, Vec<String>) {
+        self.desired_where(now, room, |_| true)
+    }
+
+    /// As [`SyncState::desired`], over the live keys `fits` accepts (the
+    /// rest take no room and are the caller's to report).
+    pub fn desired_where(
+        &self,
+        now: i64,
+        room: Room,
+        fits: impl Fn(&str) -> bool,
+    ) -> (Lists, Vec<String>) {
         let mut live: Vec<(&String, &Entry)> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.expires_at > now)
+            // A key the state file holds in any other form than the
+            // canonical one (a file edited by hand: `10.0.0.0/8`) is never
+            // written to a target.
+            .filter(|(k, e)| e.expires_at > now && is_canonical_entry(e.key_type, k) && fits(k))
             .collect();
         live.sort_by(|a, b| {
             (b.1.mode == Mode::Enforce)
@@ -275,26 +300,40 @@ impl SyncState {
         });
         let mut lists = Lists::default();
         let mut dropped = Vec::new();
-        // Room is counted per list and address family (WAFv2 keeps IPv4
-        // and IPv6 in separate sets of 10,000 each).
         let mut used = [[0usize; 2]; 2];
         for (k, e) in live {
-            let cidr = k.clone();
-            let (list, l) = if e.mode == Mode::Enforce {
-                (&mut lists.enforce, 0)
-            } else {
-                (&mut lists.shadow, 1)
+            let enforce = e.mode == Mode::Enforce;
+            let family = usize::from(k.contains(':'));
+            let (slot, capacity) = match room {
+                Room::PerFamily(n) => (&mut used[usize::from(!enforce)][family], n),
+                Room::PerList(n) => (&mut used[usize::from(!enforce)][0], n),
+                Room::Total(n) => (&mut used[0][0], n),
             };
-            let family = usize::from(cidr.contains(':'));
-            if used[l][family] < capacity {
-                used[l][family] += 1;
-                list.insert(cidr);
+            if *slot < capacity {
+                *slot += 1;
+                if enforce {
+                    lists.enforce.insert(k.clone());
+                } else {
+                    lists.shadow.insert(k.clone());
+                }
             } else {
                 dropped.push(k.clone());
             }
         }
         (lists, dropped)
     }
+}
+
+/// How much a target holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Per list and address family (WAFv2 keeps IPv4 and IPv6 in separate
+    /// sets of 10,000 each).
+    PerFamily(usize),
+    /// Per list (an nginx map).
+    PerList(usize),
+    /// Across both lists (a Cloudflare account's list item limit).
+    Total(usize),
 }
 
 /// Entries are canonical CIDR text; one that does not parse (a state file
@@ -418,7 +457,7 @@ mod tests {
             0,
         );
         let _ = s.observe(&sig("tok_abc", KeyType::Subject, Mode::Enforce, 0.99), 0);
-        let (lists, dropped) = s.desired(1, 4);
+        let (lists, dropped) = s.desired(1, Room::PerFamily(4));
         assert_eq!(lists.enforce.len(), 4);
         assert!(lists.enforce.contains("192.0.2.9/32") && lists.enforce.contains("192.0.2.6/32"));
         assert_eq!(dropped.len(), 6);
@@ -426,6 +465,44 @@ mod tests {
         assert!(
             !s.entries.contains_key("tok_abc"),
             "subject keys are not WAF entries"
+        );
+    }
+
+    #[test]
+    fn room_is_counted_per_family_per_list_or_across_lists() {
+        let mut s = SyncState::default();
+        for k in ["192.0.2.1", "192.0.2.2", "2001:db8::1"] {
+            let _ = s.observe(&sig(k, KeyType::Ip, Mode::Enforce, 0.95), 0);
+        }
+        let _ = s.observe(&sig("192.0.2.3", KeyType::Ip, Mode::Shadow, 0.99), 0);
+        let kept = |room| {
+            let (l, dropped) = s.desired(1, room);
+            (l.enforce.len(), l.shadow.len(), dropped.len())
+        };
+        assert_eq!(kept(Room::PerFamily(1)), (2, 1, 1));
+        assert_eq!(kept(Room::PerList(2)), (2, 1, 1));
+        // Across the lists, enforce ranks first: the shadow key loses its place.
+        assert_eq!(kept(Room::Total(3)), (3, 0, 1));
+        let (l, _) = s.desired_where(1, Room::Total(10), |k| !k.ends_with("/128"));
+        assert!(!l.enforce.contains("2001:db8::1/128"));
+    }
+
+    #[test]
+    fn a_hand_edited_state_never_widens_a_block() {
+        let mut s = SyncState::default();
+        let _ = s.observe(&sig("192.0.2.1", KeyType::Ip, Mode::Enforce, 0.95), 0);
+        let e = s.entries["192.0.2.1/32"].clone();
+        for wide in ["10.0.0.0/8", "0.0.0.0/0", " 192.0.2.9/32", "192.0.2.1/24"] {
+            s.entries.insert(wide.to_owned(), e.clone());
+        }
+        let mut sub = e.clone();
+        sub.key_type = KeyType::Subnet;
+        s.entries.insert("198.51.100.0/24".to_owned(), sub.clone());
+        s.entries.insert("198.51.0.0/16".to_owned(), sub);
+        let (l, _) = s.desired(1, Room::PerList(100));
+        assert_eq!(
+            l.enforce,
+            BTreeSet::from(["192.0.2.1/32".to_owned(), "198.51.100.0/24".to_owned()])
         );
     }
 
@@ -446,11 +523,14 @@ mod tests {
             enforce: BTreeSet::from(["198.51.100.7/32".to_owned(), "192.0.2.1/32".to_owned()]),
             shadow: BTreeSet::new(),
         };
-        let (want, dropped) = s.desired(1, 100);
+        let (want, dropped) = s.desired(1, Room::PerList(100));
         let d = diff(&current, &want, dropped);
         assert_eq!(d.remove_enforce, vec!["198.51.100.7/32".to_owned()]);
         assert!(d.add_enforce.is_empty());
         // The same state gives the same diff: idempotent.
-        assert_eq!(diff(&want, &s.desired(1, 100).0, vec![]), Diff::default());
+        assert_eq!(
+            diff(&want, &s.desired(1, Room::PerList(100)).0, vec![]),
+            Diff::default()
+        );
     }
 }

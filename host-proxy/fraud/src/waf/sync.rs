@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::cloudflare::{self, Cloudflare};
 use super::nginx::Nginx;
 use super::wafv2::{Credentials, WafV2, IP_SET_CAPACITY};
-use super::{diff, signals_from_lines, Diff, SyncState, WafError};
+use super::{diff, signals_from_lines, Diff, Room, SyncState, WafError};
 use crate::pipeline::Cidr;
 use crate::signal::Signal;
 
@@ -16,6 +17,7 @@ use crate::signal::Signal;
 pub enum TargetKind {
     Nginx,
     Wafv2,
+    Cloudflare,
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +76,27 @@ pub struct WafSyncArgs {
     /// WAFv2: IP sets are named <prefix>-enforce-v4, -enforce-v6, -shadow-v4, -shadow-v6.
     #[arg(long, default_value = "pii-fraud")]
     pub set_prefix: String,
+    /// Cloudflare: API endpoint override (e.g. a local emulator).
+    #[arg(long, env = "PII_CLOUDFLARE_ENDPOINT")]
+    pub cloudflare_endpoint: Option<String>,
+    /// Cloudflare: the account that owns the lists (32 hex digits). The
+    /// API token comes from CLOUDFLARE_API_TOKEN.
+    #[arg(long, env = "CLOUDFLARE_ACCOUNT_ID")]
+    pub cloudflare_account: Option<String>,
+    /// Cloudflare: the zone whose custom rules reference the lists.
+    #[arg(long, env = "CLOUDFLARE_ZONE_ID")]
+    pub cloudflare_zone: Option<String>,
+    /// Cloudflare: list items across both lists (your plan's account-wide
+    /// limit, minus what other lists use).
+    #[arg(long, default_value_t = 10_000)]
+    pub cloudflare_capacity: usize,
+    /// Cloudflare: lists are named <prefix>_enforce and <prefix>_shadow.
+    #[arg(long, default_value = "pii_fraud")]
+    pub cloudflare_list_prefix: String,
+    /// Cloudflare: the shadow rule's action (`log` needs Enterprise), or
+    /// `none` for no shadow list and rule.
+    #[arg(long, default_value = "log")]
+    pub cloudflare_shadow_action: String,
     /// The current time (Unix seconds) instead of the system clock.
     #[arg(long)]
     pub now: Option<i64>,
@@ -162,9 +185,14 @@ async fn from_topic(
     Ok((signals, bad, c))
 }
 
-fn print_diff(target: &str, capacity: usize, d: &Diff) {
+fn print_diff(target: &str, room: Room, d: &Diff) {
+    let capacity = match room {
+        Room::PerFamily(n) => format!("{n} per list and address family"),
+        Room::PerList(n) => format!("{n} per list"),
+        Room::Total(n) => format!("{n} across the lists"),
+    };
     println!(
-        "{target}: +{} -{} enforce, +{} -{} shadow, {} dropped (capacity {capacity} per list)",
+        "{target}: +{} -{} enforce, +{} -{} shadow, {} dropped (capacity {capacity})",
         d.add_enforce.len(),
         d.remove_enforce.len(),
         d.add_shadow.len(),
@@ -184,6 +212,50 @@ fn print_diff(target: &str, capacity: usize, d: &Diff) {
     for k in &d.dropped {
         println!("  dropped (no room) {k}");
     }
+}
+
+async fn sync_cloudflare(a: &WafSyncArgs, state: &SyncState, now: i64) -> Result<(), SyncError> {
+    let need = |v: &Option<String>, what: &str| {
+        v.clone()
+            .ok_or_else(|| SyncError::Input(format!("Cloudflare needs {what}")))
+    };
+    let token = std::env::var("CLOUDFLARE_API_TOKEN")
+        .map_err(|_| SyncError::Input("Cloudflare needs CLOUDFLARE_API_TOKEN".into()))?;
+    let shadow = Some(a.cloudflare_shadow_action.clone()).filter(|s| s != "none");
+    let c = Cloudflare::new(
+        a.cloudflare_endpoint.clone(),
+        &need(&a.cloudflare_account, "--cloudflare-account")?,
+        &need(&a.cloudflare_zone, "--cloudflare-zone")?,
+        token,
+        &a.cloudflare_list_prefix,
+        shadow,
+    )?;
+    let shadow_too = c.syncs_shadow();
+    let fits = |k: &str| {
+        cloudflare::representable(k)
+            && (shadow_too
+                || state
+                    .entries
+                    .get(k)
+                    .is_some_and(|e| e.mode == crate::rules::Mode::Enforce))
+    };
+    let room = Room::Total(a.cloudflare_capacity);
+    let (want, dropped) = state.desired_where(now, room, fits);
+    let d = diff(&c.current(a.cloudflare_capacity).await?, &want, dropped);
+    print_diff("cloudflare", room, &d);
+    for (k, e) in state.entries.iter().filter(|(_, e)| e.expires_at > now) {
+        if !cloudflare::representable(k) {
+            println!("  not representable (a Cloudflare list holds IPv6 blocks up to /64) {k}");
+        } else if !shadow_too && e.mode != crate::rules::Mode::Enforce {
+            println!("  not synced (no shadow list: --cloudflare-shadow-action none) {k}");
+        }
+    }
+    if a.apply {
+        // Also without a diff: the rules are checked and repaired.
+        let writes = c.apply(&want, a.cloudflare_capacity).await?;
+        println!("  {writes} Cloudflare writes");
+    }
+    Ok(())
 }
 
 pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
@@ -243,10 +315,11 @@ pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
                     reload,
                     capacity: a.nginx_capacity,
                 };
-                let (want, dropped) = state.desired(now, n.capacity);
+                let room = Room::PerList(n.capacity);
+                let (want, dropped) = state.desired(now, room);
                 let d = diff(&n.current()?, &want, dropped);
                 let name = format!("nginx {}", n.map.display());
-                print_diff(&name, n.capacity, &d);
+                print_diff(&name, room, &d);
                 // A reload that failed last time is retried even without a diff.
                 if a.apply && (!d.is_empty() || state.pending.contains(&name)) {
                     state.pending.insert(name.clone());
@@ -269,18 +342,16 @@ pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
                     creds,
                 )?;
                 // Each set holds one address family; the capacity is per set.
-                let (want, dropped) = state.desired(now, IP_SET_CAPACITY);
+                let room = Room::PerFamily(IP_SET_CAPACITY);
+                let (want, dropped) = state.desired(now, room);
                 let d = diff(&w.current().await?, &want, dropped);
-                print_diff(
-                    &format!("wafv2 {} {}", a.region, a.scope),
-                    IP_SET_CAPACITY,
-                    &d,
-                );
+                print_diff(&format!("wafv2 {} {}", a.region, a.scope), room, &d);
                 if a.apply && !d.is_empty() {
                     let writes = w.apply(&want).await?;
                     println!("  {writes} IP set writes");
                 }
             }
+            TargetKind::Cloudflare => sync_cloudflare(&a, &state, now).await?,
         }
     }
     if a.apply {

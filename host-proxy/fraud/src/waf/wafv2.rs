@@ -11,10 +11,10 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{json, Value};
 
-use super::{Lists, WafError};
+use super::{http, Lists, WafError};
 
 /// Addresses per IP set (AWS's limit).
 pub const IP_SET_CAPACITY: usize = 10_000;
@@ -36,10 +36,8 @@ impl Credentials {
     }
 }
 
-type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-
 pub struct WafV2 {
-    http: hyper_util::client::legacy::Client<Https, Full<Bytes>>,
+    http: http::Client,
     endpoint: String,
     region: String,
     /// REGIONAL or CLOUDFRONT.
@@ -76,36 +74,10 @@ impl WafV2 {
         prefix: &str,
         creds: Credentials,
     ) -> Result<Self, WafError> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| WafError::Target {
-                target: "wafv2".into(),
-                message: format!("TLS roots: {e}"),
-            })?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(https);
         let endpoint = endpoint.unwrap_or_else(|| format!("https://wafv2.{region}.amazonaws.com"));
         // Signed requests carry the session token: plain HTTP only to a
         // local test server (moto on the loopback interface).
-        if let Some(rest) = endpoint.strip_prefix("http://") {
-            let host = rest.split(['/', ':']).next().unwrap_or("");
-            let local = host == "localhost"
-                || host
-                    .parse::<std::net::Ipv4Addr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if !local {
-                return Err(WafError::Target {
-                    target: "wafv2".into(),
-                    message: format!(
-                        "{endpoint}: https:// (plain http only on the loopback interface)"
-                    ),
-                });
-            }
-        }
+        let http = http::client("wafv2", &endpoint)?;
         Ok(WafV2 {
             http,
             endpoint,
@@ -178,16 +150,8 @@ impl WafV2 {
         let req = req
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| self.err(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
-            .await
-            .map_err(|_| self.err(format!("{op}: no answer within 30 s")))?
-            .map_err(|e| self.err(format!("{op}: {e}")))?;
-        let status = resp.status();
-        let bytes = http_body_util::Limited::new(resp.into_body(), 16 << 20)
-            .collect()
-            .await
-            .map_err(|e| self.err(format!("{op}: {e}")))?
-            .to_bytes();
+        let (status, _, bytes) =
+            http::send(&self.http, &format!("wafv2 {}", self.endpoint), op, req).await?;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             let kind = v["__type"].as_str().unwrap_or("");
