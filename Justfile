@@ -32,10 +32,12 @@ bench:
     cargo bench -p host-proxy --bench relay
     cargo bench -p pii-tests --bench seal
     ./ci/bench-fraud.sh
+    ./ci/bench-fraud-online.sh
 
 # Fraud pipeline: replay lines/s and peak RSS under 100k / 1M-address spraying.
 bench-fraud:
     ./ci/bench-fraud.sh
+    ./ci/bench-fraud-online.sh
 
 # This tree's sidecar against REV's, side by side (alternating wrk runs).
 bench-compare rev="HEAD~1":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fraud pipeline figures on this machine: offline replay throughput on the
+# Fraud pipeline figures on this machine, beside CrowdSec 1.4.6 on the same
+# requests (ci/crowdsec/replay.sh): offline replay throughput on the
 # drill's traffic, and peak RSS while 1,000,000 and 3,000,000 distinct
 # addresses spray it. The tables have a fixed capacity (200,000 addresses by
 # default): RSS grows while they fill and is flat afterwards, so the two
@@ -42,15 +43,58 @@ read -r t_small rss_small < <(measure "$tmp/spray-small.ndjson")
 read -r t_big rss_big < <(measure "$tmp/spray-big.ndjson")
 rate() { python3 -c "import sys; print(int(int(sys.argv[1]) / max(float(sys.argv[2]), 0.001)))" "$1" "$2"; }
 r_drill=$(rate "$lines" "$t_drill"); r_big=$(rate "$spray_big" "$t_big")
+
+# The anchor on the same requests: CrowdSec 1.4.6 (Debian's) in replay mode
+# with its nginx + base-http scenarios, one parser and one bucket routine (as
+# our replay uses one core), reading the same traffic as nginx combined log
+# lines. Its start (local API, hub loading) is measured on a one-line log
+# and taken out of its lines/s; the wall time is reported too.
+to_nginx() {
+  python3 - "$1" "$2" <<'PY'
+import datetime as dt, json, sys
+out = open(sys.argv[2], "w")
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    t = dt.datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).strftime("%d/%b/%Y:%H:%M:%S +0000")
+    q = lambda v: (v or "-").replace('"', "%22")
+    out.write(f'{r["client_ip"]} - - [{t}] "{r["method"]} {q(r["path"])} HTTP/1.1" {r["status"]} {r["bytes"]} "{q(r["referer"])}" "{q(r["user_agent"])}"\n')
+PY
+}
+to_nginx "$tmp/drill.ndjson" "$tmp/drill.log"
+# CrowdSec processes a few hundred lines/s here (see docs/benchmarks.md), so
+# it gets the first slice of each log: 50,000 drill lines and 100,000
+# spraying addresses (2,000 and 1,000 in the smoke run).
+if [ "$smoke" = 1 ]; then cs_n=2000; cs_spray=1000; else cs_n=50000; cs_spray=100000; fi
+head -n "$cs_n" "$tmp/drill.log" > "$tmp/drill-cs.log"
+cs_lines=$(wc -l < "$tmp/drill-cs.log")
+head -n "$cs_spray" "$tmp/spray-small.ndjson" > "$tmp/spray-cs.ndjson"
+to_nginx "$tmp/spray-cs.ndjson" "$tmp/spray-cs.log"
+head -n1 "$tmp/drill.log" > "$tmp/one.log"
+read -r cs_t0 _ _ _ < <(ci/crowdsec/replay.sh "$tmp/one.log" "$tmp/cs")
+read -r cs_t_drill cs_rss_drill cs_alerts_drill cs_ips_drill < <(ci/crowdsec/replay.sh "$tmp/drill-cs.log" "$tmp/cs")
+read -r cs_t_spray cs_rss_spray _ _ < <(ci/crowdsec/replay.sh "$tmp/spray-cs.log" "$tmp/cs")
+net() { python3 -c "import sys; print(round(max(float(sys.argv[1]) - float(sys.argv[2]), 0.001), 3))" "$1" "$2"; }
+cs_r_drill=$(rate "$cs_lines" "$(net "$cs_t_drill" "$cs_t0")")
+cs_r_spray=$(rate "$cs_spray" "$(net "$cs_t_spray" "$cs_t0")")
+r_small=$(rate "$spray_small" "$t_small")
+ratio() { python3 -c "import sys; print(round(int(sys.argv[1]) / max(int(sys.argv[2]), 1), 1))" "$1" "$2"; }
 cat > "$out/fraud.json" <<JSON
 {"commit":"$(git rev-parse --short HEAD)","date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)","smoke":$smoke,
  "drill":{"lines":$lines,"seconds":$t_drill,"lines_per_s":$r_drill,"peak_rss_kib":$rss_drill},
  "spray_small":{"addresses":$spray_small,"seconds":$t_small,"peak_rss_kib":$rss_small},
- "spray_big":{"addresses":$spray_big,"seconds":$t_big,"lines_per_s":$r_big,"peak_rss_kib":$rss_big}}
+ "spray_big":{"addresses":$spray_big,"seconds":$t_big,"lines_per_s":$r_big,"peak_rss_kib":$rss_big},
+ "crowdsec":{"version":"1.4.6","startup_s":$cs_t0,
+   "drill":{"lines":$cs_lines,"seconds":$cs_t_drill,"lines_per_s":$cs_r_drill,"peak_rss_kib":$cs_rss_drill,"alerts":$cs_alerts_drill,"alerted_ips":$cs_ips_drill},
+   "spray":{"addresses":$cs_spray,"seconds":$cs_t_spray,"lines_per_s":$cs_r_spray,"peak_rss_kib":$cs_rss_spray}},
+ "ratio_lines_per_s":{"drill":$(ratio "$r_drill" "$cs_r_drill"),"spray_small":$(ratio "$r_small" "$cs_r_spray")}}
 JSON
 echo "| run | lines | seconds | lines/s | peak RSS |"
 echo "|---|---:|---:|---:|---:|"
 echo "| drill (seed 7, $humans humans + bots) | $lines | $t_drill | $r_drill | $((rss_drill / 1024)) MiB |"
 echo "| spraying, $spray_small distinct addresses | $spray_small | $t_small | $(rate "$spray_small" "$t_small") | $((rss_small / 1024)) MiB |"
 echo "| spraying, $spray_big distinct addresses | $spray_big | $t_big | $r_big | $((rss_big / 1024)) MiB |"
+echo "| CrowdSec 1.4.6, drill (same requests, nginx log) | $cs_lines | $cs_t_drill | $cs_r_drill | $((cs_rss_drill / 1024)) MiB |"
+echo "| CrowdSec 1.4.6, spraying, $cs_spray distinct addresses | $cs_spray | $cs_t_spray | $cs_r_spray | $((cs_rss_spray / 1024)) MiB |"
+echo
+echo "pii-fraud / CrowdSec lines/s: drill $(ratio "$r_drill" "$cs_r_drill")x, spraying $(ratio "$r_small" "$cs_r_spray")x (CrowdSec start ${cs_t0} s excluded; its drill alerts: $cs_alerts_drill on $cs_ips_drill addresses)"
 echo "(offline replay, one core; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); target/bench/fraud.json)"

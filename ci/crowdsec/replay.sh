@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs CrowdSec 1.4.6 (Debian's build, unpacked by ci/crowdsec/setup.sh) in
+# replay mode over an nginx access log, with the scenarios of its nginx and
+# base-http collections, a local API on loopback and no Central API.
+# Usage: ci/crowdsec/replay.sh ACCESS_LOG WORKDIR
+# Prints: seconds peak_rss_kib alerts distinct_alerted_ips
+set -euo pipefail
+log=$(realpath "$1"); w=$(realpath -m "$2")
+here=$(cd "$(dirname "$0")" && pwd)
+root=$("$here/setup.sh")
+hub=$root/usr/share/crowdsec/hub
+rm -rf "$w" && mkdir -p "$w"/etc/parsers/{s00-raw,s01-parse,s02-enrich} "$w"/etc/scenarios "$w"/data
+cp -r "$root"/usr/share/crowdsec/data/. "$w"/data/
+# The hub names one data file differently from Debian's vendored copy.
+cp "$w"/data/path_traversal.txt "$w"/data/http_path_traversal.txt
+cp -r "$root"/etc/crowdsec/patterns "$root"/etc/crowdsec/profiles.yaml "$w"/etc/
+cp "$here"/non-syslog.yaml "$w"/etc/parsers/s00-raw/
+cp "$hub"/parsers/s01-parse/crowdsecurity/nginx-logs.yaml "$w"/etc/parsers/s01-parse/
+cp "$hub"/parsers/s02-enrich/crowdsecurity/{dateparse-enrich,http-logs}.yaml "$w"/etc/parsers/s02-enrich/
+# collections crowdsecurity/nginx + crowdsecurity/base-http-scenarios, as the hub has them.
+for s in http-crawl-non_statics http-probing http-bad-user-agent http-path-traversal-probing \
+         http-sensitive-files http-sqli-probing http-xss-probing http-backdoors-attempts \
+         http-generic-bf http-open-proxy nginx-req-limit-exceeded; do
+  cp "$hub/scenarios/crowdsecurity/$s.yaml" "$w"/etc/scenarios/
+done
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$w"/etc/config.yaml <<YAML
+common: {daemonize: false, log_media: stdout, log_level: warning, working_dir: .}
+config_paths:
+  config_dir: $w/etc/
+  data_dir: $w/data/
+  simulation_path: $w/etc/simulation.yaml
+  hub_dir: $hub/
+  index_path: $hub/.index.json
+crowdsec_service: {acquisition_path: $w/etc/acquis.yaml, parser_routines: 1, buckets_routines: 1, output_routines: 1}
+db_config: {type: sqlite, db_path: $w/data/crowdsec.db, use_wal: true}
+api:
+  client: {credentials_path: $w/etc/local_api_credentials.yaml}
+  server: {listen_uri: "127.0.0.1:$port", profiles_path: $w/etc/profiles.yaml, trusted_ips: [127.0.0.1]}
+prometheus: {enabled: false}
+YAML
+echo 'simulation: false' > "$w"/etc/simulation.yaml
+: > "$w"/etc/acquis.yaml
+"$root"/usr/bin/cscli -c "$w"/etc/config.yaml machines add bench --password "bench-$port-bench" --force \
+  -f "$w"/etc/local_api_credentials.yaml --url "http://127.0.0.1:$port/" >/dev/null 2>&1
+/usr/bin/time -f "%e %M" -o "$w/time" "$root"/usr/bin/crowdsec -c "$w"/etc/config.yaml \
+  -dsn "file://$log" -type nginx > "$w/crowdsec.log" 2>&1 || { tail -n 20 "$w/crowdsec.log" >&2; exit 1; }
+read -r secs rss < <(tail -n1 "$w/time")
+python3 - "$w/data/crowdsec.db" "$secs" "$rss" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+n, ips = c.execute("select count(*), count(distinct source_ip) from alerts").fetchone()
+print(sys.argv[2], sys.argv[3], n, ips)
+PY
