@@ -28,8 +28,11 @@ fn err(target: &str, message: String) -> WafError {
 /// but the loopback interface.
 pub fn client(target: &str, endpoint: &str) -> Result<Client, WafError> {
     check_endpoint(endpoint).map_err(|why| err(target, format!("{endpoint}: {why}")))?;
+    // The provider is named, not left to rustls' process default: a build
+    // that links both ring and aws-lc-rs (the workspace's tests) has no
+    // default, and rustls would panic.
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
+        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
         .map_err(|e| err(target, format!("TLS roots: {e}")))?
         .https_or_http()
         .enable_http1()
