@@ -5,7 +5,11 @@
 # gateway-logs first, then the ingest's consumer group reads it all), each
 # through tokenization by the dev stack's enclave and with signals produced
 # to fraud-signals on a real broker (tansu). Peak RSS of the ingest process.
-# Writes target/bench/fraud-online.json and prints a Markdown table.
+# The drill through the online path: the HTTP run's signals, read back from
+# the broker, go through waf-sync into an nginx map, and each of the drill's
+# clients is scored by what the signals and the WAF block (crawler claims
+# checked against the drill's zone, served by dnsmasq).
+# Writes target/bench/fraud-online.json and prints Markdown tables.
 # FRAUD_BENCH_SMOKE=1: tiny sizes, for CI (figures not judged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +42,12 @@ curl -sf -H "$H" -X POST "$SIDE/v1/transform/role/fraud" -d '{"transformations":
 kc() { python3 tests/tools/kafka_client.py "$@"; }
 for t in gateway-logs:3 fraud-signals:3; do kc create "$BROKER" "${t%%:*}" "${t##*:}"; done
 
-"$bin" fraud drill --seed 7 --humans "$humans" --write-log "$tmp/drill-orig.ndjson" >/dev/null
+"$bin" fraud drill --seed 7 --humans "$humans" --write-log "$tmp/drill-orig.ndjson" \
+  --write-clients "$tmp/clients.json" --write-zone "$tmp/zone.conf" --json > "$tmp/drill-offline.json"
+dns_port=$(free_port)
+dnsmasq --keep-in-foreground --conf-file="$tmp/zone.conf" --no-resolv --no-hosts --no-poll \
+  --listen-address=127.0.0.1 --bind-interfaces --port="$dns_port" --pid-file= \
+  --local=/in-addr.arpa/ --local=/ip6.arpa/ --local=/com/ >"$tmp/dnsmasq.log" 2>&1 &
 # The ingest refuses records more than 24 h old: the drill's traffic is moved
 # to end six minutes ago. HTTP batches of 20,000 lines; Kafka messages of 2,000.
 python3 - "$tmp/drill-orig.ndjson" "$tmp" <<'PY'
@@ -64,7 +73,7 @@ start_ingest() {
   VAULT_ADDR=$SIDE VAULT_TOKEN=dev-root-token PII_PROXY_LOG=warn,librdkafka=off,rdkafka=off \
     "$bin" fraud ingest --listen "127.0.0.1:$port" \
     --ingest-tokens-file "$tmp/tokens" --kafka-brokers "$BROKER" --spool-dir "$tmp/spool.$1" \
-    --group "bench-$1" "${@:2}" >"$tmp/ingest.$1.log" 2>&1 &
+    --group "bench-$1" --crawler-dns "127.0.0.1:$dns_port" "${@:2}" >"$tmp/ingest.$1.log" 2>&1 &
   ingest_pid=$!; ingest_url=http://127.0.0.1:$port
   for _ in $(seq 1 200); do curl -sf "$ingest_url/healthz" >/dev/null && return 0; sleep 0.1; done
   echo "ingest not up:" >&2; tail -n 20 "$tmp/ingest.$1.log" >&2; exit 1
@@ -83,6 +92,32 @@ done
 t_http=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 3))" "$t0" "$(now)")
 n_http=$(records)
 stop_ingest; rss_http=$peak
+
+# The HTTP run's signals, back from the broker → waf-sync (nginx map) → scored.
+kc consume "$BROKER" fraud-signals - 120 \
+  | python3 -c 'import json,sys; [print(json.loads(l)["value"]) for l in sys.stdin]' > "$tmp/signals.ndjson"
+# waf-sync as its CronJob runs it, every 5 minutes of the drill's timeline:
+# each run sees the signals sent by then; what any run's map enforced counts.
+python3 - "$tmp" <<'PY'
+import datetime as dt, json, sys
+tmp = sys.argv[1]
+sig = [json.loads(l) for l in open(f"{tmp}/signals.ndjson") if l.strip()]
+t = lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+end = max((t(s["last_seen"]) for s in sig), default=0)
+runs = [end - 1200 + 300 * k for k in range(1, 5)] + [end + 1]
+for i, now in enumerate(runs):
+    with open(f"{tmp}/signals.{i}", "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in sig if t(s["last_seen"]) <= now)
+    open(f"{tmp}/now.{i}", "w").write(str(int(now)))
+PY
+: > "$tmp/nginx-union.map"
+for i in 0 1 2 3 4; do
+  "$bin" fraud waf-sync --from-file "$tmp/signals.$i" --target nginx --nginx-map "$tmp/nginx.map" \
+    --nginx-reload true --state "$tmp/waf-state.json" --now "$(cat "$tmp/now.$i")" --apply >> "$tmp/waf-sync.out"
+  cat "$tmp/nginx.map" >> "$tmp/nginx-union.map"
+done
+python3 ci/fraud-drill-score.py "$tmp/clients.json" "$tmp/signals.ndjson" "$tmp/nginx-union.map" \
+  "$SIDE" dev-root-token > "$out/fraud-drill-online.json"
 
 # (b) Kafka: the log is on gateway-logs before the ingest starts; done when
 # every line was counted.
@@ -110,3 +145,16 @@ echo "|---|---:|---:|---:|---:|"
 echo "| HTTP, batches of 20,000 | $lines | $t_http | $r_http | $((rss_http / 1024)) MiB |"
 echo "| Kafka gateway-logs (messages of 2,000 lines) | $lines | $t_kafka | $r_kafka | $((rss_kafka / 1024)) MiB |"
 echo "(tokenized by the dev enclave, signals to tansu; Kafka time includes the consumer's start and group join; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); target/bench/fraud-online.json)"
+echo
+python3 - "$tmp/drill-offline.json" "$out/fraud-drill-online.json" <<'PY'
+import json, sys
+off, on = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+print("| drill seed 7, decided by | recall | precision | false-positive rate |")
+print("|---|---:|---:|---:|")
+pct = lambda x: f"{100 * x:.1f} %"
+print(f"| offline pipeline (`fraud drill`) | {pct(off['recall'])} | {pct(off['precision'])} | {100 * off['false_positive_rate']:.2f} % |")
+for view, label in (("signals", "online: enforced blocks on fraud-signals"), ("waf", "online: what the nginx map enforced (waf-sync every 5 min; address and subnet keys only)")):
+    v = on[view]
+    print(f"| {label} | {pct(v['recall'])} | {pct(v['precision'])} | {100 * v['false_positive_rate']:.2f} % |")
+print(f"({on['signal_count']} signals, {on['waf_entries']} enforced map entries; target/bench/fraud-drill-online.json)")
+PY

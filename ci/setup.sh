@@ -24,6 +24,9 @@ fi
 apt_need=()
 command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_need+=(nginx)
+# dnsmasq answers the reverse and forward lookups of the verified-crawler
+# tests (tests/tests/fraud_dns.rs).
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || apt_need+=(dnsmasq-base)
 if [ ${#apt_need[@]} -gt 0 ]; then
   echo "ci/setup.sh: apt-get install ${apt_need[*]}"
   install_cmd="printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${apt_need[*]}; rc=\$?; rm -f /usr/sbin/policy-rc.d; exit \$rc"

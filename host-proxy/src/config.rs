@@ -37,6 +37,9 @@ pub struct Config {
     pub token_store: String,
     /// Egress relay for the enclave (`[relay]`); off when absent.
     pub relay: Option<crate::relay::RelayConfig>,
+    /// Load shedding in front of the enclave (`[loadshed]`; off by default,
+    /// `PII_PROXY_LOADSHED_*` override it, reloaded while serving).
+    pub loadshed: pii_loadshed::Config,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             audit_fsync: true,
             token_store: "sqlite:/var/lib/pii-enclave/tokens.db".into(),
             relay: None,
+            loadshed: pii_loadshed::Config::default(),
         }
     }
 }
@@ -95,6 +99,8 @@ pub enum ConfigError {
     Listen(#[source] std::net::AddrParseError),
     #[error("relay.listen: {0}")]
     RelayListen(#[source] pii_transport::AddrParseError),
+    #[error("loadshed: {0}")]
+    Loadshed(#[from] pii_loadshed::ConfigError),
 }
 
 impl Config {
@@ -137,6 +143,17 @@ impl Config {
                 .parse::<pii_transport::Addr>()
                 .map_err(ConfigError::RelayListen)?;
         }
+        self.loadshed.clone().check()?;
+        Ok(())
+    }
+
+    /// Applies the `PII_PROXY_LOADSHED_*` variables of the process
+    /// environment to `[loadshed]`.
+    pub fn loadshed_from_env(&mut self) -> Result<(), ConfigError> {
+        self.loadshed = self
+            .loadshed
+            .clone()
+            .with_overrides(|k| std::env::var(k).ok())?;
         Ok(())
     }
 }
@@ -211,6 +228,24 @@ mod tests {
         let e = bad.validate().unwrap_err();
         assert!(matches!(e, ConfigError::Listen(_)), "{e:?}");
         assert!(e.to_string().starts_with("listen: "), "{e}");
+    }
+
+    #[test]
+    fn loadshed_section() {
+        let c = Config::parse(
+            "[loadshed]\nmode = \"adaptive\"\nshed_threshold_ms = 1500\nmax_drop_percent = 30\n",
+        )
+        .unwrap();
+        assert_eq!(c.loadshed.mode, pii_loadshed::Mode::Adaptive);
+        c.validate().unwrap();
+        assert_eq!(Config::default().loadshed.mode, pii_loadshed::Mode::Off);
+        assert!(Config::parse("[loadshed]\nmode = \"sometimes\"").is_err());
+        let bad = Config::parse("[loadshed]\nmax_drop_percent = 101").unwrap();
+        let e = bad.validate().unwrap_err();
+        assert!(
+            e.to_string().starts_with("loadshed: max_drop_percent"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
+    /// Load shedding in front of the enclave hop.
+    pub shed: pii_loadshed::Gate,
+    /// Keys the per-client fair share by a hash of the token (a per-process
+    /// random key: the hash says nothing about the token elsewhere).
+    pub client_hasher: std::collections::hash_map::RandomState,
 }
 
 /// The audit receipt header the enclave sets on decrypt/decode answers.
@@ -69,6 +74,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
+    st.metrics.loadshed(&st.shed.snapshot());
     if let Some(s) = enclave_status(&st).await {
         let max = s
             .nonce_usage
@@ -346,7 +352,20 @@ async fn proxy(
             .into_response();
     };
     let op = op_class(path);
-    let resp = forward(&st, m, path, uri.query().unwrap_or(""), &headers, body).await;
+    let resp = match st.shed.acquire(client_key(&st, &headers), false).await {
+        Ok(permit) => {
+            let resp = forward(&st, m, path, uri.query().unwrap_or(""), &headers, body).await;
+            // An enclave that is away answers fast and says nothing about
+            // its speed: no latency sample.
+            if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+                drop(permit);
+            } else {
+                permit.done();
+            }
+            resp
+        }
+        Err(r) => shed_response(r),
+    };
     st.metrics
         .requests
         .get_or_create(&RequestLabels {
@@ -358,6 +377,34 @@ async fn proxy(
         .latency
         .get_or_create(&OpLabels { op })
         .observe(t0.elapsed().as_secs_f64());
+    resp
+}
+
+/// The fair-share key of a request: its token's hash (one key for all
+/// requests without a token).
+fn client_key(st: &AppState, headers: &HeaderMap) -> pii_loadshed::ClientKey {
+    use std::hash::BuildHasher as _;
+    pii_loadshed::ClientKey(match token(headers) {
+        Some(t) => st.client_hasher.hash_one(t),
+        None => 0,
+    })
+}
+
+/// A refusal by the shedder: Vault's error shape, and when to come back.
+fn shed_response(r: pii_loadshed::Reject) -> Response {
+    let (status, msg) = match r {
+        pii_loadshed::Reject::OverShare { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "pii-enclave sidecar: this client is over its share of the enclave; retry later",
+        ),
+        pii_loadshed::Reject::Overloaded { .. } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pii-enclave sidecar: the enclave is overloaded; retry later",
+        ),
+    };
+    let mut resp = vault_error(status, msg);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_s()));
     resp
 }
 

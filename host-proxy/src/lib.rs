@@ -44,6 +44,8 @@ use crate::store::{FileStore, KeyringStore};
 pub struct Running {
     pub http_addr: SocketAddr,
     pub pool: Arc<Pool>,
+    /// The load shedder (`reconfigure` applies a reloaded `[loadshed]`).
+    pub shed: pii_loadshed::Gate,
     pub metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -98,11 +100,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         handler,
         metrics.clone(),
     );
+    let shed = pii_loadshed::Gate::new(cfg.loadshed.clone());
     let state = http::AppState {
         pool: pool.clone(),
         metrics: metrics.clone(),
         max_request_bytes: cfg.max_request_bytes,
         request_timeout: cfg.request_timeout,
+        shed: shed.clone(),
+        client_hasher: Default::default(),
     };
     let app = http::router(state);
     let (stop, _) = watch::channel(false);
@@ -175,14 +180,50 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Running> {
         let _ = rx.wait_for(|s| *s).await;
         watcher.abort();
     }));
-    tracing::info!(%http_addr, unix = ?cfg.listen_unix, enclave = %cfg.enclave, "host-proxy serving");
+    tracing::info!(%http_addr, unix = ?cfg.listen_unix, enclave = %cfg.enclave, loadshed = ?cfg.loadshed.mode, "host-proxy serving");
     Ok(Running {
         http_addr,
+        shed,
         pool,
         metrics,
         stop,
         tasks,
     })
+}
+
+/// Re-reads `[loadshed]` from the configuration file (and the
+/// `PII_PROXY_LOADSHED_*` variables over it) every `every`, and applies it
+/// when it changed. A file that does not parse or check keeps the settings
+/// in force (and says so once per change).
+pub async fn follow_loadshed(
+    path: std::path::PathBuf,
+    gate: pii_loadshed::Gate,
+    every: std::time::Duration,
+) {
+    let mut last_error = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let loaded = Config::load(&path).and_then(|mut c| {
+            c.loadshed_from_env()?;
+            Ok(c.loadshed)
+        });
+        match loaded {
+            Ok(new) => {
+                last_error = None;
+                if new != gate.config() {
+                    tracing::info!(mode = ?new.mode, shed_threshold_ms = new.shed_threshold_ms, max_drop_percent = new.max_drop_percent, "loadshed settings reloaded");
+                    gate.reconfigure(new);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::warn!(error = %msg, "loadshed settings not reloaded; keeping the ones in force");
+                    last_error = Some(msg);
+                }
+            }
+        }
+    }
 }
 
 /// A store URL without its password, for messages.

@@ -156,6 +156,9 @@ fn apply(cfg: &mut Config, c: &Common) {
     if let Some(v) = c.connections {
         cfg.connections = v;
     }
+    if let Err(e) = cfg.loadshed_from_env() {
+        fail(e);
+    }
 }
 
 #[tokio::main]
@@ -185,7 +188,19 @@ async fn main() {
             let running = host_proxy::start(&cfg)
                 .await
                 .unwrap_or_else(|e| fail(format!("{e:#}")));
+            // `[loadshed]` follows the file (a ConfigMap update, remediation
+            // B) without a restart.
+            let reload = a.config.clone().map(|p| {
+                tokio::spawn(host_proxy::follow_loadshed(
+                    p,
+                    running.shed.clone(),
+                    std::time::Duration::from_secs(5),
+                ))
+            });
             shutdown_signal().await;
+            if let Some(r) = reload {
+                r.abort();
+            }
             tracing::info!("shutting down");
             running.stop().await;
         }

@@ -37,6 +37,15 @@ pub struct DirLabels {
     pub direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLabels {
+    /// admitted, queued, over_share (429), overloaded (503), queue_timeout
+    /// (503 after waiting), guard_admit (let in over the limit by
+    /// max_drop_percent), cancelled (the client left while waiting), decrease
+    /// (the limit was cut).
+    pub event: &'static str,
+}
+
 type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -62,6 +71,13 @@ pub struct Metrics {
     /// Key versions past half their nonce budget (rotated away from, or
     /// pinned by an explicit `key_version`).
     pub key_versions_past_half_budget: Gauge,
+    pub loadshed_limit: Gauge,
+    pub loadshed_inflight: Gauge,
+    pub loadshed_waiting: Gauge,
+    pub loadshed_events: Family<ShedLabels, Counter>,
+    /// The shedder's counts at the last scrape (the counters advance by the
+    /// difference).
+    loadshed_seen: std::sync::Mutex<pii_loadshed::Stats>,
 }
 
 impl Default for Metrics {
@@ -141,7 +157,36 @@ impl Metrics {
             "Transit key versions that have used more than 2^31 random nonces",
             key_versions_past_half_budget.clone(),
         );
+        let loadshed_limit = Gauge::default();
+        let loadshed_inflight = Gauge::default();
+        let loadshed_waiting = Gauge::default();
+        let loadshed_events = Family::<ShedLabels, Counter>::default();
+        registry.register(
+            "loadshed_limit",
+            "The adaptive concurrency limit on the enclave hop",
+            loadshed_limit.clone(),
+        );
+        registry.register(
+            "loadshed_inflight",
+            "Requests on the enclave hop counted by the shedder",
+            loadshed_inflight.clone(),
+        );
+        registry.register(
+            "loadshed_waiting",
+            "Requests waiting for a place on the enclave hop",
+            loadshed_waiting.clone(),
+        );
+        registry.register(
+            "loadshed_events",
+            "Load shedding decisions by kind",
+            loadshed_events.clone(),
+        );
         Metrics {
+            loadshed_limit,
+            loadshed_inflight,
+            loadshed_waiting,
+            loadshed_events,
+            loadshed_seen: std::sync::Mutex::new(pii_loadshed::Stats::default()),
             key_random_nonces_max,
             key_versions_past_half_budget,
             registry,
@@ -156,6 +201,33 @@ impl Metrics {
             request_bytes,
             audit_records,
         }
+    }
+
+    /// Brings the load shedding metrics up to date.
+    pub fn loadshed(&self, s: &pii_loadshed::Snapshot) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.loadshed_limit.set(gauge(u64::from(s.limit)));
+        self.loadshed_inflight.set(gauge(u64::from(s.inflight)));
+        self.loadshed_waiting.set(gauge(s.waiting as u64));
+        let Ok(mut seen) = self.loadshed_seen.lock() else {
+            return;
+        };
+        let now = s.stats;
+        for (event, new, old) in [
+            ("admitted", now.admitted, seen.admitted),
+            ("queued", now.queued, seen.queued),
+            ("over_share", now.over_share, seen.over_share),
+            ("overloaded", now.overloaded, seen.overloaded),
+            ("queue_timeout", now.queue_timeouts, seen.queue_timeouts),
+            ("guard_admit", now.guard_admits, seen.guard_admits),
+            ("cancelled", now.cancelled, seen.cancelled),
+            ("decrease", now.decreases, seen.decreases),
+        ] {
+            self.loadshed_events
+                .get_or_create(&ShedLabels { event })
+                .inc_by(new.saturating_sub(old));
+        }
+        *seen = now;
     }
 
     pub fn encode(&self) -> String {

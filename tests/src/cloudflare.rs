@@ -72,6 +72,7 @@ struct List {
     id: String,
     name: String,
     kind: String,
+    description: String,
     items: Vec<String>,
 }
 
@@ -186,7 +187,7 @@ impl Inner {
 
     fn list_json(l: &List) -> Value {
         json!({"id": l.id, "name": l.name, "kind": l.kind, "num_items": l.items.len(),
-               "num_referencing_filters": 0, "description": "", "created_on": "2026-12-01T00:00:00Z",
+               "num_referencing_filters": 0, "description": l.description, "created_on": "2026-12-01T00:00:00Z",
                "modified_on": "2026-12-01T00:00:00Z"})
     }
 
@@ -375,10 +376,15 @@ fn lists(
                     "maximum number of lists reached",
                 );
             }
+            let description = body["description"].as_str().unwrap_or("");
+            if description.len() > 500 {
+                return error(StatusCode::BAD_REQUEST, 10003, "description too long");
+            }
             let l = List {
                 id: g.id(),
                 name: name.to_owned(),
                 kind: "ip".into(),
+                description: description.to_owned(),
                 items: Vec::new(),
             };
             let v = Inner::list_json(&l);
@@ -666,6 +672,19 @@ impl Emulator {
             .as_ref()
             .map(|(_, r)| r.clone())
             .unwrap_or_default()
+    }
+
+    /// Adds an IP list someone else made, with their description and items.
+    pub fn add_foreign_list(&self, name: &str, description: &str, items: &[&str]) {
+        let mut g = self.inner();
+        let l = List {
+            id: g.id(),
+            name: name.to_owned(),
+            kind: "ip".into(),
+            description: description.to_owned(),
+            items: items.iter().map(|i| (*i).to_owned()).collect(),
+        };
+        g.lists.push(l);
     }
 
     /// Adds a rule someone else owns (the entry point is made if needed).

@@ -209,6 +209,7 @@ impl Stack {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite:{}", dir.path().join("tokens.db").display())),
             relay: None,
+            loadshed: Default::default(),
         };
         let proxy = host_proxy::start(&cfg).await?;
         if !proxy.pool.wait_live(Duration::from_secs(10)).await {

@@ -123,6 +123,29 @@ fn the_fraud_crate_sees_tokens_only() {
 }
 
 #[test]
+fn the_load_shedder_is_policy_only() {
+    // Decisions and waiting: no HTTP, no broker, no key handling; the
+    // sidecar calls it, not the other way round.
+    let crates = tree("pii-loadshed", &[]);
+    refuse(
+        "pii-loadshed",
+        &crates,
+        &[
+            "host-proxy",
+            "pii-enclave",
+            "pii-engine",
+            "pii-custody",
+            "aws-lc-rs",
+            "ring",
+            "hyper",
+            "axum",
+            "rdkafka",
+        ],
+        "the load shedder holds policy only",
+    );
+}
+
+#[test]
 fn proto_and_engine_link_no_runtime_and_no_sockets() {
     for package in ["pii-proto", "pii-engine"] {
         let crates = tree(package, &[]);
@@ -212,6 +235,7 @@ const CRATES: &[&str] = &[
     "enclave/src",
     "host-proxy/src",
     "host-proxy/fraud/src",
+    "host-proxy/loadshed/src",
     "verifier/src",
     "eif/src",
     "measurements/src",

@@ -91,10 +91,19 @@ impl Ingest {
             .arg(dir.join("spool"))
             .env("VAULT_ADDR", &stack.url)
             .env("VAULT_TOKEN", ROOT_TOKEN)
-            .env("PII_PROXY_LOG", "info,librdkafka=off,rdkafka=off")
+            .env(
+                "PII_PROXY_LOG",
+                "info,pii_fraud::sink=debug,librdkafka=warn,rdkafka=warn",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            // Its own process group: the test stops it (SIGSTOP) across the
+            // broker's restart, and a stopped member of a process group that
+            // becomes orphaned (as a CI job's group can) gets SIGHUP from the
+            // kernel, which would kill it. A group of its own whose parent
+            // (this test) lives is never orphaned.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -131,24 +140,37 @@ impl Ingest {
 }
 
 /// Reads `fraud-signals` (kafka-python, a fresh read from the earliest
-/// offset each round) until `done` holds for what was read, or 40 s pass.
+/// offset each round) until `done` holds for what was read, or `within`
+/// passes. On failure, says how many reads ran and the last read error.
 async fn read_until(
     broker: &Broker,
     group: &str,
     seen: &mut Vec<(String, String)>,
+    within: Duration,
     done: impl Fn(&[(String, String)]) -> bool,
-) -> bool {
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    let (mut reads, mut last_error) = (0, String::from("none"));
     while !done(seen) {
-        if t0.elapsed() > Duration::from_secs(40) {
-            return false;
+        if t0.elapsed() > within {
+            anyhow::bail!(
+                "{reads} reads in {:?}; last read error: {last_error}",
+                t0.elapsed()
+            );
         }
-        let out = pii_tests::kafka_client(
+        reads += 1;
+        let out = match pii_tests::kafka_client(
             &["consume", &broker.addr(), "fraud-signals", group, "4"],
             None,
         )
         .await
-        .unwrap_or_default();
+        {
+            Ok(out) => out,
+            Err(e) => {
+                last_error = format!("{e:#}");
+                String::new()
+            }
+        };
         seen.clear();
         for l in out.lines() {
             let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
@@ -157,7 +179,18 @@ async fn read_until(
             }
         }
     }
-    true
+    Ok(())
+}
+
+/// The ingest's own log lines (not librdkafka's connection chatter), the
+/// last `n` of them.
+fn own_log(dir: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(dir.join("ingest.log")).unwrap_or_default();
+    let own: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"target\":\"librdkafka\"") && !l.contains("\"target\":\"rdkafka"))
+        .collect();
+    tail(&own.join("\n"), n)
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -195,7 +228,28 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
         .await;
     assert!(r.status < 300, "{r:?}");
     let dir = tempfile::tempdir().unwrap();
-    let ingest = Ingest::start(&bins, &stack, &broker, dir.path()).await;
+    let mut ingest = Ingest::start(&bins, &stack, &broker, dir.path()).await;
+    // A hangup does not end it (it has nothing to reload): it says so and
+    // keeps answering.
+    ingest.signal("HUP");
+    let t0 = Instant::now();
+    while !own_log(dir.path(), 50).contains("SIGHUP ignored") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "SIGHUP not acknowledged: {}",
+            own_log(dir.path(), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = ingest
+        .http
+        .get(format!("{}/healthz", ingest.url))
+        .send()
+        .await;
+    assert!(
+        health.is_ok_and(|r| r.status().is_success()),
+        "alive after SIGHUP"
+    );
     // Record times near the ingest's clock (it refuses far-off ones).
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -267,17 +321,24 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     assert!(!mallory.contains("mallory"));
 
     let mut seen = Vec::new();
-    let ok = read_until(&broker, "test-reader", &mut seen, |s| {
-        has_key(s, "subject", &mallory)
-            && has_key(s, "ip", "198.51.100.7")
-            && has_key(s, "ip", "192.0.2.33")
-    })
+    let ok = read_until(
+        &broker,
+        "test-reader",
+        &mut seen,
+        Duration::from_secs(40),
+        |s| {
+            has_key(s, "subject", &mallory)
+                && has_key(s, "ip", "198.51.100.7")
+                && has_key(s, "ip", "192.0.2.33")
+        },
+    )
     .await;
-    assert!(
-        ok,
-        "signals seen: {seen:#?}\n{}",
-        std::fs::read_to_string(dir.path().join("ingest.log")).unwrap_or_default()
-    );
+    if let Err(why) = ok {
+        panic!(
+            "signals not seen ({why}): {seen:#?}\ningest log (own lines):\n{}",
+            own_log(dir.path(), 40)
+        );
+    }
     for (k, v) in &seen {
         assert!(
             !k.contains("example.com") && !v.contains("example.com") && !v.contains("mallory"),
@@ -331,17 +392,45 @@ async fn gateway_logs_become_tokenized_signals_and_survive_a_broker_outage() {
     broker.create_topic("gateway-logs", 2).await.unwrap();
     ingest.signal("CONT");
 
+    // The replay may first wait out a producer wedged by the broker's lost
+    // state (the sink's drain deadline, 15 s) and then start a new one.
     let mut after = Vec::new();
-    let ok = read_until(&broker, "test-reader-2", &mut after, |s| {
-        has_key(s, "ip", "203.0.113.99")
-    })
+    let t_replay = Instant::now();
+    let ok = read_until(
+        &broker,
+        "test-reader-2",
+        &mut after,
+        Duration::from_secs(90),
+        |s| has_key(s, "ip", "203.0.113.99"),
+    )
     .await;
-    assert!(
-        ok,
-        "spooled signal never arrived: {after:#?}\n{}\nbroker log (tail):\n{}",
-        std::fs::read_to_string(dir.path().join("ingest.log")).unwrap_or_default(),
-        tail(&broker.log(), 60)
+    if let Err(why) = ok {
+        let mut counts = String::new();
+        for m in [
+            "pii_fraud_signals_spooled",
+            "pii_fraud_signals_replayed",
+            "pii_fraud_signals_delivered",
+            "pii_fraud_send_failures",
+        ] {
+            counts += &format!("{m}={} ", ingest.metric(m).await);
+        }
+        let alive = match ingest.child.try_wait() {
+            Ok(None) => "the ingest is running".to_owned(),
+            Ok(Some(st)) => format!("the ingest exited: {st}"),
+            Err(e) => format!("the ingest's state is unknown: {e}"),
+        };
+        panic!(
+            "spooled signal never arrived ({why}); {alive}; {counts}; read: {after:?}\n\
+             ingest log (own lines):\n{}\nbroker log (tail):\n{}",
+            own_log(dir.path(), 30),
+            tail(&broker.log(), 30)
+        );
+    }
+    eprintln!(
+        "spooled signal read back {:?} after the broker returned",
+        t_replay.elapsed()
     );
+    eprintln!("ingest log after the restart:\n{}", own_log(dir.path(), 12));
     assert!(ingest.metric("pii_fraud_signals_replayed").await > 0);
     let mut by_key: HashMap<&str, usize> = HashMap::new();
     for (k, _) in &after {

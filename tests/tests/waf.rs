@@ -351,6 +351,97 @@ async fn wafv2_ip_sets_in_moto_follow_the_signals_within_capacity() {
     // The lowest scores (10.0.0.0 .. 10.0.0.50, plus the earlier 198.51.100.7 at 0.97 stays) lost their place.
     assert!(!kept.contains(&"10.0.0.0/32".to_owned()));
     assert!(kept.contains(&"10.0.39.65/32".to_owned()));
+
+    // A same-named set that someone else made (no Description of ours) is
+    // theirs: refused, and its addresses stay.
+    let script = format!(
+        r#"
+import boto3
+c = boto3.client("wafv2", region_name="us-east-1", endpoint_url="http://{}",
+                 aws_access_key_id="testing", aws_secret_access_key="testing")
+c.create_ip_set(Name="theirs-enforce-v4", Scope="REGIONAL", IPAddressVersion="IPV4",
+                Addresses=["192.0.2.1/32"], Description="office allowlist")
+"#,
+        moto.host
+    );
+    let st = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut theirs: Vec<&str> = args.to_vec();
+    theirs.extend(["--set-prefix", "theirs"]);
+    let out = waf_sync_fails(&bins, &theirs, &env);
+    assert!(
+        out.contains("theirs-enforce-v4 exists and was not made by waf-sync"),
+        "{out}"
+    );
+    assert_eq!(
+        boto_addresses(&moto.host, "theirs-enforce-v4"),
+        ["192.0.2.1/32"]
+    );
+}
+
+#[test]
+fn waf_sync_runs_one_at_a_time_and_within_its_deadline() {
+    let bins = binaries();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, state, sig_s) = signal_files(dir.path(), &[signal("198.51.100.7", "ip", "enforce")]);
+    // An endpoint that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    let args = |deadline: &'static str| {
+        vec![
+            "--from-file".to_owned(),
+            sig_s.clone(),
+            "--target".into(),
+            "wafv2".into(),
+            "--wafv2-endpoint".into(),
+            endpoint.clone(),
+            "--state".into(),
+            state.clone(),
+            "--now".into(),
+            "1796083500".into(),
+            "--apply".into(),
+            "--deadline".into(),
+            deadline.into(),
+        ]
+    };
+    let t0 = std::time::Instant::now();
+    let a = args("2");
+    let out = waf_sync_fails(
+        &bins,
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    );
+    assert!(
+        out.contains("did not finish within --deadline 2 s"),
+        "{out}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+
+    // While another run holds the state's lock, an --apply run refuses to start.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{state}.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let a = args("60");
+    let t0 = std::time::Instant::now();
+    let out = waf_sync_fails(
+        &bins,
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    );
+    assert!(out.contains("another waf-sync --apply holds"), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    drop(lock);
 }
 
 /// Runs `waf-sync` expecting it to fail; returns its stdout and stderr.
@@ -563,4 +654,26 @@ async fn cloudflare_lists_and_custom_rules_follow_the_signals_within_the_api_lim
     assert!(!out.contains("stolen") && !out.contains(&cf.token), "{out}");
     assert_eq!(cf.rules().len(), 3);
     assert_eq!(theirs(), foreign);
+
+    // A same-named list that someone else made is theirs: refused, kept.
+    cf.add_foreign_list("office_enforce", "office VPN exits", &["192.0.2.1"]);
+    let out = waf_sync_fails(
+        &bins,
+        &with(&[
+            "--cloudflare-capacity",
+            "4",
+            "--cloudflare-list-prefix",
+            "office",
+            "--apply",
+        ])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+        &env,
+    );
+    assert!(
+        out.contains("office_enforce exists and was not made by waf-sync"),
+        "{out}"
+    );
+    assert_eq!(cf.items("office_enforce").unwrap(), ["192.0.2.1"]);
 }

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod crawlers;
 pub mod drill;
 pub mod ingest;
 pub mod pipeline;

@@ -1,5 +1,6 @@
-//! Records in, decisions out: the allowlist, our own responses set aside,
-//! three bounded tables (address, subnet, subject token), features, rules.
+//! Records in, decisions out: the allowlist and verified crawlers, our own
+//! responses set aside, four bounded tables (address, subnet, subject
+//! token, and address with subject token), features, rules.
 //!
 //! The pipeline never sees a raw subject: the caller passes the enclave's
 //! token for `jwt_sub` (see [`crate::tokenize`]), and [`LogRecord::jwt_sub`]
@@ -7,7 +8,9 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use crate::crawlers::{Check, CrawlerGate, CrawlerList, Lookup};
 use crate::record::{LogRecord, Reject};
 use crate::rules::{Action, KeyType, Mode, RuleSet, Severity};
 use crate::state::{fnv1a, EntityState, Observation, WINDOW_S};
@@ -109,10 +112,16 @@ pub struct PipelineConfig {
     pub ip_capacity: usize,
     pub subnet_capacity: usize,
     pub subject_capacity: usize,
+    pub pair_capacity: usize,
     /// Path prefixes whose POSTs are login attempts.
     pub login_paths: Vec<String>,
     /// Addresses that are never scored.
     pub allow: Vec<Cidr>,
+    /// Crawlers verified by DNS are never scored either; None: claims are
+    /// not checked (scored as any other user agent).
+    pub crawlers: Option<Arc<CrawlerList>>,
+    /// Addresses whose crawler check is remembered.
+    pub crawler_capacity: usize,
 }
 
 impl Default for PipelineConfig {
@@ -121,6 +130,7 @@ impl Default for PipelineConfig {
             ip_capacity: 200_000,
             subnet_capacity: 50_000,
             subject_capacity: 200_000,
+            pair_capacity: 200_000,
             login_paths: [
                 "/login",
                 "/signin",
@@ -133,6 +143,8 @@ impl Default for PipelineConfig {
             .map(String::from)
             .to_vec(),
             allow: Vec::new(),
+            crawlers: None,
+            crawler_capacity: 65_536,
         }
     }
 }
@@ -235,10 +247,15 @@ pub struct Counters {
     /// Responses our own blocking or shedding produced: never evidence.
     pub own_responses: u64,
     pub allowlisted: u64,
+    /// Records from crawlers verified by reverse and forward DNS (not scored).
+    pub verified_crawlers: u64,
+    /// Records whose user agent claims a crawler that DNS disowns.
+    pub fake_crawlers: u64,
     pub decisions: u64,
     pub evictions_ip: u64,
     pub evictions_subnet: u64,
     pub evictions_subject: u64,
+    pub evictions_pair: u64,
 }
 
 impl Counters {
@@ -257,9 +274,12 @@ pub struct Pipeline {
     ua: UaClassifier,
     login_paths: Vec<String>,
     allow: Vec<Cidr>,
+    crawlers: Option<CrawlerGate>,
     ips: BoundedTable<IpAddr, Entry>,
     subnets: BoundedTable<Subnet, Entry>,
     subjects: BoundedTable<Box<str>, Entry>,
+    /// "<address label> <subject token>"
+    pairs: BoundedTable<Box<str>, Entry>,
     counters: Counters,
 }
 
@@ -270,9 +290,13 @@ impl Pipeline {
             ua,
             login_paths: cfg.login_paths,
             allow: cfg.allow,
+            crawlers: cfg
+                .crawlers
+                .map(|l| CrawlerGate::new(l, cfg.crawler_capacity)),
             ips: BoundedTable::new(cfg.ip_capacity),
             subnets: BoundedTable::new(cfg.subnet_capacity),
             subjects: BoundedTable::new(cfg.subject_capacity),
+            pairs: BoundedTable::new(cfg.pair_capacity),
             counters: Counters::default(),
         }
     }
@@ -282,6 +306,7 @@ impl Pipeline {
             evictions_ip: self.ips.evictions(),
             evictions_subnet: self.subnets.evictions(),
             evictions_subject: self.subjects.evictions(),
+            evictions_pair: self.pairs.evictions(),
             ..self.counters.clone()
         }
     }
@@ -291,13 +316,62 @@ impl Pipeline {
         self.counters.reject(r);
     }
 
-    /// Bytes the three tables reserved when they were made (they do not grow).
+    /// Bytes the tables reserved when they were made (they do not grow).
     pub fn reserved_bytes(&self) -> usize {
-        self.ips.reserved_bytes() + self.subnets.reserved_bytes() + self.subjects.reserved_bytes()
+        self.ips.reserved_bytes()
+            + self.subnets.reserved_bytes()
+            + self.subjects.reserved_bytes()
+            + self.pairs.reserved_bytes()
+            + self
+                .crawlers
+                .as_ref()
+                .map_or(0, CrawlerGate::reserved_bytes)
+    }
+
+    /// The crawler list, when claims are checked.
+    pub fn crawler_list(&self) -> Option<Arc<CrawlerList>> {
+        self.crawlers.as_ref().map(|g| g.list().clone())
+    }
+
+    /// The crawler checks `records` need before they are observed (none
+    /// when claims are not checked).
+    pub fn crawler_checks<'a>(
+        &self,
+        records: impl Iterator<Item = &'a LogRecord>,
+        now_ms: i64,
+    ) -> Vec<Lookup> {
+        match &self.crawlers {
+            Some(g) => g.wanted(
+                records
+                    .filter(|r| !self.allowed(r.ip))
+                    .map(|r| (r.ip, r.user_agent.as_str())),
+                now_ms,
+            ),
+            None => Vec::new(),
+        }
+    }
+
+    /// Marks crawler checks as asked in the background, not yet answered.
+    pub fn crawler_pending(&mut self, asked: &[Lookup], now_ms: i64) {
+        if let Some(g) = &mut self.crawlers {
+            g.pending(asked, now_ms);
+        }
+    }
+
+    /// Remembers what crawler checks found.
+    pub fn crawler_checked(&mut self, results: &[(Lookup, Check)], now_ms: i64) {
+        if let Some(g) = &mut self.crawlers {
+            g.record(results, now_ms);
+        }
     }
 
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// On the allowlist: never scored, never checked.
+    fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|c| c.contains(ip))
     }
 
     /// Observes one record; `subject` is the enclave's token for its
@@ -306,9 +380,30 @@ impl Pipeline {
     pub fn observe(&mut self, rec: &LogRecord, subject: Option<&str>, out: &mut Vec<Decision>) {
         self.counters.records += 1;
         let before = out.len();
-        if self.allow.iter().any(|c| c.contains(rec.ip)) {
+        if self.allowed(rec.ip) {
             self.counters.allowlisted += 1;
             return;
+        }
+        let path = rec.path.split(['?', '#']).next().unwrap_or("");
+        let login_attempt = rec.method == "POST"
+            && self
+                .login_paths
+                .iter()
+                .any(|p| path.starts_with(p.as_str()));
+        let subject = subject.filter(|s| !s.is_empty() && s.len() <= MAX_TOKEN);
+        let crawler = self
+            .crawlers
+            .as_ref()
+            .and_then(|g| g.judge(rec.ip, &rec.user_agent, rec.ts_ms));
+        match crawler {
+            // A crawler does not sign in: a verified address's signed-in
+            // requests and login attempts are scored as anyone's.
+            Some(Check::Verified) if subject.is_none() && !login_attempt => {
+                self.counters.verified_crawlers += 1;
+                return;
+            }
+            Some(Check::Impostor) => self.counters.fake_crawlers += 1,
+            _ => {}
         }
         // A 403 to an address we enforce a block on is ours, marked or not,
         // for as long as a first block lasts at the WAF (15 min).
@@ -330,14 +425,10 @@ impl Pipeline {
             self.counters.own_responses += 1;
             return;
         }
-        let path = rec.path.split(['?', '#']).next().unwrap_or("");
-        let login_attempt = rec.method == "POST"
-            && self
-                .login_paths
-                .iter()
-                .any(|p| path.starts_with(p.as_str()));
-        let subject = subject.filter(|s| !s.is_empty() && s.len() <= MAX_TOKEN);
-        let ua = self.ua.classify(&rec.user_agent);
+        let ua = match crawler {
+            Some(Check::Impostor) => UaClass::FakeCrawler,
+            _ => self.ua.classify(&rec.user_agent),
+        };
         let o = Observation {
             ts_ms: rec.ts_ms,
             // A 429 says the service was busy, not that the client misbehaved.
@@ -354,7 +445,11 @@ impl Pipeline {
         let (e, _) = self.ips.entry(&rec.ip, || Entry::new(now, &rec.ip_text));
         e.state.observe(&o, subject.is_none());
         let label = e.label;
-        decide(rules, KeyType::Ip, &label.as_str(), e, now, out);
+        // While the address's crawler claim is being checked, its own
+        // decisions wait (a real crawler is not blocked before its answer).
+        if crawler != Some(Check::Pending) {
+            decide(rules, KeyType::Ip, &label.as_str(), e, now, out);
+        }
         let net = Subnet::of(rec.ip);
         let (e, _) = self.subnets.entry(&net, || Entry::new(now, ""));
         e.state.observe(&o, subject.is_none());
@@ -364,29 +459,14 @@ impl Pipeline {
             let (e, _) = self.subjects.entry(&key, || Entry::new(now, ""));
             e.state.observe(&o, true);
             decide(rules, KeyType::Subject, &tok, e, now, out);
+            // The account from this address: its own behaviour, apart from
+            // the account's other devices and the address's other users.
+            let pair: Box<str> = format!("{} {tok}", label.as_str()).into();
+            let (e, _) = self.pairs.entry(&pair, || Entry::new(now, ""));
+            e.state.observe(&o, true);
+            decide(rules, KeyType::IpSubject, &pair, e, now, out);
         }
         self.counters.decisions += (out.len() - before) as u64;
-    }
-
-    /// The current verdict of every key whose score calls for an action.
-    pub fn snapshot(&self, now_ms: i64) -> Vec<Decision> {
-        let mut out = Vec::new();
-        let mut push = |kt: KeyType, key: String, s: &EntityState| {
-            let v = self.rules.evaluate(kt, &s.features(now_ms));
-            if v.action != Action::None {
-                out.push(decision(&self.rules, kt, key, s, v));
-            }
-        };
-        for (_, e) in self.ips.iter() {
-            push(KeyType::Ip, e.label.as_str().to_owned(), &e.state);
-        }
-        for (k, e) in self.subnets.iter() {
-            push(KeyType::Subnet, k.to_string(), &e.state);
-        }
-        for (k, e) in self.subjects.iter() {
-            push(KeyType::Subject, k.to_string(), &e.state);
-        }
-        out
     }
 
     /// The class the pipeline gives a user agent.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, Write};
 
+use crate::crawlers::CrawlerChecks;
 use crate::pipeline::{Decision, Pipeline};
 use crate::record::{parse_line, LogRecord, Reject, MAX_LINE};
 use crate::rules::{Action, KeyType};
@@ -72,6 +73,7 @@ fn memchr(b: &[u8]) -> Option<usize> {
 pub struct Feeder<'a> {
     pipeline: &'a mut Pipeline,
     tokenizer: &'a mut dyn Tokenizer,
+    checks: Option<&'a mut dyn CrawlerChecks>,
     batch: Vec<LogRecord>,
 }
 
@@ -80,8 +82,15 @@ impl<'a> Feeder<'a> {
         Feeder {
             pipeline,
             tokenizer,
+            checks: None,
             batch: Vec::with_capacity(BATCH),
         }
+    }
+
+    /// Checks the batch's crawler claims by DNS before observing it.
+    pub fn with_crawler_checks(mut self, checks: &'a mut dyn CrawlerChecks) -> Self {
+        self.checks = Some(checks);
+        self
     }
 
     /// Parses a line; bad lines are counted, never fatal.
@@ -126,6 +135,14 @@ impl<'a> Feeder<'a> {
                 got: tokens.len(),
             });
         }
+        if let (Some(c), Some(list)) = (self.checks.as_deref_mut(), self.pipeline.crawler_list()) {
+            let now = self.batch.iter().map(|r| r.ts_ms).max().unwrap_or(0);
+            let wanted = self.pipeline.crawler_checks(self.batch.iter(), now);
+            if !wanted.is_empty() {
+                let found = c.check(&list, &wanted);
+                self.pipeline.crawler_checked(&found, now);
+            }
+        }
         let map: HashMap<&str, &str> = distinct
             .iter()
             .copied()
@@ -156,6 +173,7 @@ pub fn replay<R: BufRead, W: Write>(
     output: W,
     pipeline: &mut Pipeline,
     tokenizer: &mut dyn Tokenizer,
+    checks: Option<&mut dyn CrawlerChecks>,
 ) -> Result<(ReplayReport, Vec<Decision>), ReplayError> {
     let mut best: HashMap<(KeyType, String), Decision> = HashMap::new();
     let mut out = Vec::new();
@@ -173,6 +191,9 @@ pub fn replay<R: BufRead, W: Write>(
     };
     {
         let mut feeder = Feeder::new(pipeline, tokenizer);
+        if let Some(c) = checks {
+            feeder = feeder.with_crawler_checks(c);
+        }
         while let Some(line) =
             read_line(&mut input, &mut buf, MAX_LINE).map_err(ReplayError::Read)?
         {

@@ -26,6 +26,8 @@ pub enum KeyType {
     Ip,
     Subnet,
     Subject,
+    /// One subject token from one address: `key` is "<address> <token>".
+    IpSubject,
 }
 
 impl KeyType {
@@ -34,6 +36,7 @@ impl KeyType {
             KeyType::Ip => "ip",
             KeyType::Subnet => "subnet",
             KeyType::Subject => "subject",
+            KeyType::IpSubject => "ip_subject",
         }
     }
 }
@@ -99,6 +102,7 @@ pub enum UaClassName {
     Scanner,
     Script,
     Empty,
+    FakeCrawler,
 }
 
 impl UaClassName {
@@ -110,6 +114,7 @@ impl UaClassName {
                 | (UaClassName::Scanner, UaClass::Scanner)
                 | (UaClassName::Script, UaClass::Script)
                 | (UaClassName::Empty, UaClass::Empty)
+                | (UaClassName::FakeCrawler, UaClass::FakeCrawler)
         )
     }
 }

@@ -65,6 +65,10 @@ pub fn client_config(brokers: &str, options: &[(String, String)]) -> rdkafka::Cl
     c
 }
 
+/// How long a signal may wait for the broker's acknowledgement before it
+/// counts as not delivered (and is spooled, or stays spooled).
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The producer for `fraud-signals`: idempotent, acks from all in-sync replicas.
 pub struct KafkaTransport {
     producer: Mutex<Arc<rdkafka::producer::FutureProducer>>,
@@ -94,8 +98,11 @@ impl KafkaTransport {
         client_config(brokers, options)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            // A send that cannot be delivered in 10 s fails and is spooled.
-            .set("message.timeout.ms", "10000")
+            // A send that cannot be delivered in time fails and is spooled.
+            .set(
+                "message.timeout.ms",
+                MESSAGE_TIMEOUT.as_millis().to_string(),
+            )
             .set("linger.ms", "5")
             .create()
             .map_err(|e| TransportError(e.to_string()))
@@ -112,7 +119,7 @@ impl Transport for KafkaTransport {
             .key(key)
             .payload(value);
         producer
-            .send(rec, rdkafka::util::Timeout::After(Duration::from_secs(10)))
+            .send(rec, rdkafka::util::Timeout::After(MESSAGE_TIMEOUT))
             .await
             .map(|_| ())
             .map_err(|(e, _)| TransportError(e.to_string()))
@@ -121,11 +128,20 @@ impl Transport for KafkaTransport {
     /// A broker that lost its state (a restart without storage, a failover
     /// to a fresh cluster) no longer knows the idempotent producer's id, and
     /// the old producer can stay wedged: a fresh one gets a new id.
+    ///
+    /// The old producer is destroyed on a blocking thread: librdkafka's
+    /// destroy purges, flushes and joins its threads, which can take seconds
+    /// against a broker that does not answer, and must not hold up the
+    /// runtime's workers (the sink's own task among them).
     fn reset(&self) {
         match Self::producer(&self.brokers, &self.options) {
             Ok(p) => {
-                if let Ok(mut cur) = self.producer.lock() {
-                    *cur = Arc::new(p);
+                let old = match self.producer.lock() {
+                    Ok(mut cur) => Some(std::mem::replace(&mut *cur, Arc::new(p))),
+                    Err(_) => None,
+                };
+                if let Some(old) = old {
+                    tokio::task::spawn_blocking(move || drop(old));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "recreating the signal producer"),
@@ -261,8 +277,9 @@ async fn run<T: Transport>(
     }
 }
 
-/// How long one spool segment's replay may take before it is retried.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long one spool segment's replay may take before it is retried with a
+/// new producer: the message timeout and a margin for the acknowledgements.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(MESSAGE_TIMEOUT.as_secs() + 5);
 
 /// Sends the spool's segments oldest first while the broker takes them.
 async fn drain<T: Transport>(t: &T, spool: &Mutex<Spool>, stats: &SinkStats) {
@@ -279,6 +296,11 @@ async fn drain<T: Transport>(t: &T, spool: &Mutex<Spool>, stats: &SinkStats) {
                 return;
             }
         };
+        tracing::debug!(
+            segment = n,
+            records = records.len(),
+            "replaying spooled signals"
+        );
         // A producer wedged by a broker that lost its state may never
         // answer: a bounded wait, then the segment stays for the next tick.
         let failed = match tokio::time::timeout(DRAIN_DEADLINE, deliver(t, &records, stats)).await {

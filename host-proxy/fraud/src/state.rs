@@ -285,13 +285,15 @@ impl EntityState {
         let ua_total: u32 = self.ua_counts.iter().sum();
         let automated = self.ua_counts[UaClass::Crawler.index()]
             + self.ua_counts[UaClass::Scanner.index()]
-            + self.ua_counts[UaClass::Script.index()];
+            + self.ua_counts[UaClass::Script.index()]
+            + self.ua_counts[UaClass::FakeCrawler.index()];
         const CLASSES: [UaClass; UaClass::COUNT] = [
             UaClass::Browser,
             UaClass::Crawler,
             UaClass::Scanner,
             UaClass::Script,
             UaClass::Empty,
+            UaClass::FakeCrawler,
         ];
         let ua = CLASSES
             .iter()

@@ -70,10 +70,13 @@ pub enum UaClass {
     Scanner,
     Script,
     Empty,
+    /// Claims a verifiable crawler, and DNS says it is not
+    /// ([`crate::crawlers`]); never returned by [`UaClassifier::classify`].
+    FakeCrawler,
 }
 
 impl UaClass {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     pub fn index(self) -> usize {
         self as usize
     }
@@ -84,6 +87,7 @@ impl UaClass {
             UaClass::Scanner => "scanner",
             UaClass::Script => "script",
             UaClass::Empty => "empty",
+            UaClass::FakeCrawler => "fake_crawler",
         }
     }
 }

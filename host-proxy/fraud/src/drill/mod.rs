@@ -6,7 +6,11 @@
 //! (an HTTP library's user agent); some share one corporate NAT. Bots come in seven kinds:
 //! declared crawlers, credential stuffing, scraping, 404 probing, low-and-slow
 //! (machine-regular timing), IP spraying across a few /24s, and a scraper
-//! logged in behind the same NAT as the humans. Every client knows its
+//! logged in behind the same NAT as the humans. Search engines crawl too:
+//! Googlebot and Bingbot from their operators' addresses, whose reverse and
+//! forward DNS agree (the drill brings its own zone), must never be blocked;
+//! scrapers that borrow Googlebot's user agent from elsewhere are bots.
+//! Every client knows its
 //! addresses and subjects, so a block on an address, a subnet or a subject
 //! token can be traced back to the clients it hits.
 //!
@@ -20,9 +24,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
+use crate::crawlers::Zone;
 use crate::record::format_ts;
 
 mod report;
+mod search;
 pub use report::{evaluate, DrillReport, KindScore};
 
 /// 2026-12-01T00:00:00Z: drill traffic starts here.
@@ -32,7 +38,9 @@ pub const START_MS: i64 = 1_796_083_200_000;
 pub enum Kind {
     Human,
     NatHuman,
+    SearchEngine,
     Crawler,
+    FakeCrawler,
     CredentialStuffing,
     Scraper,
     NotFoundProbe,
@@ -52,13 +60,15 @@ impl Kind {
         Kind::NatBot,
     ];
     pub fn is_bot(self) -> bool {
-        !matches!(self, Kind::Human | Kind::NatHuman)
+        !matches!(self, Kind::Human | Kind::NatHuman | Kind::SearchEngine)
     }
     pub fn label(self) -> &'static str {
         match self {
             Kind::Human => "human",
             Kind::NatHuman => "human behind NAT",
+            Kind::SearchEngine => "search engine (DNS-verified)",
             Kind::Crawler => "crawler",
+            Kind::FakeCrawler => "fake Googlebot",
             Kind::CredentialStuffing => "credential stuffing",
             Kind::Scraper => "scraper",
             Kind::NotFoundProbe => "404 probing",
@@ -98,10 +108,12 @@ impl Default for DrillConfig {
     }
 }
 
-/// The generated traffic: NDJSON lines in time order, and who sent them.
+/// The generated traffic: NDJSON lines in time order, who sent them, and
+/// the DNS its crawler claims are checked against.
 pub struct Traffic {
     pub lines: Vec<String>,
     pub clients: Vec<Client>,
+    pub zone: Zone,
 }
 
 const BROWSERS: &[&str] = &[
@@ -499,7 +511,7 @@ pub fn generate(cfg: &DrillConfig) -> Traffic {
                     }
                     subjects.push(sub);
                 }
-                Kind::Human | Kind::NatHuman => {}
+                Kind::Human | Kind::NatHuman | Kind::SearchEngine | Kind::FakeCrawler => {}
             }
             clients.push(Client {
                 kind,
@@ -508,9 +520,12 @@ pub fn generate(cfg: &DrillConfig) -> Traffic {
             });
         }
     }
+    // Generated last, so the traffic above is the same as without them.
+    let zone = g.search_engines(&mut clients, cfg.bots_per_kind);
     g.lines.sort_by_key(|(ts, client, _)| (*ts, *client));
     Traffic {
         lines: g.lines.into_iter().map(|(_, _, l)| l).collect(),
         clients,
+        zone,
     }
 }

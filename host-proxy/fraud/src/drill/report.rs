@@ -29,6 +29,15 @@ pub struct DrillReport {
     pub false_positive_rate: f64,
 }
 
+/// The keys of one action's enforced decisions.
+struct Keys {
+    ips: HashSet<IpAddr>,
+    nets: Vec<Cidr>,
+    subs: HashSet<String>,
+    /// "<address> <subject token>"
+    pairs: HashSet<String>,
+}
+
 /// Traces enforced blocks (and challenges) back to clients.
 pub fn evaluate(
     traffic: &Traffic,
@@ -40,6 +49,7 @@ pub fn evaluate(
         let mut ips = HashSet::new();
         let mut nets = Vec::new();
         let mut subs = HashSet::new();
+        let mut pairs = HashSet::new();
         for d in decisions.iter().filter(enforced(a)) {
             match d.key_type {
                 KeyType::Ip => {
@@ -55,15 +65,29 @@ pub fn evaluate(
                 KeyType::Subject => {
                     subs.insert(d.key.clone());
                 }
+                KeyType::IpSubject => {
+                    pairs.insert(d.key.clone());
+                }
             }
         }
-        (ips, nets, subs)
+        Keys {
+            ips,
+            nets,
+            subs,
+            pairs,
+        }
     };
-    let hit = |c: &Client, (ips, nets, subs): &(HashSet<IpAddr>, Vec<Cidr>, HashSet<String>)| {
+    let hit = |c: &Client, k: &Keys| {
         c.ips
             .iter()
-            .any(|ip| ips.contains(ip) || nets.iter().any(|n| n.contains(*ip)))
-            || c.subjects.iter().any(|s| subs.contains(&tokens.one(s)))
+            .any(|ip| k.ips.contains(ip) || k.nets.iter().any(|n| n.contains(*ip)))
+            || c.subjects.iter().any(|s| {
+                let t = tokens.one(s);
+                k.subs.contains(&t)
+                    || c.ips
+                        .iter()
+                        .any(|ip| k.pairs.contains(&format!("{ip} {t}")))
+            })
     };
     let blocked = keys(Action::Block);
     let challenged = keys(Action::Challenge);
@@ -111,12 +135,13 @@ impl DrillReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "seed {}, {} minutes, {} lines, {} humans ({} behind one NAT), {} bots of each kind\n",
+            "seed {}, {} minutes, {} lines, {} humans ({} behind one NAT), {} search-engine crawlers, {} bots of each kind\n",
             cfg.seed,
             cfg.minutes,
             lines,
             cfg.humans + cfg.nat_humans,
             cfg.nat_humans,
+            cfg.bots_per_kind,
             cfg.bots_per_kind
         );
         let _ = writeln!(
@@ -142,7 +167,7 @@ impl DrillReport {
         }
         let _ = writeln!(
             s,
-            "\nrecall {:.1} % ({} of {} abusive clients blocked), precision {:.1} %, false-positive rate {:.2} % ({} of {} humans blocked)",
+            "\nrecall {:.1} % ({} of {} abusive clients blocked), precision {:.1} %, false-positive rate {:.2} % ({} of {} legitimate clients blocked: humans and verified search engines)",
             100.0 * self.recall,
             self.bots_blocked,
             self.bots,

@@ -28,9 +28,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use super::{http, Lists, WafError};
+use super::{http, Lists, WafError, OWNER_MARK};
 
 pub const API: &str = "https://api.cloudflare.com/client/v4";
+/// The description of the lists we make (compared exactly).
+const LIST_DESCRIPTION: &str = "Managed by waf-sync (pii-fraud); edits are overwritten";
 /// The phase whose entry point ruleset holds custom rules.
 pub const PHASE: &str = "http_request_firewall_custom";
 /// Items per page when reading a list (the API's maximum).
@@ -87,14 +89,9 @@ fn item(key: &str) -> &str {
 /// None for anything that is not an address or a CIDR (a hostile answer
 /// cannot put text into the printed diff).
 fn key(item: &str) -> Option<String> {
-    let (addr, prefix) = match item.split_once('/') {
-        Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
-        None => (item, None),
-    };
-    let ip: std::net::IpAddr = addr.parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix = prefix.unwrap_or(max);
-    (prefix <= max).then(|| format!("{ip}/{prefix}"))
+    item.parse::<crate::pipeline::Cidr>()
+        .ok()
+        .map(|c| c.to_string())
 }
 
 impl Cloudflare {
@@ -263,10 +260,17 @@ impl Cloudflare {
                 Some(l) if l["kind"] != json!("ip") => {
                     return Err(self.err(format!("list {name} exists but is not an IP list")))
                 }
+                // A list of that name that someone else made is theirs: its
+                // items are never replaced by ours.
+                Some(l) if l["description"] != json!(LIST_DESCRIPTION) => {
+                    return Err(self.err(format!(
+                        "list {name} exists and was not made by waf-sync (its description is not {LIST_DESCRIPTION:?}): pick another --cloudflare-list-prefix, or hand the list over by setting that description"
+                    )))
+                }
                 Some(l) => l["id"].as_str().unwrap_or_default().to_owned(),
                 None if create => {
                     let body = json!({"name": name, "kind": "ip",
-                        "description": "Managed by waf-sync (pii-fraud); edits are overwritten"});
+                        "description": LIST_DESCRIPTION});
                     let v = self.call_ok("POST", &base, Some(&body)).await?;
                     v["result"]["id"]
                         .as_str()
@@ -398,7 +402,7 @@ impl Cloudflare {
     fn rules(&self) -> Vec<Value> {
         let mut rules = vec![json!({
             "ref": format!("{}_enforce", self.prefix),
-            "description": "waf-sync (pii-fraud): enforced blocks",
+            "description": format!("{OWNER_MARK}: enforced blocks"),
             "expression": format!("ip.src in ${}", self.list_name(true)),
             "action": "block",
             "enabled": true,
@@ -406,7 +410,7 @@ impl Cloudflare {
         if let Some(a) = &self.shadow_action {
             rules.push(json!({
                 "ref": format!("{}_shadow", self.prefix),
-                "description": "waf-sync (pii-fraud): shadow blocks (not blocked)",
+                "description": format!("{OWNER_MARK}: shadow blocks (not blocked)"),
                 "expression": format!("ip.src in ${}", self.list_name(false)),
                 "action": a,
                 "enabled": true,
@@ -453,8 +457,20 @@ impl Cloudflare {
                 }
             }
         }
+        // A rule with our ref that someone else wrote is theirs.
+        let ours = |r: &Value| {
+            r["description"].as_str().is_some_and(|d| {
+                d.starts_with(&format!("{OWNER_MARK}: ")) || d.starts_with("waf-sync (pii-fraud): ")
+            })
+        };
         for rule in want {
             let found = have.iter().find(|r| r["ref"] == rule["ref"]);
+            if let Some(r) = found.filter(|r| !ours(r)) {
+                return Err(self.err(format!(
+                    "rule {} exists and was not made by waf-sync (its description does not start with {OWNER_MARK:?}): pick another --cloudflare-list-prefix",
+                    r["ref"]
+                )));
+            }
             let same = |r: &Value| {
                 ["expression", "action", "enabled"]
                     .iter()

@@ -28,6 +28,19 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Cidr;
+
+/// The temporary file a write goes through: beside `path`, named after it
+/// in full (never another file's `.tmp`).
+pub(crate) fn tmp_beside(path: &Path) -> PathBuf {
+    let mut t = path.as_os_str().to_owned();
+    t.push(".waf-sync.tmp");
+    PathBuf::from(t)
+}
+
+/// How the description of every list, set and rule waf-sync makes
+/// begins: a same-named one without it belongs to someone else and is
+/// never written.
+pub const OWNER_MARK: &str = "Managed by waf-sync (pii-fraud)";
 use crate::rules::{Action, KeyType, Mode};
 use crate::signal::Signal;
 use crate::state::fnv1a;
@@ -111,7 +124,7 @@ pub fn canonical_key(key_type: KeyType, key: &str) -> Option<String> {
             };
             ok.then(|| format!("{ip}/{prefix}"))
         }
-        KeyType::Subject => None,
+        KeyType::Subject | KeyType::IpSubject => None,
     }
 }
 
@@ -183,7 +196,7 @@ impl SyncState {
             path: path.to_owned(),
             source,
         };
-        let tmp = path.with_extension("tmp");
+        let tmp = tmp_beside(path);
         let body = serde_json::to_vec_pretty(self).map_err(|e| err(e.into()))?;
         {
             use std::io::Write;

@@ -43,6 +43,13 @@ impl Nginx {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lists::default()),
             Err(e) => return Err(self.err(e.to_string())),
         };
+        // A map file someone else wrote is theirs: never overwritten.
+        if !text.is_empty() && !text.starts_with(HEADER) {
+            return Err(self.err(format!(
+                "the file exists and was not written by waf-sync (its first line is not {:?}): pick another --nginx-map",
+                HEADER.trim_end()
+            )));
+        }
         let mut lists = Lists::default();
         for line in text
             .lines()
@@ -72,7 +79,7 @@ impl Nginx {
         for k in want.shadow.iter().filter(|k| !want.enforce.contains(*k)) {
             body.push_str(&format!("{k} shadow;\n"));
         }
-        let tmp = self.map.with_extension("tmp");
+        let tmp = super::tmp_beside(&self.map);
         let mut f = std::fs::File::create(&tmp).map_err(|e| self.err(e.to_string()))?;
         f.write_all(body.as_bytes())
             .and_then(|()| f.sync_all())

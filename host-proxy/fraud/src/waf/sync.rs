@@ -1,7 +1,7 @@
 //! The `waf-sync` command: read signals (a topic or a file), update the
 //! sync state, print each target's diff, and with `--apply` write it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -100,6 +100,10 @@ pub struct WafSyncArgs {
     /// The current time (Unix seconds) instead of the system clock.
     #[arg(long)]
     pub now: Option<i64>,
+    /// The whole run, reads and writes, ends within this many seconds (a
+    /// run every 5 minutes is over before the next one starts).
+    #[arg(long, default_value_t = 240, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub deadline: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,16 +114,23 @@ pub enum SyncError {
     Input(String),
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error("another waf-sync --apply holds {}: runs on one state never overlap", .0.display())]
+    Busy(PathBuf),
+    #[error("the run did not finish within --deadline {0} s; the state was not saved, and the next run starts from what the targets hold")]
+    Deadline(u64),
 }
 
 /// Most signal messages and bytes read in one run.
 pub const MAX_MESSAGES: usize = 2_000_000;
 pub const MAX_TEXT: usize = 512 << 20;
 
-/// Reads the signals on the topic up to its end at the start of the run.
+/// Reads the signals on the topic up to its end at the start of the run,
+/// or until `until` (half the run's deadline: a flooded topic cannot keep a
+/// run from writing and committing what it read).
 async fn from_topic(
     a: &WafSyncArgs,
     topic: &str,
+    until: tokio::time::Instant,
 ) -> Result<(Vec<Signal>, usize, rdkafka::consumer::StreamConsumer), SyncError> {
     use rdkafka::consumer::Consumer;
     use rdkafka::Message;
@@ -139,7 +150,17 @@ async fn from_topic(
     let mut n = 0usize;
     let mut ends: Option<std::collections::HashMap<(String, i32), i64>> = None;
     let mut waited = Duration::from_secs(15);
-    while let Ok(m) = tokio::time::timeout(waited, c.recv()).await {
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            println!(
+                "waf-sync: reading stopped at half the deadline; the rest waits for the next run"
+            );
+            break;
+        }
+        let Ok(m) = tokio::time::timeout(waited.min(left), c.recv()).await else {
+            break;
+        };
         let m = m.map_err(|e| SyncError::Kafka(e.to_string()))?;
         if let Some(p) = m.payload() {
             text.push_str(&String::from_utf8_lossy(p));
@@ -258,13 +279,58 @@ async fn sync_cloudflare(a: &WafSyncArgs, state: &SyncState, now: i64) -> Result
     Ok(())
 }
 
+/// Runs once: with `--apply` under an exclusive lock on `<state>.lock`
+/// (released when the process ends, however it ends), and within
+/// `--deadline`.
 pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
+    let _lock = match a.apply {
+        true => Some(lock(&a.state)?),
+        false => None,
+    };
+    match tokio::time::timeout(Duration::from_secs(a.deadline), run_once(&a)).await {
+        Ok(r) => r,
+        Err(_) => Err(SyncError::Deadline(a.deadline)),
+    }
+}
+
+fn lock(state: &Path) -> Result<std::fs::File, SyncError> {
+    // The folder's canonical path: two spellings of one state (a symlink,
+    // `./`) take the same lock.
+    let dir = match state.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::canonicalize(dir)
+        .map_err(|e| SyncError::Input(format!("{}: {e}", dir.display())))?;
+    let name = state
+        .file_name()
+        .ok_or_else(|| SyncError::Input(format!("{}: not a file name", state.display())))?;
+    let mut file = name.to_owned();
+    file.push(".lock");
+    let p = dir.join(file);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| SyncError::Input(format!("{}: {e}", p.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SyncError::Busy(p)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(SyncError::Input(format!("locking {}: {e}", p.display())))
+        }
+    }
+}
+
+async fn run_once(a: &WafSyncArgs) -> Result<(), SyncError> {
     let now = a
         .now
         .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
     let (signals, bad, consumer) = match (&a.from_topic, &a.from_file) {
         (Some(t), _) => {
-            let (s, b, c) = from_topic(&a, t).await?;
+            let until = tokio::time::Instant::now() + Duration::from_secs(a.deadline) / 2;
+            let (s, b, c) = from_topic(a, t, until).await?;
             (s, b, Some(c))
         }
         (None, Some(f)) => {
@@ -351,7 +417,7 @@ pub async fn run(a: WafSyncArgs) -> Result<(), SyncError> {
                     println!("  {writes} IP set writes");
                 }
             }
-            TargetKind::Cloudflare => sync_cloudflare(&a, &state, now).await?,
+            TargetKind::Cloudflare => sync_cloudflare(a, &state, now).await?,
         }
     }
     if a.apply {

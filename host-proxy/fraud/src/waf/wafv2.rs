@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use super::{http, Lists, WafError};
+use super::{http, Lists, WafError, OWNER_MARK};
 
 /// Addresses per IP set (AWS's limit).
 pub const IP_SET_CAPACITY: usize = 10_000;
@@ -164,7 +164,8 @@ impl WafV2 {
         Ok(v)
     }
 
-    async fn sets(&self) -> Result<Vec<(String, String)>, WafError> {
+    /// Every IP set in the scope: name, id, description.
+    async fn sets(&self) -> Result<Vec<(String, String, String)>, WafError> {
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
         loop {
@@ -175,7 +176,8 @@ impl WafV2 {
             let v = self.call("ListIPSets", body).await?;
             for s in v["IPSets"].as_array().into_iter().flatten() {
                 if let (Some(n), Some(i)) = (s["Name"].as_str(), s["Id"].as_str()) {
-                    out.push((n.to_owned(), i.to_owned()));
+                    let d = s["Description"].as_str().unwrap_or_default();
+                    out.push((n.to_owned(), i.to_owned(), d.to_owned()));
                 }
             }
             match v["NextMarker"].as_str() {
@@ -225,8 +227,14 @@ impl WafV2 {
         let mut out = Vec::new();
         for (suffix, _) in SETS {
             let name = format!("{}-{suffix}", self.prefix);
-            let id = match existing.iter().find(|(n, _)| *n == name) {
-                Some((_, id)) => id.clone(),
+            let id = match existing.iter().find(|(n, _, _)| *n == name) {
+                // A set of that name that someone else made is theirs.
+                Some((_, _, d)) if d != OWNER_MARK => {
+                    return Err(self.err(format!(
+                        "IP set {name} exists and was not made by waf-sync (its Description is not {OWNER_MARK:?}): pick another --set-prefix, or hand the set over by setting that Description"
+                    )))
+                }
+                Some((_, id, _)) => id.clone(),
                 None => {
                     self.pace().await;
                     let version = if suffix.ends_with("v6") {
@@ -238,7 +246,7 @@ impl WafV2 {
                         .call(
                             "CreateIPSet",
                             json!({ "Name": name, "Scope": self.scope, "IPAddressVersion": version, "Addresses": [],
-                                    "Description": "Managed by waf-sync (pii-fraud)" }),
+                                    "Description": OWNER_MARK }),
                         )
                         .await?;
                     v["Summary"]["Id"]

@@ -1,17 +1,18 @@
 //! `host-proxy fraud …`: replay a log file offline, run the drill.
 
-use std::fs::File;
-use std::io::{self, BufReader, Write};
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use crate::drill::{self, DrillConfig};
+use crate::crawlers::{Budget, CrawlerList, CrawlerListError, DnsServers, Resolver, ResolverError};
 use crate::pipeline::{Cidr, Pipeline, PipelineConfig};
-use crate::replay::{replay, ReplayError};
+use crate::replay::ReplayError;
 use crate::rules::{Mode, RuleError, RuleSet};
-use crate::tokenize::{LocalPseudonyms, TokenizeError};
+use crate::tokenize::TokenizeError;
 use crate::ua::{PatternError, UaClassifier};
+
+mod offline;
 
 #[derive(Subcommand, Debug)]
 pub enum FraudCmd {
@@ -79,6 +80,11 @@ pub struct IngestArgs {
     /// Tokenize client addresses too (no address or subnet keys leave then).
     #[arg(long, env = "PII_FRAUD_TOKENIZE_IP")]
     pub tokenize_ip: bool,
+    /// Where crawler claims are checked by reverse and forward DNS: `system`
+    /// (/etc/resolv.conf), `off`, or servers ADDR:PORT[,...] [default:
+    /// system; off with --tokenize-ip, as the queries name the address].
+    #[arg(long, env = "PII_FRAUD_CRAWLER_DNS")]
+    pub crawler_dns: Option<DnsServers>,
     #[command(flatten)]
     pub rules: RulesArgs,
 }
@@ -102,6 +108,8 @@ struct IngestFile {
     tokenize_ip: Option<bool>,
     rules: Option<PathBuf>,
     allow: Option<Vec<String>>,
+    crawler_dns: Option<String>,
+    verified_crawlers: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -115,6 +123,10 @@ pub struct RulesArgs {
     /// Never score these addresses or CIDR blocks (repeatable).
     #[arg(long = "allow")]
     pub allow: Vec<Cidr>,
+    /// Crawlers verified by reverse and forward DNS (TOML, as
+    /// data/verified-crawlers.toml) [default: the shipped list].
+    #[arg(long, env = "PII_FRAUD_VERIFIED_CRAWLERS")]
+    pub verified_crawlers: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +135,10 @@ pub struct ReplayArgs {
     pub input: PathBuf,
     #[arg(long)]
     pub output: PathBuf,
+    /// Check crawler claims by reverse and forward DNS: `off`, `system`, or
+    /// servers ADDR:PORT[,...] [default: off, so a replay needs no network].
+    #[arg(long, default_value = "off")]
+    pub crawler_dns: DnsServers,
     #[command(flatten)]
     pub rules: RulesArgs,
 }
@@ -142,6 +158,14 @@ pub struct DrillArgs {
     /// Also write the generated log here (NDJSON), to replay it elsewhere.
     #[arg(long)]
     pub write_log: Option<PathBuf>,
+    /// Also write who sent the traffic here (JSON: kind, bot or not,
+    /// addresses, subjects), to score decisions made elsewhere.
+    #[arg(long)]
+    pub write_clients: Option<PathBuf>,
+    /// Also write the drill's DNS zone here as dnsmasq configuration
+    /// (`dnsmasq --conf-file FILE`), to verify its crawlers online.
+    #[arg(long)]
+    pub write_zone: Option<PathBuf>,
     /// Print the report as JSON instead of Markdown.
     #[arg(long)]
     pub json: bool,
@@ -171,13 +195,24 @@ pub enum CliError {
     Sink(#[from] crate::sink::SinkError),
     #[error("waf-sync: {0}")]
     WafSync(crate::waf::sync::SyncError),
+    #[error(transparent)]
+    Crawlers(#[from] CrawlerListError),
+    #[error(transparent)]
+    Resolver(#[from] ResolverError),
+    #[error("starting the DNS checks: {0}")]
+    Runtime(io::Error),
+}
+
+/// `map_err` for an I/O error on a named file.
+pub(crate) fn file_error(path: &Path) -> impl FnOnce(io::Error) -> CliError + '_ {
+    move |source| CliError::File {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn read_secret(path: &PathBuf) -> Result<String, CliError> {
-    let s = std::fs::read_to_string(path).map_err(|source| CliError::File {
-        path: path.clone(),
-        source,
-    })?;
+    let s = std::fs::read_to_string(path).map_err(file_error(path))?;
     Ok(s.trim().to_owned())
 }
 
@@ -186,10 +221,7 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
     use std::sync::Arc;
     let file: IngestFile = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| CliError::File {
-                path: p.clone(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(p).map_err(file_error(p))?;
             toml::from_str(&text).map_err(|e| CliError::Config(format!("{}: {e}", p.display())))?
         }
         None => IngestFile::default(),
@@ -198,6 +230,19 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
     if rules.rules.is_none() {
         rules.rules = file.rules.clone();
     }
+    if rules.verified_crawlers.is_none() {
+        rules.verified_crawlers = file.verified_crawlers.clone();
+    }
+    let crawler_dns = match (a.crawler_dns, &file.crawler_dns) {
+        (Some(d), _) => d,
+        (None, Some(text)) => text
+            .parse()
+            .map_err(|e: crate::crawlers::DnsServersError| CliError::Config(e.to_string()))?,
+        // Reverse lookups name the client's address to the resolver: not by
+        // default when addresses are to be tokenized.
+        (None, None) if a.tokenize_ip || file.tokenize_ip == Some(true) => DnsServers::Off,
+        (None, None) => DnsServers::System,
+    };
     for c in file.allow.iter().flatten() {
         rules.allow.push(
             c.parse()
@@ -232,10 +277,7 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
             CliError::Config("--ingest-tokens-file: the bearer tokens log shippers use".into())
         })?;
     let ingest_tokens: Vec<[u8; 32]> = std::fs::read_to_string(&tokens_file)
-        .map_err(|source| CliError::File {
-            path: tokens_file.clone(),
-            source,
-        })?
+        .map_err(file_error(&tokens_file))?
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -275,12 +317,25 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
     let transport = crate::sink::KafkaTransport::new(&brokers, &a.kafka_options, &signals_topic)
         .map_err(|e| CliError::Config(format!("kafka producer: {e}")))?;
     let sink = crate::sink::Sink::start(transport, &spool_dir, spool_cap, 256)?;
-    let service = Arc::new(crate::ingest::Ingest::new(
-        rules.pipeline()?,
+    let mut service = crate::ingest::Ingest::new(
+        rules.pipeline(crawler_dns != DnsServers::Off)?,
         client,
         sink,
         tokenize_ip,
-    ));
+    );
+    if crawler_dns != DnsServers::Off {
+        let budget = Budget::default();
+        match Resolver::new(&crawler_dns, budget.deadline) {
+            Ok(r) => service = service.with_crawler_dns(r, budget),
+            // No resolver configuration (no /etc/resolv.conf): claims stay
+            // unverified, and the ingest runs.
+            Err(e) if crawler_dns == DnsServers::System => {
+                tracing::warn!(error = %e, "crawler claims will not be verified");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let service = Arc::new(service);
     let cfg = crate::ingest::IngestConfig {
         listen,
         ingest_tokens_sha256: ingest_tokens,
@@ -311,7 +366,10 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
         Some(c) => tokio::select! {
             r = c => match r {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.into()),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "gateway-logs consumer stopped; shutting down");
+                    Err(e.into())
+                }
                 Err(e) => Err(CliError::Config(format!("consumer task: {e}"))),
             },
             () = shutdown() => Ok(()),
@@ -327,19 +385,35 @@ async fn ingest(a: IngestArgs) -> Result<(), CliError> {
     result
 }
 
-/// Ctrl-C or SIGTERM (what Kubernetes sends).
+/// Ctrl-C or SIGTERM (what Kubernetes sends), logged. SIGHUP is logged and
+/// ignored: the ingest has nothing to reload, and a hangup (a closed
+/// terminal, or the kernel's SIGHUP to a stopped member of a process group
+/// that became orphaned) must not end it without a word.
 async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        match signal(SignalKind::terminate()) {
             Ok(mut s) => {
                 s.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
+    let hangup = async {
+        match signal(SignalKind::hangup()) {
+            Ok(mut s) => {
+                while s.recv().await.is_some() {
+                    tracing::warn!("SIGHUP ignored (nothing to reload); SIGTERM stops the ingest");
+                }
+                std::future::pending::<()>().await
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+        () = hangup => {}
     }
 }
 
@@ -361,10 +435,7 @@ impl RulesArgs {
     pub fn load(&self) -> Result<RuleSet, CliError> {
         let set = match &self.rules {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| CliError::File {
-                    path: p.clone(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(p).map_err(file_error(p))?;
                 RuleSet::parse(&text)?
             }
             None => RuleSet::parse(crate::rules::DEFAULT_RULES)?,
@@ -375,9 +446,22 @@ impl RulesArgs {
         })
     }
 
-    fn pipeline(&self) -> Result<Pipeline, CliError> {
+    fn crawler_list(&self) -> Result<CrawlerList, CliError> {
+        Ok(match &self.verified_crawlers {
+            Some(p) => CrawlerList::parse(&std::fs::read_to_string(p).map_err(file_error(p))?)?,
+            None => CrawlerList::builtin()?,
+        })
+    }
+
+    /// The pipeline; with `check_crawlers`, crawler claims are judged by
+    /// what DNS checks find (the caller makes them).
+    fn pipeline(&self, check_crawlers: bool) -> Result<Pipeline, CliError> {
         let cfg = PipelineConfig {
             allow: self.allow.clone(),
+            crawlers: match check_crawlers {
+                true => Some(std::sync::Arc::new(self.crawler_list()?)),
+                false => None,
+            },
             ..PipelineConfig::default()
         };
         Ok(Pipeline::new(cfg, self.load()?, UaClassifier::new()?))
@@ -388,87 +472,17 @@ pub async fn run(cmd: FraudCmd) -> Result<(), CliError> {
     match cmd {
         FraudCmd::Ingest(a) => ingest(*a).await,
         FraudCmd::WafSync(a) => crate::waf::sync::run(*a).await.map_err(CliError::WafSync),
-        FraudCmd::Replay(a) => {
-            let mut pipeline = a.rules.pipeline()?;
-            let mut tok = LocalPseudonyms::random()?;
-            let input: Box<dyn io::BufRead> = if a.input.as_os_str() == "-" {
-                Box::new(io::stdin().lock())
-            } else {
-                let f = File::open(&a.input).map_err(|source| CliError::File {
-                    path: a.input.clone(),
-                    source,
-                })?;
-                Box::new(BufReader::with_capacity(1 << 16, f))
-            };
-            let output: Box<dyn Write> = if a.output.as_os_str() == "-" {
-                Box::new(io::stdout().lock())
-            } else {
-                Box::new(File::create(&a.output).map_err(|source| CliError::File {
-                    path: a.output.clone(),
-                    source,
-                })?)
-            };
-            let (report, _) = replay(input, output, &mut pipeline, &mut tok)?;
-            let c = &report.counters;
-            eprintln!(
-                "fraud replay: {} records, {} rejected, {} own responses skipped, {} allowlisted; {} keys: {} block, {} challenge; evictions ip {} subnet {} subject {}",
-                c.records, c.rejected_total(), c.own_responses, c.allowlisted, report.keys, report.blocked, report.challenged,
-                c.evictions_ip, c.evictions_subnet, c.evictions_subject
-            );
-            for (r, n) in crate::record::Reject::ALL.iter().zip(c.rejected) {
-                if n > 0 {
-                    eprintln!("  rejected {}: {n} ({r})", r.label());
-                }
-            }
-            Ok(())
-        }
-        FraudCmd::Drill(a) => {
-            let cfg = DrillConfig {
-                seed: a.seed,
-                humans: a.humans,
-                nat_humans: a.nat_humans,
-                bots_per_kind: a.bots_per_kind,
-                minutes: a.minutes,
-            };
-            let traffic = drill::generate(&cfg);
-            if let Some(p) = &a.write_log {
-                let mut f =
-                    io::BufWriter::new(File::create(p).map_err(|source| CliError::File {
-                        path: p.clone(),
-                        source,
-                    })?);
-                for l in &traffic.lines {
-                    writeln!(f, "{l}").map_err(|source| CliError::File {
-                        path: p.clone(),
-                        source,
-                    })?;
-                }
-                f.flush().map_err(|source| CliError::File {
-                    path: p.clone(),
-                    source,
-                })?;
-            }
-            let mut pipeline = a.rules.pipeline()?;
-            let mut tok = LocalPseudonyms::with_key([0x5a; 32]);
-            let log = traffic.lines.join("\n");
-            let (_, decisions) = replay(log.as_bytes(), io::sink(), &mut pipeline, &mut tok)?;
-            let report = drill::evaluate(&traffic, &decisions, &tok);
-            let mut out = io::stdout().lock();
-            if a.json {
-                let v = serde_json::json!({
-                    "seed": cfg.seed, "lines": traffic.lines.len(),
-                    "recall": report.recall, "precision": report.precision,
-                    "false_positive_rate": report.false_positive_rate,
-                    "by_kind": report.by_kind.iter().map(|(k, s)| serde_json::json!({
-                        "kind": k.label(), "clients": s.clients, "blocked": s.blocked, "challenged": s.challenged
-                    })).collect::<Vec<_>>(),
-                });
-                writeln!(out, "{v}").map_err(CliError::Output)?;
-            } else {
-                write!(out, "{}", report.markdown(&cfg, traffic.lines.len()))
-                    .map_err(CliError::Output)?;
-            }
-            Ok(())
-        }
+        // Offline work is synchronous (and may block on its own DNS
+        // runtime): it runs on a blocking thread, not on the async workers.
+        FraudCmd::Replay(a) => blocking(move || offline::replay_cmd(a)).await,
+        FraudCmd::Drill(a) => blocking(move || offline::drill_cmd(a)).await,
     }
+}
+
+async fn blocking(
+    f: impl FnOnce() -> Result<(), CliError> + Send + 'static,
+) -> Result<(), CliError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CliError::Config(format!("worker thread: {e}")))?
 }

@@ -18,21 +18,21 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::Message;
 use sha2::{Digest, Sha256};
 
+use crate::crawlers::{verify, Budget, Check, CrawlerList, Lookup, Resolver};
 use crate::pipeline::{Decision, Pipeline};
 use crate::record::{parse_line, LogRecord, Reject};
 use crate::rules::KeyType;
 use crate::signal::Signal;
-use crate::sink::{Sink, SinkError, SinkStats};
+use crate::sink::{Sink, SinkError};
 use crate::spool::{Record, SpoolError};
 use crate::tokenize::{TokenCache, TokenizeError, TransformClient};
+
+mod metrics;
+use metrics::Snapshot;
 
 /// Largest HTTP ingest body, and largest consumed Kafka batch.
 pub const MAX_BODY: usize = 8 << 20;
@@ -99,6 +99,49 @@ pub struct Ingest {
     sink: Sink,
     tokenize_ip: bool,
     tokenize_errors: std::sync::atomic::AtomicU64,
+    crawler_dns: Option<Checker>,
+    crawler_checks: std::sync::atomic::AtomicU64,
+}
+
+/// The background crawler checks: claims go in through a bounded queue,
+/// answers come back for the next batch to record.
+struct Checker {
+    tx: tokio::sync::mpsc::Sender<Lookup>,
+    answers: Arc<Mutex<Vec<(Lookup, Check)>>>,
+    budget: Budget,
+}
+
+/// Claims waiting for a check; more in one go are asked with a later batch.
+const CHECK_QUEUE: usize = 1024;
+
+async fn check_claims(
+    dns: Resolver,
+    list: Arc<CrawlerList>,
+    mut rx: tokio::sync::mpsc::Receiver<Lookup>,
+    answers: Arc<Mutex<Vec<(Lookup, Check)>>>,
+    budget: Budget,
+) {
+    let dns = Arc::new(dns);
+    let slots = Arc::new(tokio::sync::Semaphore::new(budget.concurrency.max(1)));
+    while let Some(l) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (dns, list, answers) = (dns.clone(), list.clone(), answers.clone());
+        tokio::spawn(async move {
+            let check = match list.get(l.crawler) {
+                Some(c) => tokio::time::timeout(budget.deadline, verify(&*dns, c, l.ip))
+                    .await
+                    .unwrap_or(Check::Unresolved),
+                None => Check::Unresolved,
+            };
+            answers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((l, check));
+            drop(slot);
+        });
+    }
 }
 
 impl Ingest {
@@ -110,7 +153,36 @@ impl Ingest {
             sink,
             tokenize_ip,
             tokenize_errors: Default::default(),
+            crawler_dns: None,
+            crawler_checks: Default::default(),
         }
+    }
+
+    /// Checks crawler claims with this resolver in the background (the
+    /// pipeline must have been made with a crawler list; call within a
+    /// tokio runtime): at most `budget.lookups` new claims per batch,
+    /// `budget.concurrency` at a time, each within `budget.deadline`. A
+    /// batch never waits for DNS; an address whose claim is being checked
+    /// gets no decision of its own until the answer is in.
+    pub fn with_crawler_dns(mut self, dns: Resolver, budget: Budget) -> Self {
+        let Some(list) = self.lock_pipeline().crawler_list() else {
+            return self;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(CHECK_QUEUE);
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(check_claims(dns, list, rx, answers.clone(), budget));
+        self.crawler_dns = Some(Checker {
+            tx,
+            answers,
+            budget,
+        });
+        self
+    }
+
+    /// Crawler checks answered and recorded so far.
+    pub fn crawler_checks_done(&self) -> u64 {
+        self.crawler_checks
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn sink(&self) -> &Sink {
@@ -188,6 +260,25 @@ impl Ingest {
                 known.insert((*v).to_owned(), t);
             }
         }
+        // Answers that came in since the last batch are recorded; claims
+        // without a fresh answer are asked in the background (never waited for).
+        if let Some(ch) = &self.crawler_dns {
+            let answers =
+                std::mem::take(&mut *ch.answers.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut p = self.lock_pipeline();
+            if !answers.is_empty() {
+                p.crawler_checked(&answers, now_ms);
+                self.crawler_checks
+                    .fetch_add(answers.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            let asked: Vec<Lookup> = p
+                .crawler_checks(records.iter(), now_ms)
+                .into_iter()
+                .take(ch.budget.lookups)
+                .filter(|l| ch.tx.try_send(*l).is_ok())
+                .collect();
+            p.crawler_pending(&asked, now_ms);
+        }
         let mut decisions: Vec<Decision> = Vec::new();
         {
             let mut p = self.lock_pipeline();
@@ -207,6 +298,10 @@ impl Ingest {
         if self.tokenize_ip {
             // Subnets would reveal the address; address keys are tokens.
             decisions.retain(|d| d.key_type != KeyType::Subnet);
+        } else {
+            // An address joined to an account's token links the two in
+            // every consumer: published only when the address is a token too.
+            decisions.retain(|d| d.key_type != KeyType::IpSubject);
         }
         out.signals = decisions.len() as u64;
         let recs = decisions
@@ -316,148 +411,6 @@ async fn metrics(State((ingest, _)): State<AppState>) -> Response {
         )
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-/// The counters at scrape time.
-#[derive(Debug)]
-struct Snapshot {
-    counters: crate::pipeline::Counters,
-    delivered: u64,
-    spooled: u64,
-    replayed: u64,
-    send_failures: u64,
-    spool_bytes: u64,
-    tokenize_errors: u64,
-    cache_hits: u64,
-    cache_misses: u64,
-}
-
-impl Snapshot {
-    fn of(i: &Ingest) -> Self {
-        let s: &SinkStats = &i.sink.stats;
-        let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let cache = i.cache.lock().unwrap_or_else(|p| p.into_inner());
-        Snapshot {
-            counters: i.lock_pipeline().counters(),
-            delivered: ld(&s.delivered),
-            spooled: ld(&s.spooled),
-            replayed: ld(&s.replayed),
-            send_failures: ld(&s.send_failures),
-            spool_bytes: ld(&s.spool_bytes),
-            tokenize_errors: ld(&i.tokenize_errors),
-            cache_hits: cache.hits,
-            cache_misses: cache.misses,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct Label {
-    label: String,
-}
-
-impl Collector for Snapshot {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let c = &self.counters;
-        let plain: [(&str, &str, u64); 12] = [
-            ("pii_fraud_records", "Log records parsed", c.records),
-            (
-                "pii_fraud_own_responses",
-                "Responses our own blocking or shedding produced (never evidence)",
-                c.own_responses,
-            ),
-            (
-                "pii_fraud_allowlisted",
-                "Records from allowlisted addresses",
-                c.allowlisted,
-            ),
-            (
-                "pii_fraud_decisions",
-                "Decisions emitted as signals",
-                c.decisions,
-            ),
-            (
-                "pii_fraud_signals_delivered",
-                "Signals acknowledged by the broker",
-                self.delivered,
-            ),
-            (
-                "pii_fraud_signals_spooled",
-                "Signals written to the disk spool",
-                self.spooled,
-            ),
-            (
-                "pii_fraud_signals_replayed",
-                "Spooled signals delivered later",
-                self.replayed,
-            ),
-            (
-                "pii_fraud_send_failures",
-                "Failed sends to the broker",
-                self.send_failures,
-            ),
-            (
-                "pii_fraud_tokenize_errors",
-                "Failed tokenization calls to the enclave",
-                self.tokenize_errors,
-            ),
-            (
-                "pii_fraud_token_cache_hits",
-                "Subjects found in the token cache",
-                self.cache_hits,
-            ),
-            (
-                "pii_fraud_token_cache_misses",
-                "Subjects sent to the enclave",
-                self.cache_misses,
-            ),
-            (
-                "pii_fraud_evictions_ip",
-                "Address states evicted to make room",
-                c.evictions_ip,
-            ),
-        ];
-        for (name, help, v) in plain {
-            let m = ConstCounter::new(v);
-            m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)?;
-        }
-        for (name, help, v) in [
-            (
-                "pii_fraud_evictions_subnet",
-                "Subnet states evicted to make room",
-                c.evictions_subnet,
-            ),
-            (
-                "pii_fraud_evictions_subject",
-                "Subject states evicted to make room",
-                c.evictions_subject,
-            ),
-        ] {
-            let m = ConstCounter::new(v);
-            m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)?;
-        }
-        let g = ConstGauge::new(self.spool_bytes as i64);
-        g.encode(enc.encode_descriptor(
-            "pii_fraud_spool_bytes",
-            "Bytes waiting in the disk spool",
-            None,
-            g.metric_type(),
-        )?)?;
-        let m = ConstCounter::new(0u64);
-        let mut fam = enc.encode_descriptor(
-            "pii_fraud_rejected",
-            "Log lines skipped, by reason",
-            None,
-            m.metric_type(),
-        )?;
-        for (r, n) in Reject::ALL.iter().zip(c.rejected) {
-            let l = Label {
-                label: r.label().to_owned(),
-            };
-            ConstCounter::new(n).encode(fam.encode_family(&l)?)?;
-        }
-        Ok(())
     }
 }
 
