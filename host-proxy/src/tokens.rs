@@ -20,42 +20,12 @@ use pii_proto::TokenEntry;
 pub enum TokenStoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {}", chain(.0))]
+    #[error("postgres: {}", pii_pg::chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("token store: {0}")]
     Other(String),
-    #[error("postgres TLS: {0}")]
-    Tls(#[from] PgTlsError),
-}
-
-/// An error with its causes (tokio-postgres keeps the TLS reason in them).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
-}
-
-/// A PostgreSQL TLS setting that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PgTlsError {
-    #[error("sslmode={0:?} is not one of disable, verify-full")]
-    UnknownMode(String),
-    #[error(
-        "sslmode={0} encrypts without checking whose certificate it is (anyone on the path \
-         could answer); use sslmode=verify-full with sslrootcert=<CA file> (or \
-         sslrootcert=system)"
-    )]
-    Unverified(String),
-    #[error("sslrootcert {path}: {reason}")]
-    RootCert { path: String, reason: String },
-    #[error("parameter {0:?} is not supported (client certificates are not)")]
-    Unsupported(String),
+    #[error(transparent)]
+    Connect(#[from] pii_pg::PgError),
 }
 
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, TokenStoreError>> + Send + 'a>>;
@@ -174,107 +144,15 @@ impl TokenStore for SqliteStore {
 // ---------------------------------------------------------------------------
 // PostgreSQL
 
-/// How the PostgreSQL store is reached.
-#[derive(Clone)]
-enum PgTls {
-    Disable,
-    /// TLS, the chain checked against these roots and the name against the
-    /// URL's host (libpq's `verify-full`).
-    VerifyFull(Arc<rustls::ClientConfig>),
-}
-
-/// Split `sslmode` and `sslrootcert` off a `postgres://` URL (tokio-postgres
-/// knows neither `verify-full` nor root files) and build the TLS setting.
-/// Without `sslmode`: `disable` when every host is loopback or a Unix
-/// socket, `verify-full` otherwise.
-fn pg_tls(url: &str) -> Result<(tokio_postgres::Config, PgTls), TokenStoreError> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut kept = vec![];
-    let (mut mode, mut root) = (None, None);
-    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        match k {
-            "sslmode" => mode = Some(v.to_owned()),
-            "sslrootcert" => root = Some(v.to_owned()),
-            "sslcert" | "sslkey" | "sslcrl" | "sslpassword" => {
-                return Err(PgTlsError::Unsupported(k.to_owned()).into())
-            }
-            _ => kept.push(kv),
-        }
-    }
-    let stripped = if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    let cfg: tokio_postgres::Config = stripped.parse()?;
-    let local = cfg.get_hosts().iter().all(|h| match h {
-        tokio_postgres::config::Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        #[cfg(unix)]
-        tokio_postgres::config::Host::Unix(_) => true,
-    });
-    let mode = mode.unwrap_or_else(|| if local { "disable" } else { "verify-full" }.into());
-    let tls = match mode.as_str() {
-        "disable" => PgTls::Disable,
-        "verify-full" => PgTls::VerifyFull(Arc::new(client_config(root)?)),
-        "allow" | "prefer" | "require" | "verify-ca" => {
-            return Err(PgTlsError::Unverified(mode).into())
-        }
-        _ => return Err(PgTlsError::UnknownMode(mode).into()),
-    };
-    Ok((cfg, tls))
-}
-
-fn client_config(root: Option<String>) -> Result<rustls::ClientConfig, PgTlsError> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let path = root.unwrap_or_else(|| "system".into());
-    let bad = |reason: String| PgTlsError::RootCert {
-        path: path.clone(),
-        reason,
-    };
-    if path == "system" {
-        let found = rustls_native_certs::load_native_certs();
-        for c in found.certs {
-            let _ = roots.add(c);
-        }
-    } else {
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(&path)
-            .map_err(|e| bad(e.to_string()))?
-        {
-            roots
-                .add(c.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(bad("no CA certificates in it".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 pub struct PgStore {
-    cfg: tokio_postgres::Config,
-    tls: PgTls,
+    target: pii_pg::Target,
     client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<PgStore, TokenStoreError> {
-        let (cfg, tls) = pg_tls(url)?;
         let s = PgStore {
-            cfg,
-            tls,
+            target: pii_pg::Target::parse(url)?,
             client: tokio::sync::Mutex::new(None),
         };
         s.client().await?;
@@ -289,26 +167,7 @@ impl PgStore {
                 return Ok(c.clone());
             }
         }
-        let mut cfg = self.cfg.clone();
-        let client = match &self.tls {
-            PgTls::Disable => {
-                let (client, conn) = cfg
-                    .ssl_mode(tokio_postgres::config::SslMode::Disable)
-                    .connect(tokio_postgres::NoTls)
-                    .await?;
-                tokio::spawn(watch_connection(conn));
-                client
-            }
-            PgTls::VerifyFull(tls) => {
-                let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-                let (client, conn) = cfg
-                    .ssl_mode(tokio_postgres::config::SslMode::Require)
-                    .connect(make)
-                    .await?;
-                tokio::spawn(watch_connection(conn));
-                client
-            }
-        };
+        let client = self.target.connect("token store").await?;
         client
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS pii_tokens (
@@ -329,15 +188,6 @@ impl PgStore {
             *self.client.lock().await = None;
         }
         r.map_err(Into::into)
-    }
-}
-
-async fn watch_connection<F>(conn: F)
-where
-    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
-{
-    if let Err(e) = conn.await {
-        tracing::warn!(error = %e, "postgres token store connection closed");
     }
 }
 

@@ -849,7 +849,7 @@ pub async fn wait_health(c: &Client, done: impl Fn(&Value) -> bool) -> Value {
 }
 
 /// The workspace's binaries (host-proxy, pii-enclave with its development
-/// build), rebuilt if stale; returns their folder (the test's profile dir).
+/// build, pii-fle), rebuilt if stale; returns their folder (the test's profile dir).
 pub fn binaries() -> PathBuf {
     // target/<profile>/deps/<test>-… → target/<profile>
     let exe = std::env::current_exe().expect("test executable path");
@@ -869,6 +869,8 @@ pub fn binaries() -> PathBuf {
             "host-proxy",
             "-p",
             "pii-enclave",
+            "-p",
+            "pii-fle",
             "--bins",
         ])
         // host-proxy dev runs pii-enclave-dangerous-dev.
@@ -1021,4 +1023,72 @@ pub async fn metric(base: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&plain).or_else(|| l.strip_prefix(&total)))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// A fresh database on this machine's PostgreSQL (127.0.0.1:5432, trust
+/// auth), dropped by [`PgDb::drop_db`].
+pub struct PgDb {
+    admin: tokio_postgres::Client,
+    pub name: String,
+}
+
+impl PgDb {
+    pub async fn create() -> PgDb {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let (admin, conn) = tokio_postgres::connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect(
+            "PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) is required for this test",
+        );
+        tokio::spawn(conn);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("pii_test_{}_{nanos:x}_{seq}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        PgDb { admin, name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    /// A connection to this database.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(conn);
+        c
+    }
+
+    /// Cut every connection to this database (the server "dies" for its
+    /// clients); how many were cut.
+    pub async fn kill_connections(&self) -> u64 {
+        let rows = self
+            .admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .await
+            .expect("pg_terminate_backend");
+        rows.len() as u64
+    }
+
+    pub async fn drop_db(self) {
+        let _ = self.kill_connections().await;
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", self.name))
+            .await;
+    }
 }

@@ -88,6 +88,8 @@ fn ring_only_through_tls(package: &str) {
         "ring",
         "host-proxy",
         "pii-fraud",
+        "pii-pg",
+        "pii-fle",
         "rustls",
         "rustls-webpki",
         "tokio-rustls",

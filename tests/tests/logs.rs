@@ -154,8 +154,20 @@ async fn no_secrets_in_logs_and_no_panics() {
         }
     }
 
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
+    // SIGTERM, as Kubernetes stops it: `host-proxy dev` then stops its
+    // enclave child (a SIGKILL would leave that child running, orphaned).
+    let pid = child.id().expect("dev stack running").to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let exited = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    if exited.is_err() {
+        child.start_kill().unwrap();
+        let _ = child.wait().await;
+        panic!("host-proxy dev did not stop within 20 s of SIGTERM");
+    }
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(logs.lines().count() > 10, "debug logs were written");
     assert!(!logs.contains("panicked"), "a component panicked:\n{logs}");

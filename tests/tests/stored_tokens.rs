@@ -10,84 +10,23 @@ use std::time::Duration;
 
 use pii_engine::clock::{Clock as _, ManualClock, SystemClock};
 
-use pii_tests::{Client, Stack, StackOpts};
+use pii_tests::{Client, PgDb, Stack, StackOpts};
 use serde_json::{json, Value};
 
-/// A fresh database on this machine's PostgreSQL (127.0.0.1:5432, trust auth).
-struct PgDb {
-    admin: tokio_postgres::Client,
-    name: String,
-}
-
-impl PgDb {
-    async fn create() -> PgDb {
-        let (admin, conn) = tokio_postgres::connect(
-            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-            tokio_postgres::NoTls,
-        )
+/// The stored-token table's raw bytes (keys and values), to look for
+/// plaintext in what the host keeps.
+async fn table_bytes(db: &PgDb) -> Vec<u8> {
+    let c = db.connect().await;
+    let rows = c
+        .query("SELECT key, value FROM pii_tokens", &[])
         .await
-        .expect(
-            "PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) is required for this test",
-        );
-        tokio::spawn(conn);
-        let mut id = [0u8; 6];
-        getrandom(&mut id);
-        let name = format!("pii_test_{}", hex::encode(id));
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        PgDb { admin, name }
+        .unwrap();
+    let mut out = vec![];
+    for r in rows {
+        out.extend(r.get::<_, String>(0).into_bytes());
+        out.extend(r.get::<_, Vec<u8>>(1));
     }
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-    /// Cut every connection to this database (the store "dies" for its clients).
-    async fn kill_connections(&self) -> u64 {
-        let rows = self
-            .admin
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[&self.name],
-            )
-            .await
-            .unwrap();
-        rows.len() as u64
-    }
-    async fn table_bytes(&self) -> Vec<u8> {
-        let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let rows = c
-            .query("SELECT key, value FROM pii_tokens", &[])
-            .await
-            .unwrap();
-        let mut out = vec![];
-        for r in rows {
-            out.extend(r.get::<_, String>(0).into_bytes());
-            out.extend(r.get::<_, Vec<u8>>(1));
-        }
-        out
-    }
-    async fn drop_db(self) {
-        let _ = self.kill_connections().await;
-        let _ = self
-            .admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", self.name))
-            .await;
-    }
-}
-
-fn getrandom(buf: &mut [u8]) {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let pid = std::process::id() as u128;
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = ((t >> (i * 8)) ^ (pid << 3) ^ (i as u128 * 131)) as u8;
-    }
+    out
 }
 
 /// A clock at today's time that moves only when the test says so (token
@@ -312,7 +251,7 @@ async fn stored_tokens_with_postgres() {
     })
     .await
     .unwrap();
-    exercise(&mut stack, &clock, || pg.table_bytes()).await;
+    exercise(&mut stack, &clock, || table_bytes(&pg)).await;
     drop(stack);
     pg.drop_db().await;
 }

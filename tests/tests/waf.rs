@@ -115,6 +115,10 @@ async fn nginx_blocks_enforced_addresses_and_only_logs_shadow_ones() {
             &dir_s,
             "-e",
             &format!("{dir_s}/error.log"),
+            // In the foreground: the master is this child, so kill_on_drop
+            // stops it (a daemonized master outlived the suite).
+            "-g",
+            "daemon off;",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -122,6 +126,7 @@ async fn nginx_blocks_enforced_addresses_and_only_logs_shadow_ones() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let stop = TermOnDrop(child.id());
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -247,7 +252,23 @@ async fn nginx_blocks_enforced_addresses_and_only_logs_shadow_ones() {
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(get_from("127.0.0.77", port).await, 200);
-    let _ = child.kill().await;
+    drop(stop);
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}
+
+/// Stops an nginx master with SIGTERM when dropped (also on a failed
+/// assertion): the master then stops its workers. A SIGKILL would leave
+/// the workers running.
+struct TermOnDrop(Option<u32>);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
 }
 
 fn boto_addresses(host: &str, name: &str) -> Vec<String> {

@@ -1,0 +1,666 @@
+//! `pii-fle` against this machine's real PostgreSQL and the real sidecar +
+//! enclave (and a real OpenBao): backfill, verify, rotation, cut-over;
+//! `kill -9` at random points; an application writing during the
+//! migration; bad input and failing dependencies.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use pii_tests::{b64, Client, OpenBao, PgDb, Stack, ROOT_TOKEN};
+use serde_json::json;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn command(
+    bins: &std::path::Path,
+    db: &PgDb,
+    vault: &str,
+    args: &[&str],
+) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(bins.join("pii-fle"));
+    c.args(args)
+        .args(["--table", "users", "--column", "email", "--quiet"])
+        .env("DATABASE_URL", db.url())
+        .env("VAULT_ADDR", vault)
+        .env("VAULT_TOKEN", ROOT_TOKEN)
+        .env("PII_FLE_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+async fn fle(bins: &std::path::Path, db: &PgDb, vault: &str, args: &[&str]) -> Out {
+    let out = command(bins, db, vault, args).output().await.unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `users(id bigint primary key, email text, name text)` with `n` rows.
+async fn users(db: &PgDb, n: i64) -> tokio_postgres::Client {
+    let c = db.connect().await;
+    c.batch_execute(&format!(
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text, name text, age integer);
+         INSERT INTO users SELECT i, 'user' || i || '@example.com', 'User ' || i, 30
+         FROM generate_series(1, {n}) i;
+         UPDATE users SET email = NULL WHERE id % 997 = 0;"
+    ))
+    .await
+    .unwrap();
+    c
+}
+
+async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Decrypts `ct` through Transit with the row id as context (or none).
+async fn decrypt(t: &Client, key: &str, ct: &str, ctx: Option<&str>) -> String {
+    let mut body = json!({ "ciphertext": ct });
+    if let Some(c) = ctx {
+        body["context"] = json!(b64(c.as_bytes()));
+    }
+    let r = t.post(&format!("transit/decrypt/{key}"), body).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    String::from_utf8(pii_tests::unb64(r.data("plaintext").as_str().unwrap())).unwrap()
+}
+
+fn bins() -> PathBuf {
+    pii_tests::binaries()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_verify_rotate_and_cut_over_through_the_sidecar() {
+    let bins = bins();
+    let stack = Stack::start().await;
+    let t = stack.client();
+    let db = PgDb::create().await;
+    let c = users(&db, 20_000).await;
+    let with_email = count(&c, "SELECT count(*) FROM users WHERE email IS NOT NULL").await;
+    let r = t.post("transit/keys/pii", json!({"derived": true})).await;
+    assert!(r.status < 300, "{r:?}");
+    let args = ["--key", "pii", "--context-column", "id", "--blind-index"];
+    let run = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut a = extra.to_vec();
+        a.extend(args);
+        a
+    };
+    let url = stack.url.clone();
+
+    // Dry run: a sample round-trips; nothing is written, not even the column.
+    // (A dry run creates nothing, not even the blind index's key.)
+    let o = fle(
+        &bins,
+        &db,
+        &url,
+        &run(&["backfill", "--dry-run", "--create-key"]),
+    )
+    .await;
+    assert!(
+        o.code == 2 && o.stderr.contains("pii-bidx does not exist"),
+        "{o:?}"
+    );
+    let r = t.post("transit/keys/pii-bidx", json!({})).await;
+    assert!(r.status < 300, "{r:?}");
+    let o = fle(&bins, &db, &url, &run(&["backfill", "--dry-run"])).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("round-tripped, nothing written"), "{o:?}");
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'email_enc'").await,
+        0
+    );
+
+    // The backfill.
+    let o = fle(&bins, &db, &url, &run(&["backfill"])).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stdout.contains(&format!("{with_email} rows encrypted")),
+        "{o:?}"
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM users WHERE email IS NOT NULL AND (email_enc IS NULL OR email_bidx IS NULL)").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM users WHERE email IS NULL AND email_enc IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    for id in [1i64, 4242, 20_000] {
+        let row = c
+            .query_one("SELECT email, email_enc FROM users WHERE id = $1", &[&id])
+            .await
+            .unwrap();
+        let (email, enc): (String, String) = (row.get(0), row.get(1));
+        assert!(enc.starts_with("vault:v1:"), "{enc}");
+        assert!(!enc.contains("example.com"));
+        assert_eq!(decrypt(&t, "pii", &enc, Some(&id.to_string())).await, email);
+    }
+    // The blind index finds a row by equality.
+    let h = t
+        .post(
+            "transit/hmac/pii-bidx/sha2-256",
+            json!({"input": b64(b"user77@example.com")}),
+        )
+        .await;
+    let h = h.data("hmac").as_str().unwrap().to_owned();
+    let found: i64 = c
+        .query_one("SELECT id FROM users WHERE email_bidx = $1", &[&h])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(found, 77);
+    let o = fle(&bins, &db, &url, &run(&["verify"])).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stdout
+            .contains(&format!("{with_email} rows checked, {with_email} ok")),
+        "{o:?}"
+    );
+
+    // Run again: nothing to do. An application changes a row without the
+    // ciphertext: the trigger clears it, the next run encrypts that row only.
+    let o = fle(&bins, &db, &url, &run(&["backfill"])).await;
+    assert!(
+        o.code == 0 && o.stdout.contains(": 0 rows encrypted"),
+        "{o:?}"
+    );
+    c.batch_execute("UPDATE users SET email = 'changed@example.org' WHERE id = 5")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM users WHERE email_enc IS NULL AND email IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    let before: Vec<String> = c
+        .query(
+            "SELECT email_enc FROM users WHERE id <> 5 AND email_enc IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let o = fle(&bins, &db, &url, &run(&["backfill"])).await;
+    assert!(
+        o.code == 0 && o.stdout.contains(": 1 rows encrypted"),
+        "{o:?}"
+    );
+    let after: Vec<String> = c
+        .query(
+            "SELECT email_enc FROM users WHERE id <> 5 AND email_enc IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(before, after, "no other row was touched");
+
+    // A hostile or broken store: one row holds another row's ciphertext.
+    c.batch_execute(
+        "UPDATE users SET email_enc = (SELECT email_enc FROM users WHERE id = 8) WHERE id = 7",
+    )
+    .await
+    .unwrap();
+    let o = fle(&bins, &db, &url, &run(&["verify"])).await;
+    assert_eq!(o.code, 3, "{o:?}");
+    assert!(
+        o.stdout.contains("undecryptable: 1 (primary keys: 7)"),
+        "{o:?}"
+    );
+    let o = fle(&bins, &db, &url, &run(&["cutover", "--drop-plaintext"])).await;
+    assert_eq!(o.code, 3, "cut-over refused after a failed verify: {o:?}");
+    c.batch_execute("UPDATE users SET email_enc = NULL WHERE id = 7")
+        .await
+        .unwrap();
+    assert_eq!(fle(&bins, &db, &url, &run(&["backfill"])).await.code, 0);
+
+    // Rotation: every row rewrapped to v2, v1 no longer decrypts.
+    let o = fle(&bins, &db, &url, &run(&["rotate"])).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("v1 → v2"), "{o:?}");
+    assert!(o.stdout.contains(&format!("v2: {with_email}")), "{o:?}");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM users WHERE email_enc LIKE 'vault:v1:%'"
+        )
+        .await,
+        0
+    );
+    let k = t.get("transit/keys/pii").await;
+    assert_eq!(k.data("min_decryption_version"), 2, "{k:?}");
+    assert_eq!(k.data("latest_version"), 2, "{k:?}");
+    let o = fle(&bins, &db, &url, &run(&["verify"])).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    let o = fle(&bins, &db, &url, &run(&["status"])).await;
+    assert!(
+        o.stdout.contains(&format!("versions: v2: {with_email}")),
+        "{o:?}"
+    );
+    assert!(o.stdout.contains("rotate: done"), "{o:?}");
+
+    // Cut-over needs the explicit flag; then the plaintext is gone.
+    let o = fle(&bins, &db, &url, &run(&["cutover"])).await;
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("--drop-plaintext"), "{o:?}");
+    let o = fle(&bins, &db, &url, &run(&["cutover", "--drop-plaintext"])).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'email'").await,
+        0
+    );
+    // The application keeps working on the table (the triggers went with it).
+    c.batch_execute("UPDATE users SET name = 'x' WHERE id = 1")
+        .await
+        .unwrap();
+    db.drop_db().await;
+}
+
+/// A small deterministic generator (the seed is printed on failure).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_points_loses_nothing_and_writes_nothing_twice() {
+    let bins = bins();
+    let stack = Stack::start().await;
+    let db = PgDb::create().await;
+    let c = users(&db, 30_000).await;
+    let with_email = count(&c, "SELECT count(*) FROM users WHERE email IS NOT NULL").await;
+    // Count every write of a ciphertext, per row.
+    c.batch_execute(
+        "ALTER TABLE users ADD COLUMN email_enc text;
+         CREATE TABLE enc_writes (id bigint NOT NULL);
+         CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.email_enc IS DISTINCT FROM OLD.email_enc AND NEW.email_enc IS NOT NULL THEN
+                 INSERT INTO enc_writes VALUES (NEW.id);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER count_write AFTER UPDATE ON users FOR EACH ROW EXECUTE FUNCTION count_write();",
+    )
+    .await
+    .unwrap();
+    let s = seed();
+    let mut rng = Lcg(s);
+    let args = [
+        "backfill",
+        "--key",
+        "pii",
+        "--create-key",
+        "--batch",
+        "250",
+        "--in-flight",
+        "3",
+    ];
+    let mut kills = 0;
+    let mut finished_early = 0;
+    while kills < 20 {
+        let mut child = command(&bins, &db, &stack.url, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait = Duration::from_millis(40 + rng.next(700));
+        match tokio::time::timeout(wait, child.wait()).await {
+            Ok(st) => {
+                // It finished before the kill: start over with rows to do.
+                assert!(st.unwrap().success(), "seed {s}: a run failed");
+                finished_early += 1;
+                assert!(
+                    finished_early < 15,
+                    "seed {s}: the backfill is too fast to interrupt"
+                );
+                c.batch_execute("UPDATE users SET email_enc = NULL WHERE id % 2 = 0")
+                    .await
+                    .unwrap();
+                c.batch_execute("DELETE FROM enc_writes WHERE id % 2 = 0")
+                    .await
+                    .unwrap();
+            }
+            Err(_) => {
+                child.start_kill().unwrap(); // SIGKILL
+                let st = child.wait().await.unwrap();
+                assert!(!st.success());
+                kills += 1;
+            }
+        }
+    }
+    let o = fle(&bins, &db, &stack.url, &args).await;
+    assert_eq!(o.code, 0, "seed {s}: {o:?}");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM users WHERE email IS NOT NULL AND email_enc IS NULL"
+        )
+        .await,
+        0,
+        "seed {s}: a row was left unencrypted"
+    );
+    let twice = count(
+        &c,
+        "SELECT count(*) FROM (SELECT id FROM enc_writes GROUP BY id HAVING count(*) > 1) d",
+    )
+    .await;
+    assert_eq!(twice, 0, "seed {s}: rows written more than once");
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM enc_writes").await,
+        with_email,
+        "seed {s}"
+    );
+    let o = fle(&bins, &db, &stack.url, &["verify", "--key", "pii"]).await;
+    assert_eq!(o.code, 0, "seed {s}: {o:?}");
+    eprintln!(
+        "seed {s}: {kills} kills, {finished_early} runs finished first; {}",
+        o.stdout.trim()
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_writing_during_the_backfill_loses_no_update() {
+    let bins = bins();
+    let stack = Stack::start().await;
+    let db = PgDb::create().await;
+    let c = users(&db, 20_000).await;
+    // Throttled so the writer overlaps most of the run.
+    let args = [
+        "backfill",
+        "--key",
+        "pii",
+        "--create-key",
+        "--batch",
+        "200",
+        "--rows-per-sec",
+        "8000",
+    ];
+    let child = command(&bins, &db, &stack.url, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let s = seed();
+    let mut rng = Lcg(s);
+    let mut last: HashMap<i64, String> = HashMap::new();
+    let t0 = Instant::now();
+    let app = db.connect().await;
+    let mut run = tokio::spawn(async move { child.wait_with_output().await });
+    let mut n = 0u64;
+    let first = loop {
+        tokio::select! {
+            out = &mut run => break out.unwrap().unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                let id = 1 + rng.next(20_000) as i64;
+                n += 1;
+                let email = format!("moved{n}@example.net");
+                app.execute("UPDATE users SET email = $2 WHERE id = $1", &[&id, &email]).await.unwrap();
+                last.insert(id, email);
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "backfill did not end"
+        );
+    };
+    let code = first.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 3,
+        "seed {s}: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        n > 200,
+        "the application wrote during the run ({n} updates)"
+    );
+    // Once the application is quiet, a second run finishes the job.
+    let o = fle(&bins, &db, &stack.url, &args).await;
+    assert_eq!(o.code, 0, "seed {s}: {o:?}");
+    let o = fle(&bins, &db, &stack.url, &["verify", "--key", "pii"]).await;
+    assert_eq!(o.code, 0, "seed {s}: {o:?}");
+    // Every application write is still there, and its ciphertext matches it.
+    let t = stack.client();
+    for (id, email) in last.iter().take(50) {
+        let row = c
+            .query_one("SELECT email, email_enc FROM users WHERE id = $1", &[id])
+            .await
+            .unwrap();
+        assert_eq!(
+            &row.get::<_, String>(0),
+            email,
+            "seed {s}: update to row {id} lost"
+        );
+        assert_eq!(
+            &decrypt(&t, "pii", &row.get::<_, String>(1), None).await,
+            email
+        );
+    }
+    eprintln!(
+        "seed {s}: {n} application updates during the run; first run: {}",
+        String::from_utf8_lossy(&first.stdout).trim()
+    );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_migration_against_openbao() {
+    let bins = bins();
+    let bao = OpenBao::start().await.unwrap();
+    let t = bao.client();
+    let db = PgDb::create().await;
+    let c = users(&db, 5_000).await;
+    let with_email = count(&c, "SELECT count(*) FROM users WHERE email IS NOT NULL").await;
+    let args = ["--key", "pii", "--context-column", "id"];
+    let run = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut a = extra.to_vec();
+        a.extend(args);
+        a
+    };
+    let o = fle(&bins, &db, &bao.url, &run(&["backfill", "--create-key"])).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stdout.contains(&format!("{with_email} rows encrypted")),
+        "{o:?}"
+    );
+    let row = c
+        .query_one("SELECT email, email_enc FROM users WHERE id = 42", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        decrypt(&t, "pii", &row.get::<_, String>(1), Some("42")).await,
+        row.get::<_, String>(0)
+    );
+    assert_eq!(fle(&bins, &db, &bao.url, &run(&["verify"])).await.code, 0);
+    let o = fle(&bins, &db, &bao.url, &run(&["rotate", "--trim"])).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains(&format!("v2: {with_email}")), "{o:?}");
+    let k = t.get("transit/keys/pii").await;
+    assert_eq!(k.data("min_decryption_version"), 2, "{k:?}");
+    assert_eq!(k.data("min_available_version"), 2, "{k:?}");
+    assert_eq!(fle(&bins, &db, &bao.url, &run(&["verify"])).await.code, 0);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_failing_dependencies_get_clear_errors_and_lose_nothing() {
+    let bins = bins();
+    let mut stack = Stack::start().await;
+    let db = PgDb::create().await;
+    users(&db, 20_000).await;
+    let url = stack.url.clone();
+    let fle_at = |table: &'static str, column: &'static str, extra: Vec<&'static str>| {
+        let mut cmd = tokio::process::Command::new(bins.join("pii-fle"));
+        cmd.args(extra)
+            .args([
+                "--table", table, "--column", column, "--key", "pii", "--quiet",
+            ])
+            .env("DATABASE_URL", db.url())
+            .env("VAULT_ADDR", &url)
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .env("PII_FLE_LOG", "off");
+        cmd
+    };
+    for (table, column, want) in [
+        ("nope", "email", "table nope does not exist"),
+        ("users", "mail", "table users has no column mail"),
+        ("users", "age", "users.age is integer, not a text type"),
+        (
+            "users; DROP TABLE users",
+            "email",
+            "is not a plain SQL identifier",
+        ),
+    ] {
+        let o = fle_at(table, column, vec!["backfill", "--create-key"])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{table}.{column}: {err}");
+        assert!(err.contains(want), "{table}.{column}: {err}");
+    }
+    let o = fle_at("users", "email", vec!["backfill", "--create-key"])
+        .env("VAULT_TOKEN", "wrong")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && err.contains("403"), "{err}");
+    assert!(!err.contains("example.com"), "no value in an error: {err}");
+
+    // A database that drops the connection mid-run: a clear error; the
+    // resumed run finishes and nothing is lost.
+    let mut child = fle_at(
+        "users",
+        "email",
+        vec![
+            "backfill",
+            "--create-key",
+            "--batch",
+            "200",
+            "--rows-per-sec",
+            "4000",
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(db.kill_connections().await > 0);
+    let st = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err)
+        .await
+        .unwrap();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("postgres"), "{err}");
+    let c = db.connect().await; // ours was cut too
+    let done = count(&c, "SELECT count(*) FROM users WHERE email_enc IS NOT NULL").await;
+    assert!(
+        done > 0 && done < 19_000,
+        "interrupted mid-run ({done} rows)"
+    );
+
+    // The sidecar answers 503 while its enclave is away: retried, then a
+    // clear error; nothing written meanwhile is lost.
+    stack.kill_enclave().await;
+    let o = fle_at(
+        "users",
+        "email",
+        vec!["backfill", "--transit-attempts", "3"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unavailable after 3 attempts") && err.contains("503"),
+        "{err}"
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM users WHERE email_enc IS NOT NULL").await,
+        done
+    );
+    stack.restart_enclave().await;
+    let o = fle_at("users", "email", vec!["backfill"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("resumed after primary key"), "{out}");
+    let o = fle_at("users", "email", vec!["verify"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // The encrypted column named as the plaintext one: refused.
+    let o = fle_at("users", "email_enc", vec!["backfill"])
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already holds Transit ciphertext"), "{err}");
+    db.drop_db().await;
+}
