@@ -90,7 +90,12 @@ pub struct KeyInfo {
 }
 
 /// One item's outcome in a decrypt batch: Vault reports failures per item.
-pub type ItemResult<T> = Result<T, String>;
+pub type ItemResult<T> = Result<T, ItemError>;
+
+/// Vault's error string for one failed batch item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ItemError(pub String);
 
 pub struct Transit {
     http: Client,
@@ -392,12 +397,12 @@ impl Transit {
         Ok(Self::results(&path, &v, items.len())?
             .iter()
             .map(|r| match (r["plaintext"].as_str(), r["error"].as_str()) {
-                (_, Some(e)) if !e.is_empty() => Err(e.to_owned()),
+                (_, Some(e)) if !e.is_empty() => Err(ItemError(e.to_owned())),
                 (Some(p), _) => base64::engine::general_purpose::STANDARD
                     .decode(p)
                     .map(Zeroizing::new)
-                    .map_err(|_| "plaintext is not base64".to_owned()),
-                (None, _) => Err("no plaintext".to_owned()),
+                    .map_err(|_| ItemError("plaintext is not base64".into())),
+                (None, _) => Err(ItemError("no plaintext".into())),
             })
             .collect())
     }
