@@ -33,6 +33,12 @@ bench:
     cargo bench -p pii-tests --bench seal
     ./ci/bench-fraud.sh
     ./ci/bench-fraud-online.sh
+    ./ci/bench-fle.sh
+
+# Field-level encryption: pii-fle backfill/rotate/verify rows/s on a 1M-row
+# table and the overhead workload, sidecar vs OpenBao.
+bench-fle:
+    ./ci/bench-fle.sh
 
 # Fraud pipeline: replay lines/s and peak RSS under 100k / 1M-address spraying.
 bench-fraud:

@@ -6,15 +6,21 @@
 # Results: target/bench/fle.json and a Markdown table on stdout.
 #   FLE_BENCH_ROWS   rows in the table [1000000]
 #   FLE_BENCH_SMOKE=1  20,000 rows (CI: the benchmark cannot silently break)
+# Then the overhead workload (pii-fle workload: plaintext vs encrypted vs
+# encrypted with the decrypt cache, p95 and ops/s) through each server;
+# results in target/bench/fle-overhead-<server>.json.
+#   FLE_LOAD_SECONDS per mode and round [5], FLE_LOAD_ROUNDS [3], FLE_LOAD_CLIENTS [8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 ci/setup.sh >/dev/null
 ROWS=${FLE_BENCH_ROWS:-1000000}
-[ "${FLE_BENCH_SMOKE:-0}" = 1 ] && ROWS=20000
+LOAD=(--seconds "${FLE_LOAD_SECONDS:-5}" --rounds "${FLE_LOAD_ROUNDS:-3}" --clients "${FLE_LOAD_CLIENTS:-8}")
+if [ "${FLE_BENCH_SMOKE:-0}" = 1 ]; then ROWS=20000; LOAD=(--seconds 1 --rounds 1 --warmup 0.2 --clients 4); fi
 out=target/bench; mkdir -p "$out"
 t0=$SECONDS
-cargo build --release -q -p host-proxy -p pii-fle --bins
+cargo build --release -q -p host-proxy
+cargo build --release -q -p pii-fle
 cargo build --release -q -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev
 echo "ci/bench-fle.sh: built in $((SECONDS - t0)) s; $ROWS rows"
 
@@ -30,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 bao_port=$(free_port); dev_port=$(free_port); side_port=$(free_port)
 # The same JSON limits as a production OpenBao listener (1,000 strings per
-# request: pii-fle sends 200 items per call for that reason).
+# request: pii-fle sends 150 items per call for that reason).
 cat >"$tmp/bao.hcl" <<HCL
 listener "tcp" {
   address = "127.0.0.1:$bao_port"
@@ -67,6 +73,9 @@ t, step, s, e, rows = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.ar
 print(json.dumps({"target": t, "step": step, "rows": rows, "seconds": round(e - s, 3), "rows_per_sec": round(rows / (e - s))}))
 PY
   done
+  VAULT_ADDR=$addr target/release/pii-fle workload --table users --column email --key pii --quiet \
+    "${LOAD[@]}" --json "$out/fle-overhead-$target.json" >"$tmp/$target-workload.out"
+  echo "overhead workload through $target:"; tail -n +2 "$tmp/$target-workload.out"
 done
 python3 - "$results" "$out/fle.json" <<'PY'
 import json, sys

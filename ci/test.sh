@@ -41,6 +41,7 @@ fi
 # Every benchmark runs briefly so a broken one fails CI (figures not judged).
 stage "bench smoke (fraud)"; FRAUD_BENCH_SMOKE=1 ci/bench-fraud.sh
 stage "bench smoke (fraud, online ingest)"; FRAUD_BENCH_SMOKE=1 ci/bench-fraud-online.sh
+stage "bench smoke (field-level encryption)"; FLE_BENCH_SMOKE=1 ci/bench-fle.sh
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   stage "fuzz smoke"; ci/fuzz-smoke.sh
 fi

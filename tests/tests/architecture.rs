@@ -89,6 +89,7 @@ fn ring_only_through_tls(package: &str) {
         "host-proxy",
         "pii-fraud",
         "pii-pg",
+        "pii-http-client",
         "pii-fle",
         "rustls",
         "rustls-webpki",

@@ -562,7 +562,7 @@ async fn bad_input_and_failing_dependencies_get_clear_errors_and_lose_nothing() 
             .await
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{table}.{column}: {err}");
+        assert_eq!(o.status.code(), Some(2), "{table}.{column}: {err}");
         assert!(err.contains(want), "{table}.{column}: {err}");
     }
     let o = fle_at("users", "email", vec!["backfill", "--create-key"])
@@ -662,5 +662,210 @@ async fn bad_input_and_failing_dependencies_get_clear_errors_and_lose_nothing() 
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("already holds Transit ciphertext"), "{err}");
+    db.drop_db().await;
+}
+
+/// A Transit "server" in front of the sidecar that reverses the order of
+/// every batch's answers (a hostile host or a broken proxy between pii-fle
+/// and the enclave), with and without the references.
+async fn reordering_proxy(upstream: String, keep_references: bool) -> String {
+    use axum::extract::{Request, State};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let http = reqwest::Client::new();
+    let app = axum::Router::new()
+        .fallback(
+            move |State((http, up)): State<(reqwest::Client, String)>, req: Request| async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 24).await.unwrap();
+                let mut r = http
+                    .request(parts.method, format!("{up}{}", parts.uri))
+                    .body(body);
+                for (k, v) in parts.headers.iter() {
+                    if k.as_str().starts_with("x-vault") || k == "content-type" {
+                        r = r.header(k, v);
+                    }
+                }
+                let resp = r.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let mut v: serde_json::Value = resp.json().await.unwrap_or_default();
+                if let Some(items) = v["data"]["batch_results"].as_array_mut() {
+                    items.reverse();
+                    if !keep_references {
+                        for i in items.iter_mut() {
+                            if let Some(o) = i.as_object_mut() {
+                                o.remove("reference");
+                            }
+                        }
+                    }
+                }
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    axum::Json(v),
+                )
+            },
+        )
+        .with_state((http, upstream));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_answers_and_misconfigurations_lose_nothing() {
+    let bins = bins();
+    let stack = Stack::start().await;
+    let db = PgDb::create().await;
+    let c = users(&db, 20_000).await;
+    let url = stack.url.clone();
+
+    // A context that cut-over would drop, or a ciphertext column that holds
+    // application data: refused before anything is written.
+    for (flag, column, want) in [
+        (
+            "--context-column",
+            "email",
+            "the context must be another column",
+        ),
+        ("--enc-column", "name", "not Transit ciphertexts"),
+    ] {
+        let args = ["backfill", "--key", "pii", "--create-key", flag, column];
+        let o = fle(&bins, &db, &url, &args).await;
+        assert!(o.code == 2 && o.stderr.contains(want), "{flag}: {o:?}");
+    }
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM users WHERE name = 'User ' || id").await,
+        20_000,
+        "the data column was touched"
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'email_enc'").await,
+        0,
+        "a refused run migrated the table"
+    );
+
+    // Answers reordered by the host: refused whether or not the proxy also
+    // strips the references; nothing is written.
+    for keep in [true, false] {
+        let hostile = reordering_proxy(url.clone(), keep).await;
+        let o = fle(
+            &bins,
+            &db,
+            &hostile,
+            &["backfill", "--key", "pii", "--create-key"],
+        )
+        .await;
+        assert!(
+            o.code == 1 && o.stderr.contains("does not carry its item's reference"),
+            "{o:?}"
+        );
+        assert_eq!(
+            count(&c, "SELECT count(*) FROM users WHERE email_enc IS NOT NULL").await,
+            0,
+            "a reordered answer was written"
+        );
+    }
+
+    // The real backfill with the context in another column, then an
+    // application changing only that context: the ciphertext is cleared,
+    // and the next run re-encrypts exactly that row.
+    let t = stack.client();
+    let r = t.post("transit/keys/pii-n", json!({"derived": true})).await;
+    assert!(r.status < 300, "{r:?}");
+    let ctx = ["--key", "pii-n", "--context-column", "name"];
+    let o = fle(&bins, &db, &url, &[&["backfill"][..], &ctx].concat()).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    c.batch_execute("UPDATE users SET name = 'Renamed' WHERE id = 5")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM users WHERE id = 5 AND email_enc IS NULL"
+        )
+        .await,
+        1,
+        "a context change left a ciphertext bound to the old context"
+    );
+    let o = fle(&bins, &db, &url, &[&["backfill"][..], &ctx].concat()).await;
+    assert!(
+        o.code == 0 && o.stdout.contains(" 1 rows encrypted"),
+        "{o:?}"
+    );
+    let row = c
+        .query_one("SELECT email, email_enc FROM users WHERE id = 5", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        decrypt(&t, "pii-n", &row.get::<_, String>(1), Some("Renamed")).await,
+        row.get::<_, String>(0)
+    );
+
+    // Rotation through the reordering host: refused, every row still at v1.
+    let hostile = reordering_proxy(url.clone(), true).await;
+    let o = fle(&bins, &db, &hostile, &[&["rotate"][..], &ctx].concat()).await;
+    assert_eq!(o.code, 1, "{o:?}");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM users WHERE email_enc NOT LIKE 'vault:v1:%'"
+        )
+        .await,
+        0,
+        "a reordered rewrap was written"
+    );
+
+    // Cut-over holds writers off while it verifies: a write to the
+    // ciphertext column during the verify waits (here: times out) instead
+    // of slipping in between the verify and the drop.
+    let cut = command(
+        &bins,
+        &db,
+        &url,
+        &[&["cutover", "--drop-plaintext"][..], &ctx].concat(),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut blocked = false;
+    while Instant::now() < deadline {
+        let locked = count(
+            &c,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class r ON r.oid = l.relation \
+             WHERE r.relname = 'users' AND l.mode = 'ShareLock' AND l.granted",
+        )
+        .await;
+        if locked > 0 {
+            let e = c
+                .batch_execute(
+                    "BEGIN; SET LOCAL lock_timeout = '100ms'; \
+                     UPDATE users SET email_enc = 'vault:v1:Z2FyYmFnZQ==' WHERE id = 7; COMMIT",
+                )
+                .await;
+            let _ = c.batch_execute("ROLLBACK").await;
+            if let Err(e) = e {
+                let msg = e.as_db_error().map(|d| d.message().to_owned());
+                assert!(
+                    msg.as_deref().is_some_and(|m| m.contains("lock timeout")),
+                    "{e:?}"
+                );
+                blocked = true;
+                break;
+            }
+            // The lock went away between the two statements: try again.
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let out = cut.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        blocked,
+        "no write was attempted while cut-over held its lock"
+    );
     db.drop_db().await;
 }

@@ -1,15 +1,23 @@
--- pii-fle: the encrypted column beside the plaintext one, and a trigger
--- that keeps it honest during the dual-write period: an UPDATE that changes
--- the plaintext without writing the ciphertext too clears the ciphertext,
--- so a stale ciphertext can never survive an application's write; the next
--- `pii-fle backfill` encrypts exactly those rows.
--- Placeholders (quoted identifiers): {{table}} {{column}} {{enc}} {{function}} {{trigger}}.
-ALTER TABLE {{table}} ADD COLUMN IF NOT EXISTS {{enc}} text;
-CREATE OR REPLACE FUNCTION {{function}}() RETURNS trigger LANGUAGE plpgsql AS $fle$
+-- pii-fle: a column derived from the plaintext (the ciphertext
+-- <column>_enc, or the blind index <column>_bidx) beside the plaintext one,
+-- and a trigger that keeps it honest during the dual-write period: an
+-- UPDATE that changes the plaintext (or the row's context, which a derived
+-- key's ciphertext is bound to) without writing the derived column too
+-- clears it, so a stale value can never survive an application's write;
+-- the next `pii-fle backfill` recomputes exactly those rows.
+-- The comparison is byte-exact (COLLATE "C": a case-insensitive type or
+-- collation must not hide a change), the function resolves names only in
+-- pg_catalog, and the trigger fires in replica sessions too.
+-- Placeholders (in double braces; quoted identifiers): table, column,
+-- derived, context_changed (empty, or an OR on the context column),
+-- function, trigger.
+ALTER TABLE {{table}} ADD COLUMN IF NOT EXISTS {{derived}} text;
+CREATE OR REPLACE FUNCTION {{function}}() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog AS $fle$
 BEGIN
-    IF NEW.{{column}} IS DISTINCT FROM OLD.{{column}}
-       AND NEW.{{enc}} IS NOT DISTINCT FROM OLD.{{enc}} THEN
-        NEW.{{enc}} := NULL;
+    IF (NEW.{{column}}::text COLLATE "C" IS DISTINCT FROM OLD.{{column}}::text COLLATE "C"{{context_changed}})
+       AND NEW.{{derived}} IS NOT DISTINCT FROM OLD.{{derived}} THEN
+        NEW.{{derived}} := NULL;
     END IF;
     RETURN NEW;
 END
@@ -17,3 +25,4 @@ $fle$;
 DROP TRIGGER IF EXISTS {{trigger}} ON {{table}};
 CREATE TRIGGER {{trigger}} BEFORE UPDATE ON {{table}}
     FOR EACH ROW EXECUTE FUNCTION {{function}}();
+ALTER TABLE {{table}} ENABLE ALWAYS TRIGGER {{trigger}};

@@ -71,6 +71,9 @@ pub struct Encrypted {
     plains: Vec<String>,
     encs: Vec<String>,
     bidxs: Vec<Option<String>>,
+    /// The contexts the ciphertexts were made under (the write checks the
+    /// row still has them).
+    ctxs: Vec<Option<String>>,
 }
 
 fn contexts(run_plan: &schema::Plan, rows: &[Row]) -> Result<(), FleError> {
@@ -114,15 +117,20 @@ async fn encrypt(
         }
         None => (t.encrypt(key, &items).await?, vec![None; rows.len()]),
     };
-    let (pks, plains) = rows
-        .into_iter()
-        .map(|r| (r.pk, r.plain.unwrap_or_default()))
-        .unzip();
+    let mut pks = Vec::with_capacity(rows.len());
+    let mut plains = Vec::with_capacity(rows.len());
+    let mut ctxs = Vec::with_capacity(rows.len());
+    for r in rows {
+        pks.push(r.pk);
+        plains.push(r.plain.unwrap_or_default());
+        ctxs.push(r.ctx);
+    }
     Ok(Encrypted {
         pks,
         plains,
         encs,
         bidxs,
+        ctxs,
     })
 }
 
@@ -131,7 +139,7 @@ impl pipeline::Batch for Encrypted {
         &self.pks
     }
     fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-        vec![&self.pks, &self.plains, &self.encs, &self.bidxs]
+        vec![&self.pks, &self.plains, &self.encs, &self.bidxs, &self.ctxs]
     }
 }
 
@@ -165,10 +173,17 @@ pub async fn backfill(run: &mut Run, create_key: bool) -> Result<Report, FleErro
         .as_ref()
         .map(|b| format!(", {b} = v.bidx"))
         .unwrap_or_default();
+    // A ciphertext is bound to its row's context: written only if that is
+    // unchanged too.
+    let same_ctx = plan
+        .context
+        .as_ref()
+        .map(|x| format!(" AND t.{x}::text IS NOT DISTINCT FROM v.ctx"))
+        .unwrap_or_default();
     let write_sql = format!(
         "UPDATE {t} AS t SET {e} = v.enc{set_bidx}
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS v(pk, pt, enc, bidx)
-         WHERE t.{pk} = (v.pk)::{ty} AND t.{c} IS NOT DISTINCT FROM v.pt AND t.{e} IS NULL",
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS v(pk, pt, enc, bidx, ctx)
+         WHERE t.{pk} = (v.pk)::{ty} AND t.{c} IS NOT DISTINCT FROM v.pt AND t.{e} IS NULL{same_ctx}",
         t = plan.table,
         e = plan.enc,
         pk = plan.pk,

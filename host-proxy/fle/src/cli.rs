@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use crate::ident::{Ident, Table};
 use crate::schema::{self, Names};
 use crate::transit::{Retry, Transit};
-use crate::{backfill, metrics, rotate, verify, FleError, Run};
+use crate::{backfill, metrics, rotate, verify, workload, FleError, Run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,6 +88,64 @@ pub enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// What encryption costs the application: a read/write load on a copy
+    /// of the (backfilled) table, plaintext vs encrypted through Transit vs
+    /// encrypted with a client-side decrypt cache; throughput and p50/p95/p99.
+    Workload {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        load: WorkloadArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkloadArgs {
+    /// Modes to run, alternating in rounds.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "plain,encrypted,cached"
+    )]
+    pub modes: Vec<workload::Mode>,
+    /// Concurrent clients (one database connection each).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub clients: u16,
+    /// Measured seconds per mode and round.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Unmeasured seconds before each mode's first round.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Percent of operations that are reads (the rest write a new value).
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub read_percent: u32,
+    /// Rows sampled from the table to operate on.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
+    pub rows: i64,
+    /// Share of the sampled rows that is hot.
+    #[arg(long, default_value_t = 0.01)]
+    pub hot_fraction: f64,
+    /// Share of operations on the hot rows.
+    #[arg(long, default_value_t = 0.9)]
+    pub hot_share: f64,
+    /// Decrypt cache entries (cached mode).
+    #[arg(long, default_value_t = 10_000)]
+    pub cache_size: usize,
+    /// Decrypt cache entry lifetime in seconds (cached mode).
+    #[arg(long, default_value_t = 60.0)]
+    pub cache_ttl: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Keep the copy table (pii_fle_load_<table>) afterwards.
+    #[arg(long)]
+    pub keep_table: bool,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -163,7 +221,8 @@ impl Cmd {
             | Cmd::Rotate { common, .. }
             | Cmd::Cutover { common, .. }
             | Cmd::Status { common }
-            | Cmd::Migration { common } => common,
+            | Cmd::Migration { common }
+            | Cmd::Workload { common, .. } => common,
         }
     }
 }
@@ -183,13 +242,17 @@ fn token(c: &Common) -> Result<Zeroizing<String>, FleError> {
 async fn setup(c: &Common) -> Result<Run, FleError> {
     let table = Table::parse(&c.table).map_err(schema::SchemaError::from)?;
     let column = Ident::new(&c.column).map_err(schema::SchemaError::from)?;
-    Ident::new(&c.key.replace('-', "_")).map_err(|_| {
-        FleError::Usage(format!("--key {:?}: letters, digits, - and _ only", c.key))
-    })?;
+    let key_name = |flag: &str, k: &str| {
+        Ident::new(&k.replace('-', "_"))
+            .map(|_| ())
+            .map_err(|_| FleError::Usage(format!("{flag} {k:?}: letters, digits, - and _ only")))
+    };
+    key_name("--key", &c.key)?;
     let bidx_key = c
         .blind_index_key
         .clone()
         .unwrap_or_else(|| format!("{}-bidx", c.key));
+    key_name("--blind-index-key", &bidx_key)?;
     let transit = Transit::new(
         &c.vault_addr,
         &c.mount,
@@ -348,6 +411,45 @@ pub async fn run(cmd: Cmd) -> Result<(), FleError> {
             }
         }
         Cmd::Migration { .. } => print!("{}", r.plan.migration_sql()?),
+        Cmd::Workload { load, .. } => {
+            let bad = |what: &str| FleError::Usage(format!("workload: {what}"));
+            let timing_ok = load.seconds > 0.0
+                && load.seconds <= 3600.0
+                && (0.0..=600.0).contains(&load.warmup);
+            if !timing_ok {
+                return Err(bad(
+                    "--seconds must be within (0, 3600], --warmup within [0, 600]",
+                ));
+            }
+            if !(0.0..=1.0).contains(&load.hot_fraction) || !(0.0..=1.0).contains(&load.hot_share) {
+                return Err(bad("--hot-fraction and --hot-share must be within 0..=1"));
+            }
+            let ttl = std::time::Duration::try_from_secs_f64(load.cache_ttl)
+                .map_err(|_| bad("--cache-ttl must be a number of seconds"))?;
+            let o = workload::Options {
+                modes: load.modes.clone(),
+                clients: usize::from(load.clients),
+                seconds: load.seconds,
+                warmup: load.warmup,
+                rounds: load.rounds,
+                read_percent: load.read_percent,
+                rows: load.rows,
+                hot_fraction: load.hot_fraction,
+                hot_share: load.hot_share,
+                cache_size: load.cache_size,
+                cache_ttl: ttl,
+                seed: load.seed,
+                keep_table: load.keep_table,
+            };
+            let rep = workload::run(&r, &o).await?;
+            print!("workload {label}:\n\n{}", rep.markdown());
+            if let Some(path) = &load.json {
+                let text = serde_json::to_string_pretty(&rep)
+                    .map_err(|e| FleError::Internal(format!("workload report: {e}")))?;
+                std::fs::write(path, text)
+                    .map_err(|e| FleError::Usage(format!("--json {}: {e}", path.display())))?;
+            }
+        }
     }
     Ok(())
 }

@@ -24,16 +24,20 @@ pub async fn load(db: &impl GenericClient, id: &str) -> Result<Option<Job>, toki
             &[&id],
         )
         .await?;
-    Ok(row.map(|r| Job {
-        id: id.to_owned(),
-        state: r.get(0),
-        last_pk: r.get(1),
-        pass: r.get(2),
-        rows_done: r.get(3),
-        rows_skipped: r.get(4),
-        from_version: r.get(5),
-        to_version: r.get(6),
-    }))
+    // try_get: a job table altered by hand (other types) is an error, not a panic.
+    row.map(|r| {
+        Ok(Job {
+            id: id.to_owned(),
+            state: r.try_get(0)?,
+            last_pk: r.try_get(1)?,
+            pass: r.try_get(2)?,
+            rows_done: r.try_get(3)?,
+            rows_skipped: r.try_get(4)?,
+            from_version: r.try_get(5)?,
+            to_version: r.try_get(6)?,
+        })
+    })
+    .transpose()
 }
 
 /// Starts the job afresh (a new run after a finished one, or the first).

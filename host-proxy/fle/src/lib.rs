@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backfill;
+pub mod cache;
 pub mod cli;
 pub mod ident;
 pub mod job;
@@ -34,6 +35,7 @@ pub mod rotate;
 pub mod schema;
 pub mod transit;
 pub mod verify;
+pub mod workload;
 
 /// What a command can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,8 @@ pub enum FleError {
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Connect(#[from] pii_pg::PgError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
     #[error("{0}")]
     Usage(String),
     /// Work remains: rows changed by applications in every pass.
@@ -66,6 +70,8 @@ impl FleError {
         match self {
             FleError::Incomplete { .. } | FleError::VerifyFailed(_) => 3,
             FleError::Usage(_) => 2,
+            // The table, column or names given do not fit: fix the command.
+            FleError::Schema(e) if !matches!(e, schema::SchemaError::Db(_)) => 2,
             _ => 1,
         }
     }
@@ -96,7 +102,9 @@ pub struct Run {
 /// Paces writes to `rate` rows per second (measured from `start`).
 pub async fn throttle(rate: Option<f64>, start: std::time::Instant, rows: u64) {
     if let Some(rate) = rate.filter(|r| *r > 0.0) {
-        let due = std::time::Duration::from_secs_f64(rows as f64 / rate);
+        // A rate so small that the wait overflows waits a day at a time.
+        let due = std::time::Duration::try_from_secs_f64(rows as f64 / rate)
+            .unwrap_or(std::time::Duration::from_secs(86_400) + start.elapsed());
         if let Some(wait) = due.checked_sub(start.elapsed()) {
             tokio::time::sleep(wait).await;
         }

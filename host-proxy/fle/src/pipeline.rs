@@ -81,16 +81,19 @@ impl Scan {
             None => db.query(&self.first, &[&limit]).await?,
             Some(pk) => db.query(&self.next, &[&limit, &pk]).await?,
         };
-        Ok(rows
-            .iter()
-            .map(|r| Row {
-                pk: r.get(0),
-                plain: r.get(1),
-                enc: r.get(2),
-                bidx: r.get(3),
-                ctx: r.get(4),
+        // try_get: a server that answers other types or a NULL key is an
+        // error, not a panic.
+        rows.iter()
+            .map(|r| {
+                Ok(Row {
+                    pk: r.try_get(0)?,
+                    plain: r.try_get(1)?,
+                    enc: r.try_get(2)?,
+                    bidx: r.try_get(3)?,
+                    ctx: r.try_get(4)?,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -203,7 +206,12 @@ impl<B: Batch> Sink for Writer<B> {
         };
         let tx = self.db.transaction().await?;
         let n = tx.execute(&self.stmt, &b.params()).await?;
-        let skipped = b.pks().len() as u64 - n;
+        let skipped = (b.pks().len() as u64).checked_sub(n).ok_or_else(|| {
+            FleError::Internal(format!(
+                "the database reports {n} rows updated for a batch of {}",
+                b.pks().len()
+            ))
+        })?;
         crate::job::advance(&tx, &self.job, &last, n as i64, skipped as i64).await?;
         tx.commit().await?;
         self.written += n;

@@ -34,12 +34,26 @@ pub struct Rewrapped {
     new: Vec<String>,
 }
 
-async fn rewrap(t: &Transit, key: &str, rows: Vec<Row>) -> Result<Rewrapped, FleError> {
+async fn rewrap(t: &Transit, key: &str, to: u32, rows: Vec<Row>) -> Result<Rewrapped, FleError> {
     let items: Vec<(&str, Option<&[u8]>)> = rows
         .iter()
         .map(|r| (r.enc.as_deref().unwrap_or_default(), r.context()))
         .collect();
     let new = t.rewrap(key, &items).await?;
+    // What goes into the row must be a new ciphertext at `to` or later: an
+    // answer that echoes the old one, or names an older version, would let
+    // min_decryption_version strand the row.
+    for ((old, _), (n, r)) in items.iter().zip(new.iter().zip(&rows)) {
+        if n == old || crate::transit::version_of(n).is_none_or(|v| v < to) {
+            return Err(FleError::Transit(crate::transit::TransitError::BadAnswer {
+                path: format!("rewrap/{key}"),
+                why: format!(
+                    "primary key {}: the rewrapped ciphertext is not at v{to} or later",
+                    r.pk
+                ),
+            }));
+        }
+    }
     let (pks, old) = rows
         .into_iter()
         .map(|r| (r.pk, r.enc.unwrap_or_default()))
@@ -117,7 +131,7 @@ pub async fn rotate(run: &Run, opts: Options) -> Result<Report, FleError> {
         &filter,
         &write_sql,
         "rewrap",
-        |rows| rewrap(t, key, rows),
+        |rows| rewrap(t, key, to, rows),
     )
     .await?;
     let (rewrapped, skipped) = (p.written, p.skipped);

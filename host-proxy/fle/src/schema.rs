@@ -35,6 +35,17 @@ pub enum SchemaError {
         column: String,
         rows: i64,
     },
+    #[error(
+        "--context-column {0}: the context must be another column than the plaintext, \
+         ciphertext or blind index (cut-over drops the plaintext, and every row would lose \
+         the context its ciphertext needs); the primary key is the usual choice"
+    )]
+    BadContext(String),
+    #[error(
+        "encrypted column {0}: it holds values that are not Transit ciphertexts, or is the \
+         plaintext, context or primary key column; name a new column with --enc-column"
+    )]
+    BadEncColumn(String),
     #[error("{table}.{column} does not exist: run `pii-fle backfill` first")]
     NotMigrated { table: String, column: String },
     #[error("postgres: {}", pii_pg::chain(.0))]
@@ -82,38 +93,63 @@ impl Plan {
         })
     }
 
+    /// The name of one of this column's database objects: readable, unique
+    /// per (schema, table, column) and within PostgreSQL's 63 bytes (a
+    /// truncated name could collide with another column's object).
+    fn object(&self, what: &str) -> Result<Ident, SchemaError> {
+        let base = format!("{}_{}", self.table.name.name(), self.column.name());
+        let id = format!(
+            "{}\0{}\0{}",
+            self.table.schema.as_ref().map(Ident::name).unwrap_or(""),
+            self.table.name.name(),
+            self.column.name()
+        );
+        let readable: String = base.chars().take(34).collect();
+        Ok(Ident::new(&format!(
+            "pii_fle_{readable}_{:08x}_{what}",
+            fnv1a32(id.as_bytes())
+        ))?)
+    }
+
     /// The SQL every write command applies first (idempotent).
     pub fn migration_sql(&self) -> Result<String, SchemaError> {
-        let base = format!("{}_{}", self.table.name.name(), self.column.name());
-        let f = Ident::new(&short(&format!("pii_fle_{base}_stale")))?;
-        let t = Ident::new(&short(&format!("pii_fle_{base}_stale")))?;
         let mut sql = JOBS_SQL.to_owned();
+        let context_changed = self
+            .context
+            .as_ref()
+            .map(|c| format!(" OR NEW.{c}::text IS DISTINCT FROM OLD.{c}::text"))
+            .unwrap_or_default();
+        let f = self.object("stale")?;
         sql += &render(
             ENC_SQL,
             &[
                 ("table", self.table.to_string()),
                 ("column", self.column.to_string()),
-                ("enc", self.enc.to_string()),
+                ("derived", self.enc.to_string()),
+                ("context_changed", context_changed),
                 ("function", schema_qualified(&self.table, &f)),
-                ("trigger", t.to_string()),
+                ("trigger", f.to_string()),
             ],
         );
         if let Some(b) = &self.bidx {
-            let f = Ident::new(&short(&format!("pii_fle_{base}_bidx_stale")))?;
-            let i = Ident::new(&short(&format!(
-                "{}_{}_idx",
-                self.table.name.name(),
-                b.name()
-            )))?;
+            let f = self.object("bidx_stale")?;
+            sql += &render(
+                ENC_SQL,
+                &[
+                    ("table", self.table.to_string()),
+                    ("column", self.column.to_string()),
+                    ("derived", b.to_string()),
+                    ("context_changed", String::new()),
+                    ("function", schema_qualified(&self.table, &f)),
+                    ("trigger", f.to_string()),
+                ],
+            );
             sql += &render(
                 BIDX_SQL,
                 &[
                     ("table", self.table.to_string()),
-                    ("column", self.column.to_string()),
                     ("bidx", b.to_string()),
-                    ("index", i.to_string()),
-                    ("function", schema_qualified(&self.table, &f)),
-                    ("trigger", f.to_string()),
+                    ("index", self.object("bidx_idx")?.to_string()),
                 ],
             );
         }
@@ -122,13 +158,9 @@ impl Plan {
 
     /// SQL that removes the plaintext column and the triggers guarding it.
     pub fn drop_plaintext_sql(&self) -> Result<String, SchemaError> {
-        let base = format!("{}_{}", self.table.name.name(), self.column.name());
         let mut sql = String::new();
-        for name in [
-            format!("pii_fle_{base}_stale"),
-            format!("pii_fle_{base}_bidx_stale"),
-        ] {
-            let n = Ident::new(&short(&name))?;
+        for what in ["stale", "bidx_stale"] {
+            let n = self.object(what)?;
             sql += &format!(
                 "DROP TRIGGER IF EXISTS {n} ON {t};\nDROP FUNCTION IF EXISTS {f}();\n",
                 t = self.table,
@@ -140,9 +172,11 @@ impl Plan {
     }
 }
 
-/// Identifiers over 63 bytes would be truncated silently by PostgreSQL.
-fn short(name: &str) -> String {
-    name.chars().take(crate::ident::MAX_LEN).collect()
+/// FNV-1a (32 bits): a short, stable tag for object names (not security).
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn schema_qualified(t: &Table, name: &Ident) -> String {
@@ -242,8 +276,34 @@ pub async fn inspect(
                 column: c.name().to_owned(),
             });
         }
+        // The context must outlive the plaintext (cut-over drops that) and
+        // must not be a column the tool writes.
+        if c == column || *c == enc || bidx.as_ref() == Some(c) {
+            return Err(SchemaError::BadContext(c.name().to_owned()));
+        }
+    }
+    if enc == *column || context.as_ref() == Some(&enc) || enc.name() == pk[0].get::<_, String>(0) {
+        return Err(SchemaError::BadEncColumn(enc.name().to_owned()));
     }
     let mut migrated = text_col(&enc)?;
+    if migrated {
+        // An existing <column>_enc holds ciphertexts or nothing: a data
+        // column named by mistake would be overwritten and, through the
+        // trigger, cleared by every application write.
+        let foreign: i64 = db
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {enc} IS NOT NULL \
+                     AND {enc} !~ '^vault:v[0-9]+:' LIMIT 1) x"
+                ),
+                &[],
+            )
+            .await?
+            .get(0);
+        if foreign > 0 {
+            return Err(SchemaError::BadEncColumn(enc.name().to_owned()));
+        }
+    }
     if let Some(b) = &bidx {
         migrated &= text_col(b)?;
     }
@@ -340,9 +400,55 @@ mod tests {
         assert!(!sql.contains("{{"), "{sql}");
         assert!(sql
             .contains("ALTER TABLE \"app\".\"users\" ADD COLUMN IF NOT EXISTS \"email_enc\" text"));
-        assert!(sql.contains("\"app\".\"pii_fle_users_email_stale\"()"));
+        let stale = plan.object("stale").expect("name");
+        assert!(sql.contains(&format!("\"app\".{stale}()")), "{sql}");
+        assert!(stale.name().starts_with("pii_fle_users_email_"));
         assert!(sql.contains("\"email_bidx\""));
         let drop = plan.drop_plaintext_sql().expect("sql");
+        assert!(drop.contains(&format!("DROP TRIGGER IF EXISTS {stale} ON")));
+        assert!(drop.contains(&plan.object("bidx_stale").expect("name").to_string()));
         assert!(drop.ends_with("ALTER TABLE \"app\".\"users\" DROP COLUMN \"email\";\n"));
+        // A context column is watched by the ciphertext's trigger only.
+        let with_ctx = Plan {
+            context: Some(Ident::new("id").expect("ok")),
+            ..plan.clone()
+        };
+        let sql = with_ctx.migration_sql().expect("sql");
+        assert_eq!(
+            sql.matches("OR NEW.\"id\"::text IS DISTINCT FROM").count(),
+            1,
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn object_names_never_collide_or_overflow() {
+        let plan = |t: &str, c: &str| Plan {
+            table: Table::parse(t).expect("ok"),
+            pk: Ident::new("id").expect("ok"),
+            pk_type: "bigint".into(),
+            column: Ident::new(c).expect("ok"),
+            enc: Ident::new("x_enc").expect("ok"),
+            bidx: None,
+            context: None,
+            migrated: false,
+        };
+        // Same underscore-joined text, different (table, column).
+        let a = plan("a_b", "c").object("stale").expect("name");
+        let b = plan("a", "b_c").object("stale").expect("name");
+        assert_ne!(a, b);
+        // Long names: the ciphertext's and the blind index's objects differ
+        // and fit in 63 bytes.
+        let long = plan(&"t".repeat(60), &"c".repeat(60));
+        let (s, bs) = (
+            long.object("stale").expect("n"),
+            long.object("bidx_stale").expect("n"),
+        );
+        assert_ne!(s, bs);
+        assert!(s.name().len() <= 63 && bs.name().len() <= 63);
+        assert_ne!(
+            plan("s1.users", "email").object("stale").expect("n"),
+            plan("s2.users", "email").object("stale").expect("n")
+        );
     }
 }

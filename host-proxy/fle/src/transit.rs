@@ -13,20 +13,27 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-type Client = hyper_util::client::legacy::Client<Https, Full<Bytes>>;
+type Client = pii_http_client::Client<Full<Bytes>>;
 
-/// Items per call: 4 JSON strings each (two keys, two values) stay under
-/// Vault's and OpenBao's default limit of 1,000 strings per request.
-pub const MAX_ITEMS: usize = 200;
+/// Items per call: at most 6 JSON strings each (value, context and
+/// reference, keys and values) stay under Vault's and OpenBao's default
+/// limit of 1,000 strings per request.
+pub const MAX_ITEMS: usize = 150;
 
-/// Largest answer read (a 1,000-item batch is well under 1 MiB).
-const MAX_ANSWER: usize = 64 << 20;
+/// Largest answer read per call (150 items of a few hundred bytes are well
+/// under 1 MiB); with at most `in_flight` × 50 calls at once this bounds
+/// what a hostile server can make the tool buffer.
+const MAX_ANSWER: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransitError {
-    #[error("{addr}: {why}")]
-    Endpoint { addr: String, why: &'static str },
+    #[error("{addr}: {why}{}", if *.why == pii_http_client::EndpointError::PlainHttp { " or --insecure-http" } else { "" })]
+    Endpoint {
+        addr: String,
+        why: pii_http_client::EndpointError,
+    },
+    #[error("mount path {0:?} holds characters other than [A-Za-z0-9-_/]")]
+    Mount(String),
     #[error("{path}: HTTP {status}: {errors}")]
     Refused {
         path: String,
@@ -125,53 +132,21 @@ impl Transit {
         insecure_http: bool,
     ) -> Result<Transit, TransitError> {
         let bad = |why| TransitError::Endpoint {
-            addr: addr.to_owned(),
+            addr: pii_http_client::redact(addr),
             why,
         };
-        let uri: hyper::Uri = addr.parse().map_err(|_| bad("not a URL"))?;
-        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(bad("user info in the URL is refused"));
-        }
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") => {
-                let host = authority.host();
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let local = host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if !local && !insecure_http {
-                    return Err(bad(
-                        "plain http:// only to the loopback interface (the token and plaintext \
-                         travel in it); use https:// or --insecure-http",
-                    ));
-                }
-            }
-            _ => return Err(bad("scheme must be https:// or http://")),
+        let reach = pii_http_client::classify(addr).map_err(&bad)?;
+        if reach == pii_http_client::Reach::RemoteHttp && !insecure_http {
+            return Err(bad(pii_http_client::EndpointError::PlainHttp));
         }
         if mount.is_empty()
             || !mount
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_/".contains(&b))
         {
-            return Err(bad(
-                "the mount path holds characters other than [A-Za-z0-9-_/]",
-            ));
+            return Err(TransitError::Mount(mount.to_owned()));
         }
-        // The provider is named, not left to rustls' process default (a
-        // build that links two providers has none).
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(|_| bad("no TLS root certificates on this system"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(16)
-                .build(https);
+        let http = pii_http_client::client(16).map_err(&bad)?;
         Ok(Transit {
             http,
             base: addr.trim_end_matches('/').to_owned(),
@@ -304,6 +279,18 @@ impl Transit {
                 why: format!("{} results for {n} items", r.len()),
             });
         }
+        if let Some(i) = r
+            .iter()
+            .enumerate()
+            .position(|(i, x)| x["reference"].as_str() != Some(i.to_string().as_str()))
+        {
+            return Err(TransitError::BadAnswer {
+                path: path.to_owned(),
+                why: format!(
+                    "result {i} does not carry its item's reference (reordered or dropped)"
+                ),
+            });
+        }
         Ok(r)
     }
 
@@ -375,7 +362,8 @@ impl Transit {
         let path = format!("encrypt/{key}");
         let input: Vec<Value> = items
             .iter()
-            .map(|(pt, ctx)| item("plaintext", pt, *ctx))
+            .enumerate()
+            .map(|(i, (pt, ctx))| item(i, "plaintext", pt, *ctx))
             .collect();
         let v = self
             .call("POST", &path, Some(&json!({ "batch_input": input })))
@@ -424,7 +412,11 @@ impl Transit {
     /// HMACs (`vault:vN:…`) of the inputs under `key`, for a blind index.
     async fn hmac_call(&self, key: &str, inputs: &[&[u8]]) -> Result<Vec<String>, TransitError> {
         let path = format!("hmac/{key}/sha2-256");
-        let input: Vec<Value> = inputs.iter().map(|i| item("input", i, None)).collect();
+        let input: Vec<Value> = inputs
+            .iter()
+            .enumerate()
+            .map(|(n, i)| item(n, "input", i, None))
+            .collect();
         let v = self
             .call("POST", &path, Some(&json!({ "batch_input": input })))
             .await?;
@@ -496,11 +488,16 @@ impl Transit {
     }
 }
 
+/// Every item carries its index as `reference`, which Vault, OpenBao and
+/// the sidecar echo: [`Transit::results`] checks each answer against it, so
+/// answers reordered by anything between us and Transit are refused rather
+/// than written to the wrong rows.
 fn ciphertext_items(items: &[(&str, Option<&[u8]>)]) -> Vec<Value> {
     items
         .iter()
-        .map(|(ct, ctx)| {
-            let mut o = json!({ "ciphertext": ct });
+        .enumerate()
+        .map(|(i, (ct, ctx))| {
+            let mut o = json!({ "ciphertext": ct, "reference": i.to_string() });
             if let Some(c) = ctx {
                 o["context"] = Value::String(b64(c));
             }
@@ -509,8 +506,8 @@ fn ciphertext_items(items: &[(&str, Option<&[u8]>)]) -> Vec<Value> {
         .collect()
 }
 
-fn item(field: &str, value: &[u8], ctx: Option<&[u8]>) -> Value {
-    let mut o = json!({ field: b64(value) });
+fn item(index: usize, field: &str, value: &[u8], ctx: Option<&[u8]>) -> Value {
+    let mut o = json!({ field: b64(value), "reference": index.to_string() });
     if let Some(c) = ctx {
         o["context"] = Value::String(b64(c));
     }

@@ -211,9 +211,9 @@ pub async fn verify(run: &Run) -> Result<Report, FleError> {
     Ok(report)
 }
 
-/// Verifies, then (with `drop_plaintext`) drops the plaintext column and its
-/// triggers in one transaction that holds the table's lock and first checks
-/// that no row was left without ciphertext since the verify.
+/// With `drop_plaintext`: locks the table against writes, verifies every
+/// row, and drops the plaintext column and its triggers in the same
+/// transaction (readers go on until the drop takes its exclusive lock).
 pub async fn cutover(run: &Run, drop_plaintext: bool) -> Result<Report, FleError> {
     if !drop_plaintext {
         return Err(FleError::Usage(format!(
@@ -223,20 +223,28 @@ pub async fn cutover(run: &Run, drop_plaintext: bool) -> Result<Report, FleError
             run.plan.column.name()
         )));
     }
+    // Writers wait from here to the drop (SHARE blocks INSERT, UPDATE and
+    // DELETE, not reads), so what the verify checks is what is dropped:
+    // no write to either column, the context or a new row can slip in
+    // between the verify and the drop.
+    let plan = &run.plan;
+    let mut db = run.db.connect("pii-fle cutover").await?;
+    let tx = db.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '30s'; LOCK TABLE {} IN SHARE MODE",
+        plan.table
+    ))
+    .await?;
     let report = verify(run).await?;
     if !report.passed() {
         return Err(FleError::VerifyFailed(report.summary()));
     }
-    let plan = &run.plan;
-    let mut db = run.db.connect("pii-fle cutover").await?;
-    let tx = db.transaction().await?;
     tx.batch_execute(&format!(
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
         plan.table
     ))
     .await?;
-    // Under the lock nothing changes; the trigger cleared the ciphertext of
-    // every row whose plaintext changed since the verify.
+    // Nothing could change since the verify; a last, cheap check all the same.
     let left: i64 = tx
         .query_one(
             &format!(

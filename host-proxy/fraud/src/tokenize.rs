@@ -98,23 +98,7 @@ impl TransformClient {
         let base = addr.trim_end_matches('/');
         // Plain HTTP carries raw subjects and the token: only to the sidecar
         // beside us on the loopback interface.
-        let host = base
-            .strip_prefix("http://")
-            .and_then(|r| r.split(['/', '?']).next())
-            .unwrap_or("");
-        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if !loopback {
+        if pii_http_client::classify(base) != Ok(pii_http_client::Reach::LoopbackHttp) {
             return Err(TokenizeError::Unreachable(format!(
                 "{addr:?}: the sidecar's http:// address on the loopback interface (subjects and the token travel in it)"
             )));

@@ -40,12 +40,22 @@ pub enum PgError {
 
 /// An error with its causes (tokio-postgres keeps the TLS or I/O reason in
 /// them, and its own message alone often says only "error connecting").
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
+///
+/// A server's error is rendered as severity, SQLSTATE and message only: its
+/// `DETAIL` and `HINT` can quote the row that failed (`Failing row contains
+/// (…)`, `Key (email_enc)=(…)`), and this text goes to logs.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    fn one(e: &(dyn std::error::Error + 'static)) -> String {
+        match e.downcast_ref::<tokio_postgres::error::DbError>() {
+            Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+            None => e.to_string(),
+        }
+    }
+    let mut out = one(e);
     let mut cur = e.source();
     while let Some(c) = cur {
         out.push_str(": ");
-        out.push_str(&c.to_string());
+        out.push_str(&one(c));
         cur = c.source();
     }
     out
@@ -101,7 +111,9 @@ impl Target {
             format!("{base}?{}", kept.join("&"))
         };
         let cfg: tokio_postgres::Config = stripped.parse()?;
-        let local = cfg.get_hosts().iter().all(|h| match h {
+        // Loopback only when every address the driver may use is: a
+        // `hostaddr` is where tokio-postgres connects, whatever `host` says.
+        let hosts_local = cfg.get_hosts().iter().all(|h| match h {
             tokio_postgres::config::Host::Tcp(name) => {
                 name == "localhost"
                     || name
@@ -111,6 +123,9 @@ impl Target {
             #[cfg(unix)]
             tokio_postgres::config::Host::Unix(_) => true,
         });
+        let addrs_local = cfg.get_hostaddrs().iter().all(|ip| ip.is_loopback());
+        let named = !cfg.get_hosts().is_empty() || !cfg.get_hostaddrs().is_empty();
+        let local = named && hosts_local && addrs_local;
         let mode = mode.unwrap_or_else(|| if local { "disable" } else { "verify-full" }.into());
         let tls = match mode.as_str() {
             "disable" => Tls::Disable,
@@ -207,6 +222,21 @@ mod tests {
         let e = Target::parse("postgres://u@db.example:5432/db?sslrootcert=/nonexistent")
             .expect_err("no CA file");
         assert!(e.to_string().contains("/nonexistent"), "{e}");
+    }
+
+    #[test]
+    fn a_remote_hostaddr_is_not_loopback() {
+        // tokio-postgres connects to hostaddr, whatever host says.
+        for url in [
+            "postgres://u:pw@localhost/db?hostaddr=203.0.113.7",
+            "postgres://u:pw@/db?hostaddr=203.0.113.7",
+        ] {
+            let e = Target::parse(&format!("{url}&sslrootcert=/nonexistent"))
+                .expect_err("defaults to verify-full, which needs the CA file");
+            assert!(e.to_string().contains("/nonexistent"), "{url}: {e}");
+        }
+        let t = Target::parse("postgres://u@localhost/db?hostaddr=127.0.0.1").expect("loopback");
+        assert!(!t.tls());
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The HTTPS client the cloud WAF targets share: rustls with the platform's
-//! roots, plain HTTP only to a loopback test server (credentials travel in
-//! every request), bounded answers.
+//! The HTTPS client the cloud WAF targets share (`pii-http-client`: plain
+//! HTTP only to a loopback test server, credentials travel in every
+//! request), with bounded answers and deadlines.
 
 use std::time::Duration;
 
@@ -9,8 +9,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::WafError;
 
-pub type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-pub type Client = hyper_util::client::legacy::Client<Https, Full<Bytes>>;
+pub type Client = pii_http_client::Client<Full<Bytes>>;
 
 /// Largest answer read from a WAF API.
 pub const MAX_ANSWER: usize = 16 << 20;
@@ -25,50 +24,12 @@ fn err(target: &str, message: String) -> WafError {
 }
 
 /// A client for `endpoint`, refused when it is plain `http://` to anything
-/// but the loopback interface.
+/// but the loopback interface (`pii_http_client::check_endpoint`).
 pub fn client(target: &str, endpoint: &str) -> Result<Client, WafError> {
-    check_endpoint(endpoint).map_err(|why| err(target, format!("{endpoint}: {why}")))?;
-    // The provider is named, not left to rustls' process default: a build
-    // that links both ring and aws-lc-rs (the workspace's tests) has no
-    // default, and rustls would panic.
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| err(target, format!("TLS roots: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https),
-    )
-}
-
-/// An endpoint is `https://host[:port][/path]`, or `http://` to the
-/// loopback interface; never with user info (`http://localhost:x@evil/`
-/// would connect to `evil`).
-pub fn check_endpoint(endpoint: &str) -> Result<(), &'static str> {
-    let uri: hyper::Uri = endpoint.parse().map_err(|_| "not a URL")?;
-    let authority = uri.authority().ok_or("no host")?;
-    if authority.as_str().contains('@') {
-        return Err("user info in the URL is refused");
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") => {
-            let host = authority.host();
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let local = host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if local {
-                Ok(())
-            } else {
-                Err("https:// (plain http only on the loopback interface)")
-            }
-        }
-        _ => Err("not an http(s) URL"),
-    }
+    let shown = pii_http_client::redact(endpoint);
+    pii_http_client::check_endpoint(endpoint)
+        .map_err(|why| err(target, format!("{shown}: {why}")))?;
+    pii_http_client::client(32).map_err(|e| err(target, format!("{shown}: {e}")))
 }
 
 /// Sends `req` and reads the answer (status, headers, at most
@@ -93,32 +54,4 @@ pub async fn send(
     .map_err(|e| err(target, format!("{what}: {e}")))?
     .to_bytes();
     Ok((parts.status, parts.headers, bytes))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_endpoint;
-
-    #[test]
-    fn plain_http_only_reaches_the_loopback_interface() {
-        for ok in [
-            "https://api.cloudflare.com/client/v4",
-            "http://127.0.0.1:8080/client/v4",
-            "http://localhost:1",
-            "http://[::1]:8080",
-        ] {
-            assert!(check_endpoint(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "http://localhost:x@evil.example/client/v4",
-            "http://127.0.0.1:80@evil.example",
-            "https://user@api.cloudflare.com",
-            "http://evil.example",
-            "http://10.0.0.1",
-            "ftp://127.0.0.1",
-            "not a url",
-        ] {
-            assert!(check_endpoint(bad).is_err(), "{bad}");
-        }
-    }
 }
