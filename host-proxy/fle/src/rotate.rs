@@ -108,6 +108,16 @@ pub async fn rotate(run: &Run, opts: Options) -> Result<Report, FleError> {
             latest
         }
     };
+    // Fresh statistics first: right after a backfill the planner still
+    // thinks the ciphertext column is empty, and would answer every page by
+    // a sequential scan and a sort (one full scan per batch) instead of
+    // walking the primary key.
+    if let Err(e) = reader
+        .batch_execute(&format!("ANALYZE {}", plan.table))
+        .await
+    {
+        tracing::warn!(error = %pii_pg::chain(&e), "ANALYZE failed; pages may be slow");
+    }
     let before = schema::versions(&reader, plan).await?;
     tracing::info!(from, to, "rewrapping to version {to}");
     let filter = format!(
