@@ -420,7 +420,7 @@ async fn an_application_writing_during_the_backfill_loses_no_update() {
         "--batch",
         "200",
         "--rows-per-sec",
-        "8000",
+        "4000",
     ];
     let child = command(&bins, &db, &stack.url, &args)
         .stdout(Stdio::piped())
@@ -456,8 +456,10 @@ async fn an_application_writing_during_the_backfill_loses_no_update() {
         "seed {s}: {}",
         String::from_utf8_lossy(&first.stderr)
     );
+    // The throttle keeps the run at 5 s or more; under a loaded CI machine
+    // each update takes longer, so only a floor that proves overlap.
     assert!(
-        n > 200,
+        n > 100,
         "the application wrote during the run ({n} updates)"
     );
     // Once the application is quiet, a second run finishes the job.
