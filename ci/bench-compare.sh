@@ -5,6 +5,7 @@
 #   ci/bench-compare.sh e753a03
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. ci/lib.sh
 rev=${1:-HEAD~1}; rounds=${ROUNDS:-3}; dur=${BENCH_DURATION:-8s}
 base=target/bench-base; mkdir -p target/bench
 rm -rf "$base/src"; git worktree add -f -q "$base/src" "$rev"
@@ -16,7 +17,6 @@ build() { # tree target-dir
 build "$base/src" "$PWD/$base/target"; build . "$PWD/target"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"; git worktree remove --force "$base/src" 2>/dev/null || true' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pa=$(free_port); pb=$(free_port)
 "$base/target/release/host-proxy" dev --listen 127.0.0.1:$pa --data-dir "$tmp/a" --log-format json \
   --enclave-bin "$base/target/release/pii-enclave-dangerous-dev" >"$tmp/a.out" 2>"$tmp/a.log" &

@@ -12,6 +12,7 @@
 #   FLE_LOAD_SECONDS per mode and round [5], FLE_LOAD_ROUNDS [3], FLE_LOAD_CLIENTS [8]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. ci/lib.sh
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 ci/setup.sh >/dev/null
 ROWS=${FLE_BENCH_ROWS:-1000000}
@@ -19,12 +20,11 @@ LOAD=(--seconds "${FLE_LOAD_SECONDS:-5}" --rounds "${FLE_LOAD_ROUNDS:-3}" --clie
 if [ "${FLE_BENCH_SMOKE:-0}" = 1 ]; then ROWS=20000; LOAD=(--seconds 1 --rounds 1 --warmup 0.2 --clients 4); fi
 out=target/bench; mkdir -p "$out"
 t0=$SECONDS
-cargo build --release -q -p host-proxy
-cargo build --release -q -p pii-fle
-cargo build --release -q -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev
+bench_build -p host-proxy
+bench_build -p pii-fle
+bench_build_dev_enclave
 echo "ci/bench-fle.sh: built in $((SECONDS - t0)) s; $ROWS rows"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 tmp=$(mktemp -d)
 PGDB=pii_fle_bench_$$
 cleanup() {
@@ -45,8 +45,8 @@ listener "tcp" {
 HCL
 HOME="$tmp" bao server -dev -dev-root-token-id=dev-root-token -dev-listen-address=127.0.0.1:$dev_port \
   -config="$tmp/bao.hcl" >"$tmp/bao.log" 2>&1 &
-target/release/host-proxy dev --listen 127.0.0.1:$side_port --data-dir "$tmp/dev" --log-format json \
-  --enclave-bin target/release/pii-enclave-dangerous-dev >"$tmp/dev.out" 2>"$tmp/dev.log" &
+"$BENCH_BIN/host-proxy" dev --listen 127.0.0.1:$side_port --data-dir "$tmp/dev" --log-format json \
+  --enclave-bin "$BENCH_BIN/pii-enclave-dangerous-dev" >"$tmp/dev.out" 2>"$tmp/dev.log" &
 wait_up() { for _ in $(seq 1 200); do curl -sf "$1/v1/sys/health" >/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
 BAO=http://127.0.0.1:$bao_port; SIDE=http://127.0.0.1:$side_port
 wait_up "$BAO"; wait_up "$SIDE"
@@ -64,7 +64,7 @@ for target in sidecar openbao; do
   for step in backfill verify rotate; do
     extra=(); [ $step = backfill ] && extra=(--create-key)
     s=$(date +%s.%N)
-    VAULT_ADDR=$addr target/release/pii-fle $step --table users --column email --key pii --quiet "${extra[@]}" >"$tmp/$target-$step.out"
+    VAULT_ADDR=$addr "$BENCH_BIN/pii-fle" $step --table users --column email --key pii --quiet "${extra[@]}" >"$tmp/$target-$step.out"
     e=$(date +%s.%N)
     cat "$tmp/$target-$step.out" | head -n1
     python3 - "$target" "$step" "$s" "$e" "$ROWS" >>"$results" <<'PY'
@@ -73,7 +73,7 @@ t, step, s, e, rows = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.ar
 print(json.dumps({"target": t, "step": step, "rows": rows, "seconds": round(e - s, 3), "rows_per_sec": round(rows / (e - s))}))
 PY
   done
-  VAULT_ADDR=$addr target/release/pii-fle workload --table users --column email --key pii --quiet \
+  VAULT_ADDR=$addr "$BENCH_BIN/pii-fle" workload --table users --column email --key pii --quiet \
     "${LOAD[@]}" --json "$out/fle-overhead-$target.json" >"$tmp/$target-workload.out"
   echo "overhead workload through $target:"; tail -n +2 "$tmp/$target-workload.out"
 done

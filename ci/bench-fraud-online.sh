@@ -13,23 +13,23 @@
 # FRAUD_BENCH_SMOKE=1: tiny sizes, for CI (figures not judged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. ci/lib.sh
 smoke=${FRAUD_BENCH_SMOKE:-0}
 out=target/bench
 mkdir -p "$out"
 ci/setup.sh >/dev/null
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
-cargo build -q --release -p host-proxy
-cargo build -q --release -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev
-bin=target/release/host-proxy
+bench_build -p host-proxy
+bench_build_dev_enclave
+bin=$BENCH_BIN/host-proxy
 TANSU=${PII_TANSU_BIN:-$(ci/kafka/setup.sh)}
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 if [ "$smoke" = 1 ]; then humans=60; else humans=1500; fi
 
 side_port=$(free_port); kafka_port=$(free_port)
 "$bin" dev --listen "127.0.0.1:$side_port" --data-dir "$tmp/dev" --log-format json \
-  --enclave-bin target/release/pii-enclave-dangerous-dev >"$tmp/dev.out" 2>"$tmp/dev.log" &
+  --enclave-bin "$BENCH_BIN/pii-enclave-dangerous-dev" >"$tmp/dev.out" 2>"$tmp/dev.log" &
 "$TANSU" broker --listener-url "tcp://127.0.0.1:$kafka_port" --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
   --storage-engine memory://tansu/ >"$tmp/tansu.log" 2>&1 &
 SIDE=http://127.0.0.1:$side_port; BROKER=127.0.0.1:$kafka_port

@@ -9,11 +9,12 @@
 # FRAUD_BENCH_SMOKE=1: tiny sizes, for CI (figures not judged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. ci/lib.sh
 smoke=${FRAUD_BENCH_SMOKE:-0}
 out=target/bench
 mkdir -p "$out"
-cargo build -q --release -p host-proxy
-bin=target/release/host-proxy
+bench_build -p host-proxy
+bin=$BENCH_BIN/host-proxy
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 if [ "$smoke" = 1 ]; then humans=100; spray_small=1000; spray_big=5000; else humans=1500; spray_small=1000000; spray_big=3000000; fi

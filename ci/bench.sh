@@ -5,20 +5,20 @@
 # Results: target/bench/results.json and a Markdown table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. ci/lib.sh
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 ci/setup.sh >/dev/null
 DUR=${BENCH_DURATION:-10s}
 WARM=${BENCH_WARMUP:-2s}
 out=target/bench; mkdir -p "$out"
-cargo build --release -q -p host-proxy --bins
+bench_build -p host-proxy --bins
 # `host-proxy dev` runs the development enclave binary (dev NSM, dev seal).
-cargo build --release -q -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev
+bench_build_dev_enclave
 if ! command -v wrk >/dev/null 2>&1; then
   echo "ci/bench.sh: installing wrk (Debian package)"
   { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 bao_port=$(free_port); side_port=$(free_port)
 
@@ -38,9 +38,9 @@ HOME="$tmp" bao server -dev -dev-root-token-id=dev-root-token -dev-listen-addres
 PGDB=pii_bench_$$
 psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $PGDB" -c "CREATE DATABASE $PGDB" >/dev/null
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"; psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $PGDB" >/dev/null 2>&1 || true' EXIT
-target/release/host-proxy dev --listen 127.0.0.1:$side_port --data-dir "$tmp/dev" --log-format json \
+"$BENCH_BIN/host-proxy" dev --listen 127.0.0.1:$side_port --data-dir "$tmp/dev" --log-format json \
   --token-store "postgres://postgres@127.0.0.1:5432/$PGDB" \
-  --enclave-bin target/release/pii-enclave-dangerous-dev >"$tmp/dev.out" 2>"$tmp/dev.log" &
+  --enclave-bin "$BENCH_BIN/pii-enclave-dangerous-dev" >"$tmp/dev.out" 2>"$tmp/dev.log" &
 
 wait_up() { for _ in $(seq 1 100); do curl -sf "$1/v1/sys/health" >/dev/null && return 0; sleep 0.1; done; echo "not up: $1" >&2; return 1; }
 BAO=http://127.0.0.1:$bao_port; SIDE=http://127.0.0.1:$side_port

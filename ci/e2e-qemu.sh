@@ -13,6 +13,7 @@
 # (the guest's vsock exists only behind vhost-device-vsock's Unix sockets).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. ci/lib.sh
 t0=$SECONDS
 stage() { echo "== qemu e2e: $1 (at $((SECONDS - t0)) s)"; }
 pass=0; fail=0
@@ -31,10 +32,13 @@ stage "binaries (the enclave static for musl)"
 command -v musl-gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq musl-tools >/dev/null || die "musl-tools"; }
 rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl >/dev/null || die "musl target"
+# The musl build has a target directory of its own in the cache (like the
+# fuzz builds): a clean clone then rebuilds only this workspace's crates.
+MUSL_TARGET=${PII_CACHE_DIR:-$HOME/.cache/pii-enclave}/musl-target
 cargo build --release -q -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev \
-  --target x86_64-unknown-linux-musl || die "enclave build"
+  --target x86_64-unknown-linux-musl --target-dir "$MUSL_TARGET" || die "enclave build"
 cargo build -q -p host-proxy --bin host-proxy && cargo build -q -p eif -p verifier || die "host build"
-BIN=target/x86_64-unknown-linux-musl/release/pii-enclave-dangerous-dev
+BIN=$MUSL_TARGET/x86_64-unknown-linux-musl/release/pii-enclave-dangerous-dev
 
 W=$PWD/target/qemu-e2e; rm -rf "$W"; mkdir -p "$W/boot/bin" "$W/boot/lib/modules" "$W/run" "$W/store"
 stage "image"
@@ -83,7 +87,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 S=http://127.0.0.1:$port
 cat > "$W/proxy.toml" <<TOML
 listen = "127.0.0.1:$port"
@@ -219,11 +223,11 @@ LUA
       | python3 ci/wrk2json.py "$1" 16 1 | tee -a "$W/bench.jsonl"
   }
   bench qemu-vsock "$S" qemu-e2e-root-token
-  dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  cargo build --release -q -p pii-enclave --features dangerous-dev --bin pii-enclave-dangerous-dev \
-    && cargo build --release -q -p host-proxy --bin host-proxy || die "dev stack build"
-  target/release/host-proxy dev --listen "127.0.0.1:$dport" --data-dir "$W/dev" --log-format json \
-    --enclave-bin target/release/pii-enclave-dangerous-dev >"$W/dev.out" 2>"$W/dev.log" &
+  dport=$(free_port)
+  # PII_BENCH_PROFILE (ci/lib.sh): CI's short run uses the debug dev stack.
+  bench_build_dev_enclave && bench_build -p host-proxy --bin host-proxy || die "dev stack build"
+  "$BENCH_BIN/host-proxy" dev --listen "127.0.0.1:$dport" --data-dir "$W/dev" --log-format json \
+    --enclave-bin "$BENCH_BIN/pii-enclave-dangerous-dev" >"$W/dev.out" 2>"$W/dev.log" &
   DPID=$!
   for _ in $(seq 100); do curl -sf -m 1 "http://127.0.0.1:$dport/v1/sys/health" >/dev/null && break; sleep 0.1; done
   curl -s -m 5 -H 'X-Vault-Token: dev-root-token' -X POST "http://127.0.0.1:$dport/v1/transit/keys/e2e" -d '{}' >/dev/null
@@ -247,7 +251,7 @@ stage "egress: the Vault seal inside the guest reaches OpenBao through the relay
 halt
 export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 command -v bao >/dev/null || ci/setup.sh >/dev/null || die "OpenBao"
-bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+bport=$(free_port)
 mkdir -p "$W/bao"
 HOME="$W/bao" bao server -dev -dev-root-token-id=qemu-e2e-bao-root -dev-listen-address="127.0.0.1:$bport" >"$W/bao/log" 2>&1 &
 BPID=$!

@@ -8,6 +8,7 @@
 set -euo pipefail
 log=$(realpath "$1"); w=$(realpath -m "$2")
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../lib.sh"
 root=$("$here/setup.sh")
 hub=$root/usr/share/crowdsec/hub
 rm -rf "$w" && mkdir -p "$w"/etc/parsers/{s00-raw,s01-parse,s02-enrich} "$w"/etc/scenarios "$w"/data
@@ -24,7 +25,7 @@ for s in http-crawl-non_statics http-probing http-bad-user-agent http-path-trave
          http-generic-bf http-open-proxy nginx-req-limit-exceeded; do
   cp "$hub/scenarios/crowdsecurity/$s.yaml" "$w"/etc/scenarios/
 done
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 cat > "$w"/etc/config.yaml <<YAML
 common: {daemonize: false, log_media: stdout, log_level: warning, working_dir: .}
 config_paths:

@@ -11,6 +11,8 @@
 //! below example.com) or `*`. Names that resolve to loopback, link-local,
 //! private or unspecified addresses are refused unless the rule says
 //! `allow_private = true` or names the IP itself (IMDS, local Vault in dev).
+//!
+//! Why this size: 543 lines of code, the rest its unit tests; the rules, the DNS checks and the splice are one request path.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

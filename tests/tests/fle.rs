@@ -2,6 +2,8 @@
 //! enclave (and a real OpenBao): backfill, verify, rotation, cut-over;
 //! `kill -9` at random points; an application writing during the
 //! migration; bad input and failing dependencies.
+//!
+//! Why this size: one end-to-end scenario per test against real PostgreSQL and two Transit servers; the shared set-up lives in `pii_tests`.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 

@@ -2,6 +2,8 @@
 //! attestation documents (dev NSM), the key policy `host-proxy kms policy`
 //! prints, CMS `CiphertextForRecipient`, IMDSv2 credentials, and the
 //! enclave's traffic through the host's egress relay.
+//!
+//! Why this size: every hostile-KMS answer is its own test against the emulator; the shared set-up lives in `pii_tests`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -2,6 +2,8 @@
 //! with a response-wrapped secret_id the enclave unwraps itself, envelope
 //! sealing, restart + unseal, KEK rotation with rewrap, a stolen wrapped
 //! secret_id detected, and OpenBao going away while keys keep serving.
+//!
+//! Why this size: every hostile-Vault answer is its own test against a real OpenBao; the shared set-up lives in `pii_tests`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -5,6 +5,8 @@
 //! client), and Cloudflare Lists plus a custom rule through the Rulesets API
 //! in a local emulator of the documented endpoints and limits
 //! (`pii_tests::cloudflare`), with capacity, idempotence and the allowlist.
+//!
+//! Why this size: one test per WAF back end (AWS WAFv2 on moto, Cloudflare's emulator, nginx) with its limits and failure cases.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
