@@ -2,7 +2,8 @@
 # Sidecar vs OpenBao, same machine, same load tool, same request bodies.
 #   single: one-field encrypt, closed loop at concurrency 16
 #   batch:  1,000-field batch encrypt, concurrency 4
-# Results: target/bench/results.json and a Markdown table on stdout.
+# Results: target/bench/results.json (machine, commit, date; compared with
+# the previous run's: scenarios >10 % slower are printed) and a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . ci/lib.sh
@@ -100,6 +101,41 @@ PY
   run stored-single   "$SIDE" 16 1    "$out/stored1.json"  transform/encode/bench
   run stored-batch    "$SIDE" 4  1000 "$out/stored1000.json" transform/encode/bench
 } | tee "$out/results.jsonl"
+
+# results.json: this run's scenarios with machine, commit and date; the
+# previous run's file (if any, same profile) is compared scenario by
+# scenario, and any more than 10 % slower is printed (information, not a
+# gate: this machine is noisy).
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || commit="$commit+"
+python3 - "$out/results.jsonl" "$out/results.json" "$commit" "${PII_BENCH_PROFILE:-release}" <<'PY'
+import datetime, json, os, platform, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+       "commit": sys.argv[3], "profile": sys.argv[4],
+       "machine": {"cores": os.cpu_count(), "cpu": cpu, "platform": platform.platform()},
+       "scenarios": {r["label"]: r for r in rows}}
+prev = None
+if os.path.exists(sys.argv[2]):
+    try:
+        prev = json.load(open(sys.argv[2]))
+    except ValueError:
+        print(f"ci/bench.sh: the previous {sys.argv[2]} is not JSON; not compared")
+if prev and prev.get("profile", "release") == doc["profile"]:
+    slower = []
+    for label, now in doc["scenarios"].items():
+        was = prev.get("scenarios", {}).get(label)
+        if was and was.get("req_per_s") and now["req_per_s"] < 0.9 * was["req_per_s"]:
+            slower.append(f"  {label}: {now['req_per_s']:.0f} req/s, was {was['req_per_s']:.0f} "
+                          f"({now['req_per_s'] / was['req_per_s'] - 1:+.0%}; {prev.get('commit', '?')}, {prev.get('date', '?')})")
+    if slower:
+        print("more than 10 % slower than the previous run:")
+        print("\n".join(slower))
+    else:
+        print(f"no scenario more than 10 % slower than the previous run ({prev.get('commit', '?')}, {prev.get('date', '?')})")
+json.dump(doc, open(sys.argv[2], "w"), indent=1)
+PY
 
 python3 - "$out/results.jsonl" <<'PY'
 import json, sys, platform, os

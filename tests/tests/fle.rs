@@ -323,7 +323,7 @@ async fn kill_9_at_random_points_loses_nothing_and_writes_nothing_twice() {
          CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
              IF NEW.email_enc IS DISTINCT FROM OLD.email_enc AND NEW.email_enc IS NOT NULL THEN
-                 INSERT INTO enc_writes VALUES (NEW.id);
+                 INSERT INTO public.enc_writes VALUES (NEW.id);
              END IF;
              RETURN NEW;
          END $$;
@@ -532,6 +532,174 @@ async fn the_same_migration_against_openbao() {
     db.drop_db().await;
 }
 
+/// A role that can create objects in `public` (every role could before
+/// PostgreSQL 15) plants an operator `public.=(varchar, text)`: an exact
+/// match beats the built-in `text = text` (which needs a cast) for every
+/// session whose search path holds `public`, so on a `varchar` column it
+/// would run, as the tool's role, on every plaintext the backfill compares
+/// before writing (CVE-2018-1058's class). The tool's sessions resolve
+/// names in pg_catalog only: the planted operator sees nothing, and the
+/// migration is correct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_planted_on_the_search_path_never_see_a_value() {
+    let bins = bins();
+    let stack = Stack::start().await;
+    let db = PgDb::create().await;
+    let c = users(&db, 3_000).await;
+    c.batch_execute(
+        "ALTER TABLE users ALTER COLUMN email TYPE varchar(320);
+         CREATE TABLE public.stolen (v text);
+         CREATE FUNCTION public.steal(a varchar, b text) RETURNS boolean LANGUAGE sql AS
+         $$ INSERT INTO public.stolen VALUES (b) RETURNING a::text = b $$;
+         CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = text, FUNCTION = public.steal);",
+    )
+    .await
+    .unwrap();
+    // The trap is live for a session on the default search path.
+    let matched = count(
+        &c,
+        "SELECT count(*) FROM users WHERE email IS NOT DISTINCT FROM 'user7@example.com'::text",
+    )
+    .await;
+    assert_eq!(matched, 1);
+    assert!(
+        count(&c, "SELECT count(*) FROM public.stolen").await > 0,
+        "control: the planted operator runs on the default search path"
+    );
+    c.batch_execute("TRUNCATE public.stolen").await.unwrap();
+
+    let args = ["--key", "pii", "--context-column", "id"];
+    let mut backfill = vec!["backfill", "--create-key"];
+    backfill.extend(args);
+    let o = fle(&bins, &db, &stack.url, &backfill).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    let mut rotate = vec!["rotate"];
+    rotate.extend(args);
+    assert_eq!(fle(&bins, &db, &stack.url, &rotate).await.code, 0);
+    let mut verify = vec!["verify"];
+    verify.extend(args);
+    assert_eq!(fle(&bins, &db, &stack.url, &verify).await.code, 0);
+    assert_eq!(count(&c, "SELECT count(*) FROM public.stolen").await, 0);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM users WHERE email IS NOT NULL AND email_enc IS NULL"
+        )
+        .await,
+        0
+    );
+    // Its objects (job table, trigger functions) are in the table's schema.
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM public.pii_fle_jobs").await,
+        3
+    );
+
+    // An application trigger that names a table without its schema fails
+    // in the tool's sessions, with a message that says why and what to do,
+    // and the batch is rolled back; naming the schema as trusted lets it run.
+    c.batch_execute(
+        "CREATE TABLE public.audit (id bigint);
+         CREATE FUNCTION public.audit() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN INSERT INTO audit VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER audit AFTER UPDATE ON users FOR EACH ROW EXECUTE FUNCTION public.audit();",
+    )
+    .await
+    .unwrap();
+    let before = count(
+        &c,
+        "SELECT count(*) FROM users WHERE email_enc LIKE 'vault:v2:%'",
+    )
+    .await;
+    let o = fle(&bins, &db, &stack.url, &rotate).await;
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(o.stderr.contains("--search-path"), "{o:?}");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM users WHERE email_enc LIKE 'vault:v2:%'"
+        )
+        .await,
+        before,
+        "nothing rewrapped"
+    );
+    rotate.extend(["--search-path", "public"]);
+    let o = fle(&bins, &db, &stack.url, &rotate).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(count(&c, "SELECT count(*) FROM public.audit").await > 0);
+    // (rotate compares text with text: the planted varchar operator is
+    // never a candidate there, even with public searched.)
+    assert_eq!(count(&c, "SELECT count(*) FROM public.stolen").await, 0);
+    db.drop_db().await;
+}
+
+/// Transit over https with a private CA (`bao server -dev -dev-tls`): the
+/// system's roots do not know the CA, so pii-fle refuses the server at once
+/// (a certificate error is not retried) and writes nothing; named with
+/// `VAULT_CACERT` (or `--ca-cert`), the same command encrypts every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_transit_is_verified_against_the_named_ca_only() {
+    let bins = bins();
+    let (bao, ca) = OpenBao::start_tls().await.unwrap();
+    let mount = tokio::process::Command::new(pii_tests::which("bao").unwrap())
+        .args(["secrets", "enable", "transit"])
+        .env("VAULT_ADDR", &bao.url)
+        .env("VAULT_CACERT", &ca)
+        .env("VAULT_TOKEN", ROOT_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(mount.status.success(), "{mount:?}");
+    let db = PgDb::create().await;
+    let c = users(&db, 2_000).await;
+    let with_email = count(&c, "SELECT count(*) FROM users WHERE email IS NOT NULL").await;
+    // Counts ciphertexts whether or not the column exists yet.
+    let encrypted = "SELECT count(*) FROM users WHERE to_jsonb(users)->>'email_enc' IS NOT NULL";
+    let args = ["backfill", "--key", "pii", "--create-key"];
+
+    let t0 = Instant::now();
+    let o = fle(&bins, &db, &bao.url, &args).await;
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("TLS") && o.stderr.contains("certificate"),
+        "{o:?}"
+    );
+    assert!(o.stderr.contains("--ca-cert"), "says what to do: {o:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "retried a certificate error"
+    );
+    assert_eq!(count(&c, encrypted).await, 0);
+
+    // A CA file that is not a certificate: refused before anything is read.
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), "-----BEGIN NONSENSE-----\n").unwrap();
+    let junk_ca = junk.path().to_str().unwrap();
+    let mut with_junk = args.to_vec();
+    with_junk.extend(["--ca-cert", junk_ca]);
+    let o = fle(&bins, &db, &bao.url, &with_junk).await;
+    assert_ne!(o.code, 0, "{o:?}");
+    assert!(o.stderr.contains(junk_ca), "{o:?}");
+    assert_eq!(count(&c, encrypted).await, 0);
+
+    let o = command(&bins, &db, &bao.url, &args)
+        .env("VAULT_CACERT", &ca)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stdout.contains(&format!("{with_email} rows encrypted")),
+        "{stdout}"
+    );
+    assert_eq!(count(&c, encrypted).await, with_email);
+    let mut verify = vec!["verify", "--key", "pii", "--ca-cert"];
+    let ca_path = ca.to_str().unwrap();
+    verify.push(ca_path);
+    assert_eq!(fle(&bins, &db, &bao.url, &verify).await.code, 0);
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_and_failing_dependencies_get_clear_errors_and_lose_nothing() {
     let bins = bins();
@@ -552,8 +720,8 @@ async fn bad_input_and_failing_dependencies_get_clear_errors_and_lose_nothing() 
         cmd
     };
     for (table, column, want) in [
-        ("nope", "email", "table nope does not exist"),
-        ("users", "mail", "table users has no column mail"),
+        ("nope", "email", "table public.nope does not exist"),
+        ("users", "mail", "table public.users has no column mail"),
         ("users", "age", "users.age is integer, not a text type"),
         (
             "users; DROP TABLE users",

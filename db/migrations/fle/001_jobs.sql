@@ -2,7 +2,9 @@
 -- column. A batch's row writes and its checkpoint commit in one
 -- transaction, so after a crash at any point the checkpoint and the table
 -- agree. Applied by every pii-fle command that writes; idempotent.
-CREATE TABLE IF NOT EXISTS pii_fle_jobs (
+-- Placeholder (in double braces): jobs, the table schema-qualified
+-- ("app".pii_fle_jobs), in the migrated table's schema.
+CREATE TABLE IF NOT EXISTS {{jobs}} (
     job          text PRIMARY KEY,          -- e.g. backfill:public.users.email
     kind         text NOT NULL,             -- backfill | rotate | verify
     state        text NOT NULL,             -- running | done | failed | passed

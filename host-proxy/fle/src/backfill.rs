@@ -151,7 +151,7 @@ fn todo_filter(plan: &schema::Plan) -> String {
 pub async fn backfill(run: &mut Run, create_key: bool) -> Result<Report, FleError> {
     let t0 = Instant::now();
     check_key(run, create_key).await?;
-    let mut reader = run.db.connect("pii-fle reader").await?;
+    let mut reader = run.connect("pii-fle reader").await?;
     schema::refuse_ciphertext(&reader, &run.plan).await?;
     schema::migrate(&mut reader, &mut run.plan).await?;
     let plan = run.plan.clone();
@@ -229,7 +229,7 @@ pub struct DryRun {
 /// writes nothing (not even the migration).
 pub async fn dry_run(run: &Run) -> Result<DryRun, FleError> {
     check_key(run, false).await?;
-    let db = run.db.connect("pii-fle dry run").await?;
+    let db = run.connect("pii-fle dry run").await?;
     schema::refuse_ciphertext(&db, &run.plan).await?;
     let plan = &run.plan;
     let ctx = plan

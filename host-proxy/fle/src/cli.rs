@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::ident::{Ident, Table};
 use crate::schema::{self, Names};
-use crate::transit::{Retry, Transit};
+use crate::transit::{Connect, Retry, Transit};
 use crate::{backfill, metrics, rotate, verify, workload, FleError, Run};
 
 #[derive(Parser, Debug)]
@@ -208,9 +208,20 @@ pub struct Common {
     /// Allow plain http:// to a non-loopback Transit address.
     #[arg(long)]
     pub insecure_http: bool,
+    /// Verify the https:// Transit server against this PEM file's CA
+    /// certificates only (a private CA) instead of the system's roots.
+    #[arg(long, env = "VAULT_CACERT")]
+    pub ca_cert: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Schemas to search after pg_catalog, comma-separated: only for
+    /// triggers or functions on the table that name objects without their
+    /// schema. Every session otherwise resolves names in pg_catalog only, so
+    /// nothing another role created can stand in for what the tool calls;
+    /// name only schemas no untrusted role can create objects in.
+    #[arg(long, env = "PII_FLE_SEARCH_PATH", value_delimiter = ',')]
+    pub search_path: Vec<String>,
 }
 
 impl Cmd {
@@ -261,10 +272,42 @@ async fn setup(c: &Common) -> Result<Run, FleError> {
             attempts: c.transit_attempts,
             ..Retry::default()
         },
-        c.insecure_http,
+        &Connect {
+            insecure_http: c.insecure_http,
+            ca_file: c.ca_cert.clone(),
+        },
     )?;
     let db = pii_pg::Target::parse(&c.database_url)?;
     let conn = db.connect("pii-fle").await?;
+    // An unqualified --table is in the role's first schema: read it before
+    // the session's search path is pinned (crate::SearchPath).
+    let table = match table.schema {
+        Some(_) => table,
+        None => {
+            let first: Option<String> = conn
+                .query_one("SELECT current_schema()::text", &[])
+                .await?
+                .try_get(0)?;
+            let first = first.ok_or_else(|| {
+                FleError::Usage(format!(
+                    "--table {}: no schema on this role's search_path exists; name it (schema.table)",
+                    c.table
+                ))
+            })?;
+            Table {
+                schema: Some(Ident::new(&first).map_err(schema::SchemaError::from)?),
+                name: table.name,
+            }
+        }
+    };
+    let search_path = crate::SearchPath::new(
+        c.search_path
+            .iter()
+            .map(|s| Ident::new(s.trim()))
+            .collect::<Result<_, _>>()
+            .map_err(schema::SchemaError::from)?,
+    );
+    conn.batch_execute(&search_path.set_sql()).await?;
     let names = Names {
         enc_column: c.enc_column.clone(),
         blind_index: c.blind_index,
@@ -289,6 +332,7 @@ async fn setup(c: &Common) -> Result<Run, FleError> {
         max_passes: c.max_passes.max(1),
         metrics: m,
         quiet: c.quiet,
+        search_path,
     })
 }
 
@@ -386,7 +430,7 @@ pub async fn run(cmd: Cmd) -> Result<(), FleError> {
             );
         }
         Cmd::Status { .. } => {
-            let db = r.db.connect("pii-fle status").await?;
+            let db = r.connect("pii-fle status").await?;
             println!(
                 "{label}: primary key {} ({})",
                 r.plan.pk.name(),
@@ -400,7 +444,7 @@ pub async fn run(cmd: Cmd) -> Result<(), FleError> {
             } else {
                 println!("  not migrated ({} does not exist)", r.plan.enc.name());
             }
-            schema::ensure_jobs(&db).await?;
+            schema::ensure_jobs(&db, &r.plan).await?;
             for kind in ["backfill", "verify", "rotate"] {
                 if let Some(j) = crate::job::load(&db, &r.plan.job(kind)).await? {
                     println!(

@@ -44,7 +44,7 @@ pub enum FleError {
     Schema(#[from] schema::SchemaError),
     #[error("transit: {0}")]
     Transit(#[from] transit::TransitError),
-    #[error("postgres: {}", pii_pg::chain(.0))]
+    #[error("postgres: {}{}", pii_pg::chain(.0), search_path_hint(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Connect(#[from] pii_pg::PgError),
@@ -97,6 +97,73 @@ pub struct Run {
     pub metrics: std::sync::Arc<metrics::Metrics>,
     /// No progress bar.
     pub quiet: bool,
+    /// Every session's search path.
+    pub search_path: SearchPath,
+}
+
+/// The search path of every session the tool opens: PostgreSQL's own
+/// catalog, the schemas named with `--search-path` (none by default), then
+/// temporary objects. No function, operator, type or table that another role
+/// created in a schema on the default search path can then stand in for one
+/// the tool's SQL names (CVE-2018-1058's class: an exact match such as
+/// `public.=(varchar, text)` beats the built-in that needs a cast), and every
+/// name the tool writes into SQL is schema-qualified. PostgreSQL's own client
+/// tools pin theirs the same way since that CVE.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SearchPath(Vec<ident::Ident>);
+
+impl SearchPath {
+    /// Trusted schemas, searched after pg_catalog (for triggers on the table
+    /// that name objects without their schema).
+    pub fn new(trusted: Vec<ident::Ident>) -> SearchPath {
+        SearchPath(trusted)
+    }
+
+    /// The statement that sets it.
+    pub fn set_sql(&self) -> String {
+        let mut path = vec!["pg_catalog".to_owned()];
+        path.extend(self.0.iter().map(ToString::to_string));
+        path.push("pg_temp".into());
+        format!("SET search_path = {}", path.join(", "))
+    }
+
+    /// A session on `db` with this search path.
+    pub async fn session(
+        &self,
+        db: &pii_pg::Target,
+        what: &'static str,
+    ) -> Result<tokio_postgres::Client, FleError> {
+        let c = db.connect(what).await?;
+        c.batch_execute(&self.set_sql()).await?;
+        Ok(c)
+    }
+}
+
+/// What a database error that names a missing object may mean in the tool's
+/// sessions, appended to its message.
+pub fn search_path_hint(e: &tokio_postgres::Error) -> &'static str {
+    use tokio_postgres::error::SqlState;
+    let missing = [
+        SqlState::UNDEFINED_TABLE,
+        SqlState::UNDEFINED_FUNCTION,
+        SqlState::UNDEFINED_OBJECT,
+        SqlState::INVALID_SCHEMA_NAME,
+    ];
+    match e.code() {
+        Some(c) if missing.contains(c) => {
+            " (pii-fle resolves names in pg_catalog only: a trigger or function on this table \
+             that names objects without their schema needs schema-qualified names or its own \
+             SET search_path, or name the schemas you trust with --search-path)"
+        }
+        _ => "",
+    }
+}
+
+impl Run {
+    /// A session for this run ([`SearchPath::session`]).
+    pub async fn connect(&self, what: &'static str) -> Result<tokio_postgres::Client, FleError> {
+        self.search_path.session(&self.db, what).await
+    }
 }
 
 /// Paces writes to `rate` rows per second (measured from `start`).

@@ -187,7 +187,7 @@ pub trait Batch: Send + 'static {
 pub struct Writer<B> {
     db: tokio_postgres::Client,
     stmt: tokio_postgres::Statement,
-    job: String,
+    job: crate::job::JobId,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     progress: crate::metrics::Progress,
     rate: Option<f64>,
@@ -260,7 +260,7 @@ where
     let plan = &run.plan;
     let scan = Scan::new(plan, filter);
     let count_sql = format!("SELECT count(*) FROM {} WHERE {filter}", plan.table);
-    let mut db = run.db.connect("pii-fle writer").await?;
+    let mut db = run.connect("pii-fle writer").await?;
     let stmt = db.prepare(write_sql).await?;
     let mut total = Passes::default();
     loop {

@@ -83,8 +83,8 @@ pub async fn rotate(run: &Run, opts: Options) -> Result<Report, FleError> {
     let t0 = Instant::now();
     let plan = &run.plan;
     plan.require_migrated()?;
-    let reader = run.db.connect("pii-fle reader").await?;
-    schema::ensure_jobs(&reader).await?;
+    let reader = run.connect("pii-fle reader").await?;
+    schema::ensure_jobs(&reader, &run.plan).await?;
     let id = plan.job("rotate");
     let info = run.transit.key(&run.key).await?;
     let mut job = match job::load(&reader, &id).await? {

@@ -48,7 +48,7 @@ pub enum SchemaError {
     BadEncColumn(String),
     #[error("{table}.{column} does not exist: run `pii-fle backfill` first")]
     NotMigrated { table: String, column: String },
-    #[error("postgres: {}", pii_pg::chain(.0))]
+    #[error("postgres: {}{}", pii_pg::chain(.0), crate::search_path_hint(.0))]
     Db(#[from] tokio_postgres::Error),
 }
 
@@ -77,9 +77,20 @@ pub struct Names {
 }
 
 impl Plan {
-    /// Job name: `kind:table.column`.
-    pub fn job(&self, kind: &str) -> String {
-        format!("{kind}:{}.{}", self.table.label(), self.column.name())
+    /// Job name: `kind:schema.table.column`, in the table's schema's job table.
+    pub fn job(&self, kind: &str) -> crate::job::JobId {
+        crate::job::JobId {
+            table: self.jobs_table(),
+            id: format!("{kind}:{}.{}", self.table.label(), self.column.name()),
+        }
+    }
+
+    /// The job table, in the migrated table's schema.
+    pub fn jobs_table(&self) -> String {
+        match &self.table.schema {
+            Some(s) => format!("{s}.pii_fle_jobs"),
+            None => "pii_fle_jobs".into(),
+        }
     }
 
     /// Refuses a command that needs the encrypted column before it exists.
@@ -113,7 +124,7 @@ impl Plan {
 
     /// The SQL every write command applies first (idempotent).
     pub fn migration_sql(&self) -> Result<String, SchemaError> {
-        let mut sql = JOBS_SQL.to_owned();
+        let mut sql = render(JOBS_SQL, &[("jobs", self.jobs_table())]);
         let context_changed = self
             .context
             .as_ref()
@@ -203,9 +214,13 @@ pub async fn inspect(
     names: &Names,
 ) -> Result<Plan, SchemaError> {
     let schema = table.schema.as_ref().map(|s| s.name().to_owned());
+    // An unqualified table is the one in the session's first schema
+    // (`current_schema()` of the role's default search_path, read before the
+    // tool's sessions pin theirs to pg_catalog); from here on every name
+    // the tool writes into SQL carries that schema.
     let row = db
         .query_opt(
-            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            "SELECT c.oid, n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relname = $1 AND c.relkind IN ('r', 'p')
                AND n.nspname = COALESCE($2, current_schema())",
             &[&table.name.name(), &schema],
@@ -214,7 +229,11 @@ pub async fn inspect(
     let Some(row) = row else {
         return Err(SchemaError::NoTable(table.label()));
     };
-    let oid: u32 = row.get(0);
+    let oid: u32 = row.try_get(0)?;
+    let table = &Table {
+        schema: Some(Ident::new(&row.try_get::<_, String>(1)?)?),
+        name: table.name.clone(),
+    };
     let cols = db
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typcategory::text
@@ -342,8 +361,9 @@ pub async fn refuse_ciphertext(db: &impl GenericClient, plan: &Plan) -> Result<(
 
 /// Creates the job table if it is missing (commands that only read the
 /// column still record their outcome there).
-pub async fn ensure_jobs(db: &impl GenericClient) -> Result<(), SchemaError> {
-    db.batch_execute(JOBS_SQL).await?;
+pub async fn ensure_jobs(db: &impl GenericClient, plan: &Plan) -> Result<(), SchemaError> {
+    db.batch_execute(&render(JOBS_SQL, &[("jobs", plan.jobs_table())]))
+        .await?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! Plaintext and tokens never appear in an error or a log line: errors
 //! carry the path, the status and Vault's own `errors` strings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -34,6 +35,10 @@ pub enum TransitError {
     },
     #[error("mount path {0:?} holds characters other than [A-Za-z0-9-_/]")]
     Mount(String),
+    #[error("Transit CA certificates (--ca-cert): {0}")]
+    Roots(pii_http_client::RootsError),
+    #[error("{path}: TLS: {why} (a private CA? name it with --ca-cert or VAULT_CACERT)")]
+    Tls { path: String, why: String },
     #[error("{path}: HTTP {status}: {errors}")]
     Refused {
         path: String,
@@ -61,6 +66,16 @@ impl TransitError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, TransitError::Refused { status: 404, .. })
     }
+}
+
+/// How the Transit server is reached, beyond its address.
+#[derive(Clone, Debug, Default)]
+pub struct Connect {
+    /// Allow plain http:// to a non-loopback address.
+    pub insecure_http: bool,
+    /// Verify https:// servers against exactly this PEM file's certificates
+    /// (a private CA, as `VAULT_CACERT`); the platform's roots otherwise.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Retry policy for answers that mean "try again".
@@ -129,14 +144,14 @@ impl Transit {
         mount: &str,
         token: Zeroizing<String>,
         retry: Retry,
-        insecure_http: bool,
+        connect: &Connect,
     ) -> Result<Transit, TransitError> {
         let bad = |why| TransitError::Endpoint {
             addr: pii_http_client::redact(addr),
             why,
         };
         let reach = pii_http_client::classify(addr).map_err(&bad)?;
-        if reach == pii_http_client::Reach::RemoteHttp && !insecure_http {
+        if reach == pii_http_client::Reach::RemoteHttp && !connect.insecure_http {
             return Err(bad(pii_http_client::EndpointError::PlainHttp));
         }
         if mount.is_empty()
@@ -146,7 +161,8 @@ impl Transit {
         {
             return Err(TransitError::Mount(mount.to_owned()));
         }
-        let http = pii_http_client::client(16).map_err(&bad)?;
+        let http = pii_http_client::client_with_roots(16, connect.ca_file.as_deref())
+            .map_err(TransitError::Roots)?;
         Ok(Transit {
             http,
             base: addr.trim_end_matches('/').to_owned(),
@@ -196,14 +212,17 @@ impl Transit {
                     why: e.to_string(),
                 })?;
             let answer = tokio::time::timeout(self.retry.deadline, async {
-                let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
+                let resp = self.http.request(req).await.map_err(|e| {
+                    let tls = pii_http_client::is_tls_failure(&e);
+                    (pii_http_client::describe(&e), tls)
+                })?;
                 let status = resp.status().as_u16();
                 let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
                     .collect()
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| (e.to_string(), false))?
                     .to_bytes();
-                Ok::<_, String>((status, bytes))
+                Ok::<_, (String, bool)>((status, bytes))
             })
             .await;
             let (status, bytes) = match answer {
@@ -211,7 +230,9 @@ impl Transit {
                     last = format!("no answer within {:?}", self.retry.deadline);
                     continue;
                 }
-                Ok(Err(e)) => {
+                // The server's certificate or the handshake: not transient.
+                Ok(Err((why, true))) => return Err(TransitError::Tls { path: label, why }),
+                Ok(Err((e, false))) => {
                     last = e;
                     continue;
                 }
@@ -555,7 +576,10 @@ mod tests {
                 "transit",
                 Zeroizing::new("t".into()),
                 Retry::default(),
-                insecure,
+                &Connect {
+                    insecure_http: insecure,
+                    ca_file: None,
+                },
             )
         };
         assert!(t("http://127.0.0.1:8210", false).is_ok());
@@ -570,8 +594,34 @@ mod tests {
             "transit/../sys",
             Zeroizing::new("t".into()),
             Retry::default(),
-            false
+            &Connect::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_ca_file_that_holds_no_certificate_is_refused_up_front() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        for (file, want) in [
+            (dir.path().join("missing.pem"), "missing.pem"),
+            (empty, "no CA certificates"),
+        ] {
+            let e = Transit::new(
+                "https://vault.example:8200",
+                "transit",
+                Zeroizing::new("t".into()),
+                Retry::default(),
+                &Connect {
+                    insecure_http: false,
+                    ca_file: Some(file),
+                },
+            )
+            .err()
+            .expect("refused");
+            assert!(matches!(e, TransitError::Roots(_)), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 }

@@ -171,8 +171,8 @@ pub async fn verify(run: &Run) -> Result<Report, FleError> {
     let t0 = Instant::now();
     let plan = &run.plan;
     plan.require_migrated()?;
-    let db = run.db.connect("pii-fle verify").await?;
-    schema::ensure_jobs(&db).await?;
+    let db = run.connect("pii-fle verify").await?;
+    schema::ensure_jobs(&db, &run.plan).await?;
     let id = plan.job("verify");
     job::start(&db, &id, "verify", None).await?;
     let filter = format!("{} IS NOT NULL OR {} IS NOT NULL", plan.column, plan.enc);
@@ -228,7 +228,7 @@ pub async fn cutover(run: &Run, drop_plaintext: bool) -> Result<Report, FleError
     // no write to either column, the context or a new row can slip in
     // between the verify and the drop.
     let plan = &run.plan;
-    let mut db = run.db.connect("pii-fle cutover").await?;
+    let mut db = run.connect("pii-fle cutover").await?;
     let tx = db.transaction().await?;
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '30s'; LOCK TABLE {} IN SHARE MODE",

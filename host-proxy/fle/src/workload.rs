@@ -128,7 +128,7 @@ pub async fn run(r: &Run, o: &Options) -> Result<Report, FleError> {
     }
     let p = &r.plan;
     let copy = copy_table(&p.table)?;
-    let db = r.db.connect("pii-fle workload").await?;
+    let db = r.connect("pii-fle workload").await?;
     let missing: i64 = db
         .query_one(
             &format!("SELECT count(*) FROM {} WHERE {} IS NULL", p.table, p.enc),
@@ -270,7 +270,7 @@ async fn one_round(
     // Connections first: their setup is not part of any operation.
     let mut conns = Vec::with_capacity(o.clients);
     for _ in 0..o.clients {
-        conns.push(r.db.connect("pii-fle workload").await?);
+        conns.push(r.connect("pii-fle workload").await?);
     }
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut tasks = tokio::task::JoinSet::new();

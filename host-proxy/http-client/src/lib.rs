@@ -8,8 +8,12 @@
 //! each caller decides what it accepts beyond that (the field-level
 //! encryption tool has an explicit `--insecure-http`). [`client`] is hyper's
 //! pooled client over rustls with ring named as the provider and the
-//! platform's roots.
+//! platform's roots; [`client_with_roots`] trusts exactly a CA file's
+//! certificates instead ([`root_store`], which the PostgreSQL client uses
+//! for `sslrootcert` too).
 #![forbid(unsafe_code)]
+
+use std::path::Path;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 
@@ -94,18 +98,84 @@ pub fn check_endpoint(endpoint: &str) -> Result<Reach, EndpointError> {
     }
 }
 
-/// hyper's pooled client for http and https (HTTP/1.1), rustls with ring and
-/// the platform's roots. The provider is named, not left to rustls' process
-/// default: a build that links both ring and aws-lc-rs (the workspace's
-/// tests) has no default, and rustls would panic.
-pub fn client<B>(max_idle_per_host: usize) -> Result<Client<B>, EndpointError>
+/// Why the roots to verify servers against cannot be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{path}: no CA certificates in it")]
+    Empty { path: String },
+    #[error("no TLS root certificates on this system")]
+    NoSystemRoots,
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The certificates servers are verified against: exactly those of a PEM
+/// file (`ca_file`, as `VAULT_CACERT` or libpq's `sslrootcert` name one),
+/// or the platform's roots when `None`. An empty set is an error, never a
+/// client that trusts nothing and fails later with a vaguer message.
+pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, RootsError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                // A platform certificate rustls cannot parse is skipped, as
+                // every rustls client does; the set must not end up empty.
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err(RootsError::NoSystemRoots);
+            }
+        }
+        Some(path) => {
+            let bad = |reason: String| RootsError::File {
+                path: path.display().to_string(),
+                reason,
+            };
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?;
+            for c in certs {
+                roots
+                    .add(c.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(RootsError::Empty {
+                    path: path.display().to_string(),
+                });
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// rustls' client configuration with ring named as the provider (not left
+/// to rustls' process default: a build that links both ring and aws-lc-rs,
+/// as the workspace's tests do, has none, and rustls would panic) and the
+/// given roots; no client certificate.
+pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, RootsError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// hyper's pooled client for http and https (HTTP/1.1) over rustls with
+/// ring, verifying servers against [`root_store`]`(ca_file)`.
+pub fn client_with_roots<B>(
+    max_idle_per_host: usize,
+    ca_file: Option<&Path>,
+) -> Result<Client<B>, RootsError>
 where
     B: hyper::body::Body + Send,
     B::Data: Send,
 {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .map_err(|_| EndpointError::NoRoots)?
+        .with_tls_config(tls_config(root_store(ca_file)?)?)
         .https_or_http()
         .enable_http1()
         .build();
@@ -114,6 +184,53 @@ where
             .pool_max_idle_per_host(max_idle_per_host)
             .build(https),
     )
+}
+
+/// A failed request's error with its sources, for a message: hyper's own
+/// text says only `client error (Connect)`; the reason (`invalid peer
+/// certificate: UnknownIssuer`, `Connection refused`) is further down.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// Whether a request failed in TLS (the server's certificate, the
+/// handshake): trying again will not help. rustls' error travels inside
+/// `io::Error`s (sometimes one inside another), whose `source()` skips what
+/// they wrap, so each link is also looked into.
+pub fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    fn visit(e: &(dyn std::error::Error + 'static), depth: u8) -> bool {
+        if depth > 16 {
+            return false;
+        }
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| visit(inner, depth + 1));
+        wrapped || e.source().is_some_and(|s| visit(s, depth + 1))
+    }
+    visit(e, 0)
+}
+
+/// [`client_with_roots`] with the platform's roots.
+pub fn client<B>(max_idle_per_host: usize) -> Result<Client<B>, EndpointError>
+where
+    B: hyper::body::Body + Send,
+    B::Data: Send,
+{
+    client_with_roots(max_idle_per_host, None).map_err(|_| EndpointError::NoRoots)
 }
 
 #[cfg(test)]
@@ -142,6 +259,24 @@ mod tests {
             Err(EndpointError::PlainHttp)
         );
         assert_eq!(check_endpoint("http://[::1]:1"), Ok(Reach::LoopbackHttp));
+    }
+
+    #[test]
+    fn describe_and_tls_failures_look_through_io_errors() {
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(is_tls_failure(&tls));
+        assert!(
+            describe(&tls).contains("UnknownIssuer"),
+            "{}",
+            describe(&tls)
+        );
+        let twice = std::io::Error::other(tls);
+        assert!(is_tls_failure(&twice));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!is_tls_failure(&refused));
     }
 
     #[test]

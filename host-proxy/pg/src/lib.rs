@@ -180,35 +180,20 @@ where
 }
 
 fn client_config(root: Option<String>) -> Result<rustls::ClientConfig, PgTlsError> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let path = root.unwrap_or_else(|| "system".into());
-    let bad = |reason: String| PgTlsError::RootCert {
+    // libpq's `sslrootcert=system` (and no sslrootcert) mean the platform's roots.
+    let file = root.filter(|r| r != "system");
+    let path = file.clone().unwrap_or_else(|| "system".into());
+    let bad = |e: pii_http_client::RootsError| PgTlsError::RootCert {
         path: path.clone(),
-        reason,
+        reason: match e {
+            pii_http_client::RootsError::File { reason, .. } => reason,
+            pii_http_client::RootsError::Empty { .. } => "no CA certificates in it".into(),
+            other => other.to_string(),
+        },
     };
-    if path == "system" {
-        let found = rustls_native_certs::load_native_certs();
-        for c in found.certs {
-            let _ = roots.add(c);
-        }
-    } else {
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(&path)
-            .map_err(|e| bad(e.to_string()))?
-        {
-            roots
-                .add(c.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    if roots.is_empty() {
-        return Err(bad("no CA certificates in it".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-        .map_err(|e| bad(e.to_string()))
+    let roots =
+        pii_http_client::root_store(file.as_deref().map(std::path::Path::new)).map_err(&bad)?;
+    pii_http_client::tls_config(roots).map_err(bad)
 }
 
 #[cfg(test)]
