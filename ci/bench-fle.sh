@@ -90,3 +90,4 @@ for step, label in [("backfill", "backfill (encrypt + write)"), ("rotate", "rota
     print(f"| {label} | {s['rows_per_sec']:,} | {b['rows_per_sec']:,} | {s['rows_per_sec'] / b['rows_per_sec']:.2f} |")
 print(f"\n({rows[0]['rows']:,} rows; PostgreSQL, the Transit server and pii-fle share this machine; {sys.argv[2]})")
 PY
+bench_profile_note

@@ -158,3 +158,4 @@ for view, label in (("signals", "online: enforced blocks on fraud-signals"), ("w
     print(f"| {label} | {pct(v['recall'])} | {pct(v['precision'])} | {100 * v['false_positive_rate']:.2f} % |")
 print(f"({on['signal_count']} signals, {on['waf_entries']} enforced map entries; target/bench/fraud-drill-online.json)")
 PY
+bench_profile_note

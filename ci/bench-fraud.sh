@@ -122,3 +122,4 @@ echo
 echo "pii-fraud / CrowdSec lines/s: drill $(ratio "$r_drill" "$cs_r_drill")x, spraying $(ratio "$r_small" "$cs_r_spray")x (CrowdSec start ${cs_t0} s excluded; its drill alerts: $cs_alerts_drill on $cs_ips_drill addresses)"
 echo "CrowdSec RSS (KiB) by share of the spraying log read: $cs_curve"
 echo "(offline replay, one core; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); target/bench/fraud.json)"
+bench_profile_note

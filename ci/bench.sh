@@ -151,3 +151,4 @@ print(f"\nsingle: sidecar/OpenBao req/s = {s['req_per_s']/b['req_per_s']:.2f}x; 
 s, b = r["sidecar-batch"], r["openbao-batch"]
 print(f"batch:  sidecar {s['items_per_s']:.0f} fields/s vs OpenBao {b['items_per_s']:.0f} = {s['items_per_s']/b['items_per_s']:.2f}x")
 PY
+bench_profile_note

@@ -22,3 +22,10 @@ bench_build_dev_enclave() { bench_build -p pii-enclave --features dangerous-dev 
 
 # A free TCP port on 127.0.0.1 (the kernel picks it).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Said under a benchmark's tables when they come from the dev profile.
+bench_profile_note() {
+  if [ "${PII_BENCH_PROFILE:-release}" = dev ]; then
+    echo "(PII_BENCH_PROFILE=dev: debug binaries, a smoke run; these figures mean nothing)"
+  fi
+}
