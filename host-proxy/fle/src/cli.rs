@@ -195,6 +195,11 @@ pub struct Common {
     /// Throttle: at most this many rows per second.
     #[arg(long, env = "PII_FLE_ROWS_PER_SEC")]
     pub rows_per_sec: Option<f64>,
+    /// Throttle: pause between batches while a batch's write transaction
+    /// takes longer than this (the database is busy); the pause doubles
+    /// while writes stay over budget and decays once they are within it.
+    #[arg(long, env = "PII_FLE_LATENCY_BUDGET_MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub latency_budget_ms: Option<u64>,
     /// Passes before giving up on rows applications keep changing.
     #[arg(long, default_value_t = 5)]
     pub max_passes: i32,
@@ -329,6 +334,7 @@ async fn setup(c: &Common) -> Result<Run, FleError> {
         batch: c.batch,
         in_flight: usize::from(c.in_flight),
         rows_per_sec: c.rows_per_sec,
+        latency_budget: c.latency_budget_ms.map(std::time::Duration::from_millis),
         max_passes: c.max_passes.max(1),
         metrics: m,
         quiet: c.quiet,

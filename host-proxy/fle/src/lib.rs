@@ -92,6 +92,8 @@ pub struct Run {
     pub in_flight: usize,
     /// Throttle: at most this many rows written per second.
     pub rows_per_sec: Option<f64>,
+    /// Throttle: keep each batch's write transaction within this time.
+    pub latency_budget: Option<std::time::Duration>,
     /// Passes before giving up on rows applications keep changing.
     pub max_passes: i32,
     pub metrics: std::sync::Arc<metrics::Metrics>,
@@ -166,6 +168,53 @@ impl Run {
     }
 }
 
+/// The latency-budget throttle (`--latency-budget-ms`): after each batch,
+/// how long to pause so that the batches' write transactions stay within
+/// the budget. A write that takes longer than usual means the database is
+/// busy (locks, I/O, CPU shared with the application), so the tool backs
+/// off: the pause at least covers the overshoot and doubles while writes
+/// stay over budget, and decays by a quarter per batch once they are
+/// within it (the `--chunk-time` idea of pt-online-schema-change, applied
+/// to the pause rather than the batch size, which the checkpoint fixes).
+/// Pure: durations in, a duration out.
+#[derive(Clone, Debug)]
+pub struct LatencyBudget {
+    budget: std::time::Duration,
+    pause: std::time::Duration,
+}
+
+impl LatencyBudget {
+    /// The longest pause between two batches.
+    pub const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+    const MIN_STEP: std::time::Duration = std::time::Duration::from_millis(10);
+
+    pub fn new(budget: std::time::Duration) -> LatencyBudget {
+        LatencyBudget {
+            budget,
+            pause: std::time::Duration::ZERO,
+        }
+    }
+
+    /// The pause after a batch whose write transaction took `took`.
+    pub fn observe(&mut self, took: std::time::Duration) -> std::time::Duration {
+        self.pause = match took.checked_sub(self.budget) {
+            Some(over) if !over.is_zero() => (self.pause * 2)
+                .max(over)
+                .max(Self::MIN_STEP)
+                .min(Self::MAX_PAUSE),
+            _ => {
+                let decayed = self.pause * 3 / 4;
+                if decayed < std::time::Duration::from_millis(1) {
+                    std::time::Duration::ZERO
+                } else {
+                    decayed
+                }
+            }
+        };
+        self.pause
+    }
+}
+
 /// Paces writes to `rate` rows per second (measured from `start`).
 pub async fn throttle(rate: Option<f64>, start: std::time::Instant, rows: u64) {
     if let Some(rate) = rate.filter(|r| *r > 0.0) {
@@ -175,5 +224,43 @@ pub async fn throttle(rate: Option<f64>, start: std::time::Instant, rows: u64) {
         if let Some(wait) = due.checked_sub(start.elapsed()) {
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LatencyBudget;
+    use std::time::Duration;
+
+    #[test]
+    fn the_pause_grows_while_writes_are_over_budget_and_decays_after() {
+        let ms = Duration::from_millis;
+        let mut t = LatencyBudget::new(ms(50));
+        assert_eq!(t.observe(ms(20)), Duration::ZERO, "within budget: no pause");
+        assert_eq!(t.observe(ms(50)), Duration::ZERO, "at the budget: no pause");
+        assert_eq!(
+            t.observe(ms(55)),
+            ms(10),
+            "a small overshoot: the smallest step"
+        );
+        assert_eq!(t.observe(ms(55)), ms(20), "still over: doubles");
+        assert_eq!(
+            t.observe(ms(450)),
+            ms(400),
+            "far over: at least the overshoot"
+        );
+        let mut over = Duration::ZERO;
+        for _ in 0..20 {
+            over = t.observe(ms(5_000));
+        }
+        assert_eq!(over, LatencyBudget::MAX_PAUSE, "bounded");
+        let mut p = over;
+        let mut batches = 0;
+        while !p.is_zero() {
+            p = t.observe(ms(10));
+            batches += 1;
+            assert!(batches < 60, "decays to nothing");
+        }
+        assert!(batches > 5, "but not at once: {batches}");
     }
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub batches: Counter,
     /// Rows left to do, as estimated at the start of the pass.
     pub rows_remaining: Gauge,
+    /// The latency-budget throttle's current pause between batches.
+    pub throttle_pause_ms: Gauge,
 }
 
 impl Metrics {
@@ -36,6 +38,7 @@ impl Metrics {
             rows_mismatched: Counter::default(),
             batches: Counter::default(),
             rows_remaining: Gauge::default(),
+            throttle_pause_ms: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("rows_read", "Rows read by scans", m.rows_read.clone());
@@ -64,6 +67,11 @@ impl Metrics {
             "rows_remaining",
             "Rows left in this pass (estimate)",
             m.rows_remaining.clone(),
+        );
+        registry.register(
+            "throttle_pause_milliseconds",
+            "Pause between batches set by the latency budget (--latency-budget-ms)",
+            m.throttle_pause_ms.clone(),
         );
         registry.register(
             "transit_retries",

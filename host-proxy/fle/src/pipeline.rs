@@ -191,6 +191,7 @@ pub struct Writer<B> {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     progress: crate::metrics::Progress,
     rate: Option<f64>,
+    latency: Option<crate::LatencyBudget>,
     started: std::time::Instant,
     written: u64,
     skipped: u64,
@@ -204,6 +205,7 @@ impl<B: Batch> Sink for Writer<B> {
         let Some(last) = b.pks().last().cloned() else {
             return Ok(());
         };
+        let t0 = std::time::Instant::now();
         let tx = self.db.transaction().await?;
         let n = tx.execute(&self.stmt, &b.params()).await?;
         let skipped = (b.pks().len() as u64).checked_sub(n).ok_or_else(|| {
@@ -214,6 +216,7 @@ impl<B: Batch> Sink for Writer<B> {
         })?;
         crate::job::advance(&tx, &self.job, &last, n as i64, skipped as i64).await?;
         tx.commit().await?;
+        let took = t0.elapsed();
         self.written += n;
         self.skipped += skipped;
         self.metrics.rows_written.inc_by(n);
@@ -227,6 +230,15 @@ impl<B: Batch> Sink for Writer<B> {
             );
         }
         crate::throttle(self.rate, self.started, self.written).await;
+        if let Some(budget) = &mut self.latency {
+            let pause = budget.observe(took);
+            self.metrics
+                .throttle_pause_ms
+                .set(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX));
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
         Ok(())
     }
 }
@@ -296,6 +308,7 @@ where
             metrics: run.metrics.clone(),
             progress: crate::metrics::Progress::new(what, remaining as u64, run.quiet),
             rate: run.rows_per_sec,
+            latency: run.latency_budget.map(crate::LatencyBudget::new),
             started: std::time::Instant::now(),
             written: 0,
             skipped: 0,
