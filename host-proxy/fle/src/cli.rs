@@ -31,6 +31,10 @@ use crate::{backfill, metrics, rotate, verify, workload, FleError, Run};
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+    /// Settings as TOML (keys: the long flags' names); the command line and
+    /// the environment override it.
+    #[arg(long, env = "PII_FLE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, env = "PII_FLE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     pub log_format: String,

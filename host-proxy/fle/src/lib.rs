@@ -27,6 +27,7 @@
 pub mod backfill;
 pub mod cache;
 pub mod cli;
+pub mod config;
 pub mod ident;
 pub mod job;
 pub mod metrics;

@@ -5,7 +5,14 @@
 use clap::Parser as _;
 
 fn main() {
-    let cli = pii_fle::cli::Cli::parse();
+    let args = match pii_fle::config::with_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pii-fle: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = pii_fle::cli::Cli::parse_from(args);
     let filter = tracing_subscriber::EnvFilter::try_from_env("PII_FLE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
