@@ -632,6 +632,81 @@ async fn objects_planted_on_the_search_path_never_see_a_value() {
     db.drop_db().await;
 }
 
+/// Where other roles may create objects (`public` before PostgreSQL 15),
+/// another role can make the objects pii-fle names first: a job table
+/// (`CREATE TABLE IF NOT EXISTS` would keep it, and its triggers would run
+/// as the tool's role inside every batch's transaction) or a trigger
+/// function under its predictable name (`CREATE OR REPLACE` keeps the
+/// owner, who could then redefine it to read every plaintext applications
+/// write). pii-fle refuses both, names them, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_another_role_made_first_are_refused() {
+    let bins = bins();
+    let stack = Stack::start().await;
+    let db = PgDb::create().await;
+    let c = users(&db, 500).await;
+    let encrypted = "SELECT count(*) FROM users WHERE to_jsonb(users)->>'email_enc' IS NOT NULL";
+    let role = format!("fle_other_{}", std::process::id());
+    c.batch_execute(&format!(
+        "CREATE ROLE {role}; GRANT CREATE ON SCHEMA public TO {role};
+         SET ROLE {role};
+         CREATE TABLE public.pii_fle_jobs (job text PRIMARY KEY, kind text NOT NULL,
+             state text NOT NULL, last_pk text, pass integer NOT NULL DEFAULT 1,
+             rows_done bigint NOT NULL DEFAULT 0, rows_skipped bigint NOT NULL DEFAULT 0,
+             from_version integer, to_version integer, detail jsonb,
+             started_at timestamptz NOT NULL DEFAULT now(),
+             updated_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz);
+         GRANT ALL ON public.pii_fle_jobs TO PUBLIC;
+         RESET ROLE;"
+    ))
+    .await
+    .unwrap();
+    let backfill = ["backfill", "--key", "pii", "--create-key"];
+    let o = fle(&bins, &db, &stack.url, &backfill).await;
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr.contains("pii_fle_jobs") && o.stderr.contains(&format!("role \"{role}\"")),
+        "{o:?}"
+    );
+    assert_eq!(count(&c, encrypted).await, 0);
+    c.batch_execute("DROP TABLE public.pii_fle_jobs")
+        .await
+        .unwrap();
+
+    // The trigger function, made first under the name `migration` prints.
+    let o = fle(&bins, &db, &stack.url, &["migration", "--key", "pii"]).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    let function = o
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CREATE OR REPLACE FUNCTION "))
+        .and_then(|l| l.split_once("()"))
+        .map(|(f, _)| f.to_owned())
+        .expect("the migration creates a function");
+    c.batch_execute(&format!(
+        "SET ROLE {role};
+         CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         RESET ROLE;"
+    ))
+    .await
+    .unwrap();
+    let o = fle(&bins, &db, &stack.url, &backfill).await;
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("trigger function"), "{o:?}");
+    assert_eq!(count(&c, encrypted).await, 0);
+    c.batch_execute(&format!("DROP FUNCTION {function}()"))
+        .await
+        .unwrap();
+
+    let o = fle(&bins, &db, &stack.url, &backfill).await;
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(count(&c, encrypted).await > 0);
+    c.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .await
+        .unwrap();
+    db.drop_db().await;
+}
+
 /// Transit over https with a private CA (`bao server -dev -dev-tls`): the
 /// system's roots do not know the CA, so pii-fle refuses the server at once
 /// (a certificate error is not retried) and writes nothing; named with

@@ -46,6 +46,17 @@ pub enum SchemaError {
          plaintext, context or primary key column; name a new column with --enc-column"
     )]
     BadEncColumn(String),
+    #[error(
+        "{object} belongs to role {owner:?}, not to this role or the table's owner ({why}); \
+         another role made it first, so pii-fle will not use it: drop it or have its owner check it"
+    )]
+    ForeignObject {
+        object: String,
+        owner: String,
+        why: &'static str,
+    },
+    #[error("{object}: {why}; pii-fle will not use it")]
+    Tampered { object: String, why: &'static str },
     #[error("{table}.{column} does not exist: run `pii-fle backfill` first")]
     NotMigrated { table: String, column: String },
     #[error("postgres: {}{}", pii_pg::chain(.0), crate::search_path_hint(.0))]
@@ -56,6 +67,12 @@ pub enum SchemaError {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub table: Table,
+    /// The table's catalog oid (ownership checks).
+    pub oid: u32,
+    /// `--table` was typed without a schema: objects made by pii-fle before
+    /// names were schema-resolved carry the unqualified name's hash (their
+    /// legacy names, dropped when the current ones are created).
+    pub typed_unqualified: bool,
     pub pk: Ident,
     /// The primary key's SQL type (`bigint`, `uuid`, …), from the catalog.
     pub pk_type: String,
@@ -108,10 +125,27 @@ impl Plan {
     /// per (schema, table, column) and within PostgreSQL's 63 bytes (a
     /// truncated name could collide with another column's object).
     fn object(&self, what: &str) -> Result<Ident, SchemaError> {
+        self.object_in(
+            self.table.schema.as_ref().map(Ident::name).unwrap_or(""),
+            what,
+        )
+    }
+
+    /// The name [`Plan::object`] gave before unqualified tables were
+    /// resolved to their schema, if it differs from today's.
+    fn legacy_object(&self, what: &str) -> Result<Option<Ident>, SchemaError> {
+        if !self.typed_unqualified {
+            return Ok(None);
+        }
+        let old = self.object_in("", what)?;
+        Ok((old != self.object(what)?).then_some(old))
+    }
+
+    fn object_in(&self, schema: &str, what: &str) -> Result<Ident, SchemaError> {
         let base = format!("{}_{}", self.table.name.name(), self.column.name());
         let id = format!(
             "{}\0{}\0{}",
-            self.table.schema.as_ref().map(Ident::name).unwrap_or(""),
+            schema,
             self.table.name.name(),
             self.column.name()
         );
@@ -125,6 +159,7 @@ impl Plan {
     /// The SQL every write command applies first (idempotent).
     pub fn migration_sql(&self) -> Result<String, SchemaError> {
         let mut sql = render(JOBS_SQL, &[("jobs", self.jobs_table())]);
+        sql += &self.drop_legacy_sql()?;
         let context_changed = self
             .context
             .as_ref()
@@ -167,9 +202,31 @@ impl Plan {
         Ok(sql)
     }
 
+    /// SQL that drops the triggers, functions and index an earlier pii-fle
+    /// made under their legacy names (empty when there are none).
+    fn drop_legacy_sql(&self) -> Result<String, SchemaError> {
+        let mut sql = String::new();
+        for what in ["stale", "bidx_stale"] {
+            if let Some(n) = self.legacy_object(what)? {
+                sql += &format!(
+                    "DROP TRIGGER IF EXISTS {n} ON {t};\nDROP FUNCTION IF EXISTS {f}();\n",
+                    t = self.table,
+                    f = schema_qualified(&self.table, &n)
+                );
+            }
+        }
+        if let Some(n) = self.legacy_object("bidx_idx")? {
+            sql += &format!(
+                "DROP INDEX IF EXISTS {};\n",
+                schema_qualified(&self.table, &n)
+            );
+        }
+        Ok(sql)
+    }
+
     /// SQL that removes the plaintext column and the triggers guarding it.
     pub fn drop_plaintext_sql(&self) -> Result<String, SchemaError> {
-        let mut sql = String::new();
+        let mut sql = self.drop_legacy_sql()?;
         for what in ["stale", "bidx_stale"] {
             let n = self.object(what)?;
             sql += &format!(
@@ -230,6 +287,7 @@ pub async fn inspect(
         return Err(SchemaError::NoTable(table.label()));
     };
     let oid: u32 = row.try_get(0)?;
+    let typed_unqualified = table.schema.is_none();
     let table = &Table {
         schema: Some(Ident::new(&row.try_get::<_, String>(1)?)?),
         name: table.name.clone(),
@@ -328,6 +386,8 @@ pub async fn inspect(
     }
     Ok(Plan {
         table: table.clone(),
+        oid,
+        typed_unqualified,
         pk: Ident::new(&pk[0].get::<_, String>(0))?,
         pk_type: pk[0].get(1),
         column: column.clone(),
@@ -364,16 +424,117 @@ pub async fn refuse_ciphertext(db: &impl GenericClient, plan: &Plan) -> Result<(
 pub async fn ensure_jobs(db: &impl GenericClient, plan: &Plan) -> Result<(), SchemaError> {
     db.batch_execute(&render(JOBS_SQL, &[("jobs", plan.jobs_table())]))
         .await?;
-    Ok(())
+    check_jobs_table(db, plan).await
 }
 
-/// Applies the migration in one transaction (idempotent).
+/// Applies the migration in one transaction (idempotent), and refuses
+/// (rolling it back) when an object it would rely on is another role's.
 pub async fn migrate(db: &mut tokio_postgres::Client, plan: &mut Plan) -> Result<(), SchemaError> {
     let sql = plan.migration_sql()?;
     let tx = db.transaction().await?;
     tx.batch_execute(&sql).await?;
+    check_jobs_table(&tx, plan).await?;
+    check_objects(&tx, plan).await?;
     tx.commit().await?;
     plan.migrated = true;
+    Ok(())
+}
+
+/// The roles whose objects pii-fle trusts: itself and the table's owner.
+async fn trusted(db: &impl GenericClient, plan: &Plan) -> Result<[String; 2], SchemaError> {
+    let r = db
+        .query_one(
+            "SELECT current_user::text, pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = $1",
+            &[&plan.oid],
+        )
+        .await?;
+    Ok([r.try_get(0)?, r.try_get(1)?])
+}
+
+/// `CREATE TABLE IF NOT EXISTS` keeps a job table someone else made first
+/// (in a schema where other roles may create objects): its triggers or
+/// rules would then run, as this role, on every checkpoint, inside the
+/// transaction that writes a batch. The job table must be an ordinary table
+/// of a trusted role with no trigger, rule or row security.
+async fn check_jobs_table(db: &impl GenericClient, plan: &Plan) -> Result<(), SchemaError> {
+    let object = plan.jobs_table();
+    let r = db
+        .query_one(
+            "SELECT c.relkind::text, pg_get_userbyid(c.relowner)::text, c.relhasrules,
+                    c.relrowsecurity,
+                    (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
+            &[&object],
+        )
+        .await?;
+    let (kind, owner): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+    let (rules, rls, triggers): (bool, bool, i64) = (r.try_get(2)?, r.try_get(3)?, r.try_get(4)?);
+    if !trusted(db, plan).await?.contains(&owner) {
+        return Err(SchemaError::ForeignObject {
+            object,
+            owner,
+            why: "the job table",
+        });
+    }
+    let why = if kind != "r" {
+        Some("not an ordinary table")
+    } else if rules || rls || triggers > 0 {
+        Some("it has triggers, rules or row security")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(SchemaError::Tampered { object, why }),
+        None => Ok(()),
+    }
+}
+
+/// `CREATE OR REPLACE FUNCTION` keeps the owner of a function someone else
+/// made first under the same (predictable) name, who could then redefine
+/// it to see every plaintext an application writes; `CREATE INDEX IF NOT
+/// EXISTS` skips when any relation has the index's name. The trigger
+/// functions must be a trusted role's, the index must be on the table.
+async fn check_objects(db: &impl GenericClient, plan: &Plan) -> Result<(), SchemaError> {
+    let trusted = trusted(db, plan).await?;
+    let mut functions = vec![plan.object("stale")?];
+    if plan.bidx.is_some() {
+        functions.push(plan.object("bidx_stale")?);
+    }
+    for f in functions {
+        let object = format!("{}()", schema_qualified(&plan.table, &f));
+        let owner: Option<String> = db
+            .query_one(
+                "SELECT pg_get_userbyid(proowner)::text FROM pg_proc WHERE oid = to_regprocedure($1)",
+                &[&object],
+            )
+            .await?
+            .try_get(0)?;
+        let owner = owner.unwrap_or_default();
+        if !trusted.contains(&owner) {
+            return Err(SchemaError::ForeignObject {
+                object,
+                owner,
+                why: "a trigger function",
+            });
+        }
+    }
+    if plan.bidx.is_some() {
+        let object = schema_qualified(&plan.table, &plan.object("bidx_idx")?);
+        let on: Option<u32> = db
+            .query_opt(
+                "SELECT indrelid FROM pg_index WHERE indexrelid = to_regclass($1)",
+                &[&object],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if on != Some(plan.oid) {
+            return Err(SchemaError::Tampered {
+                object,
+                why: "a relation of this name exists and is not the blind index of the table",
+            });
+        }
+    }
     Ok(())
 }
 
@@ -408,6 +569,8 @@ mod tests {
     fn migration_sql_quotes_every_name_and_fills_every_placeholder() {
         let plan = Plan {
             table: Table::parse("app.users").expect("ok"),
+            oid: 0,
+            typed_unqualified: false,
             pk: Ident::new("id").expect("ok"),
             pk_type: "bigint".into(),
             column: Ident::new("email").expect("ok"),
@@ -442,9 +605,50 @@ mod tests {
     }
 
     #[test]
+    fn objects_made_under_legacy_names_are_dropped() {
+        let plan = |typed_unqualified| Plan {
+            table: Table::parse("public.users").expect("ok"),
+            oid: 0,
+            typed_unqualified,
+            pk: Ident::new("id").expect("ok"),
+            pk_type: "bigint".into(),
+            column: Ident::new("email").expect("ok"),
+            enc: Ident::new("email_enc").expect("ok"),
+            bidx: Some(Ident::new("email_bidx").expect("ok")),
+            context: None,
+            migrated: false,
+        };
+        // Before names were schema-resolved, `--table users` hashed "".
+        let old = plan(true).object_in("", "stale").expect("name");
+        assert_ne!(old, plan(true).object("stale").expect("name"));
+        for sql in [
+            plan(true).migration_sql().expect("sql"),
+            plan(true).drop_plaintext_sql().expect("sql"),
+        ] {
+            assert!(
+                sql.contains(&format!("DROP TRIGGER IF EXISTS {old} ON")),
+                "{sql}"
+            );
+            assert!(sql.contains(&format!("DROP FUNCTION IF EXISTS \"public\".{old}()")));
+        }
+        let idx = plan(true).object_in("", "bidx_idx").expect("name");
+        assert!(plan(true)
+            .migration_sql()
+            .expect("sql")
+            .contains(&format!("DROP INDEX IF EXISTS \"public\".{idx}")));
+        // Typed with its schema: nothing legacy.
+        assert!(!plan(false)
+            .migration_sql()
+            .expect("sql")
+            .contains(&old.to_string()));
+    }
+
+    #[test]
     fn object_names_never_collide_or_overflow() {
         let plan = |t: &str, c: &str| Plan {
             table: Table::parse(t).expect("ok"),
+            oid: 0,
+            typed_unqualified: false,
             pk: Ident::new("id").expect("ok"),
             pk_type: "bigint".into(),
             column: Ident::new(c).expect("ok"),

@@ -189,6 +189,9 @@ where
 /// A failed request's error with its sources, for a message: hyper's own
 /// text says only `client error (Connect)`; the reason (`invalid peer
 /// certificate: UnknownIssuer`, `Connection refused`) is further down.
+/// Parts of it come from the server (a certificate's names), so control
+/// characters are escaped (no forged log line or terminal sequence) and the
+/// text is cut at 1,000 characters.
 pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
@@ -200,20 +203,42 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = c.source();
     }
-    out
+    let mut safe = String::with_capacity(out.len().min(1_000));
+    for ch in out.chars() {
+        if safe.len() >= 1_000 {
+            safe.push('…');
+            break;
+        }
+        if ch.is_control() {
+            safe.extend(ch.escape_default());
+        } else {
+            safe.push(ch);
+        }
+    }
+    safe
 }
 
-/// Whether a request failed in TLS (the server's certificate, the
-/// handshake): trying again will not help. rustls' error travels inside
-/// `io::Error`s (sometimes one inside another), whose `source()` skips what
-/// they wrap, so each link is also looked into.
+/// Whether a request failed because the server cannot be trusted or cannot
+/// speak TLS with us (its certificate, no certificate, nothing in common to
+/// agree on): trying again will not help. Other TLS errors (a corrupt
+/// record, an alert mid-connection) may be the network's and are retried.
+/// rustls' error travels inside `io::Error`s (sometimes one inside
+/// another), whose `source()` skips what they wrap, so each link is also
+/// looked into.
 pub fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     fn visit(e: &(dyn std::error::Error + 'static), depth: u8) -> bool {
         if depth > 16 {
             return false;
         }
-        if e.is::<rustls::Error>() {
-            return true;
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                t,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::UnsupportedNameType
+                    | rustls::Error::PeerIncompatible(_)
+                    | rustls::Error::InvalidCertRevocationList(_)
+            );
         }
         let wrapped = e
             .downcast_ref::<std::io::Error>()
@@ -277,6 +302,24 @@ mod tests {
         assert!(is_tls_failure(&twice));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(!is_tls_failure(&refused));
+        // A corrupt record may be the network's: retried.
+        let corrupt =
+            std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        assert!(!is_tls_failure(&corrupt));
+        // Names from a certificate cannot forge a line.
+        let forged = std::io::Error::other("only valid for x\nINFO backfill done\u{1b}[2J");
+        let shown = describe(&forged);
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\n"), "{shown}");
+        assert!(
+            describe(&std::io::Error::other("x".repeat(5_000)))
+                .chars()
+                .count()
+                <= 1_001
+        );
     }
 
     #[test]
