@@ -565,10 +565,10 @@ pub async fn versions(
 mod tests {
     use super::*;
 
-    #[test]
-    fn migration_sql_quotes_every_name_and_fills_every_placeholder() {
-        let plan = Plan {
-            table: Table::parse("app.users").expect("ok"),
+    /// `table.email` → `email_enc` and `email_bidx`, keyed by `id`.
+    fn users(table: &str) -> Plan {
+        Plan {
+            table: Table::parse(table).expect("ok"),
             oid: 0,
             typed_unqualified: false,
             pk: Ident::new("id").expect("ok"),
@@ -578,7 +578,12 @@ mod tests {
             bidx: Some(Ident::new("email_bidx").expect("ok")),
             context: None,
             migrated: false,
-        };
+        }
+    }
+
+    #[test]
+    fn migration_sql_quotes_every_name_and_fills_every_placeholder() {
+        let plan = users("app.users");
         let sql = plan.migration_sql().expect("sql");
         assert!(!sql.contains("{{"), "{sql}");
         assert!(sql
@@ -607,16 +612,8 @@ mod tests {
     #[test]
     fn objects_made_under_legacy_names_are_dropped() {
         let plan = |typed_unqualified| Plan {
-            table: Table::parse("public.users").expect("ok"),
-            oid: 0,
             typed_unqualified,
-            pk: Ident::new("id").expect("ok"),
-            pk_type: "bigint".into(),
-            column: Ident::new("email").expect("ok"),
-            enc: Ident::new("email_enc").expect("ok"),
-            bidx: Some(Ident::new("email_bidx").expect("ok")),
-            context: None,
-            migrated: false,
+            ..users("public.users")
         };
         // Before names were schema-resolved, `--table users` hashed "".
         let old = plan(true).object_in("", "stale").expect("name");
@@ -646,16 +643,10 @@ mod tests {
     #[test]
     fn object_names_never_collide_or_overflow() {
         let plan = |t: &str, c: &str| Plan {
-            table: Table::parse(t).expect("ok"),
-            oid: 0,
-            typed_unqualified: false,
-            pk: Ident::new("id").expect("ok"),
-            pk_type: "bigint".into(),
             column: Ident::new(c).expect("ok"),
             enc: Ident::new("x_enc").expect("ok"),
             bidx: None,
-            context: None,
-            migrated: false,
+            ..users(t)
         };
         // Same underscore-joined text, different (table, column).
         let a = plan("a_b", "c").object("stale").expect("name");
