@@ -170,9 +170,8 @@ mod tests {
 
     const REQUIRED: [&str; 6] = ["--table", "users", "--column", "email", "--key", "pii"];
 
-    fn parse(a: &[&str]) -> Result<Cli, String> {
-        let args = with_config(argv(a)).map_err(|e| e.to_string())?;
-        Cli::try_parse_from(args).map_err(|e| e.to_string())
+    fn parse(a: &[&str]) -> Result<Cli, Box<dyn std::error::Error>> {
+        Ok(Cli::try_parse_from(with_config(argv(a))?)?)
     }
 
     #[test]
@@ -226,10 +225,12 @@ mod tests {
                 dir.path(),
                 &format!("database_url = \"postgres://u@h/db\"\n{text}\n"),
             );
-            let e = parse(&a).expect_err(text);
+            let e = parse(&a).expect_err(text).to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
-        let e = parse(&["verify", "--config", "/nonexistent/fle.toml"]).expect_err("missing");
+        let e = parse(&["verify", "--config", "/nonexistent/fle.toml"])
+            .expect_err("missing")
+            .to_string();
         assert!(e.contains("/nonexistent/fle.toml"), "{e}");
     }
 
