@@ -87,6 +87,10 @@ async fn decrypt(t: &Client, key: &str, ct: &str, ctx: Option<&str>) -> String {
     String::from_utf8(pii_tests::unb64(r.data("plaintext").as_str().unwrap())).unwrap()
 }
 
+/// Rows with a ciphertext, whether or not the column exists yet.
+const ENCRYPTED_ROWS: &str =
+    "SELECT count(*) FROM users WHERE to_jsonb(users)->>'email_enc' IS NOT NULL";
+
 fn bins() -> PathBuf {
     pii_tests::binaries()
 }
@@ -645,7 +649,6 @@ async fn objects_another_role_made_first_are_refused() {
     let stack = Stack::start().await;
     let db = PgDb::create().await;
     let c = users(&db, 500).await;
-    let encrypted = "SELECT count(*) FROM users WHERE to_jsonb(users)->>'email_enc' IS NOT NULL";
     let role = format!("fle_other_{}", std::process::id());
     c.batch_execute(&format!(
         "CREATE ROLE {role}; GRANT CREATE ON SCHEMA public TO {role};
@@ -668,7 +671,7 @@ async fn objects_another_role_made_first_are_refused() {
         o.stderr.contains("pii_fle_jobs") && o.stderr.contains(&format!("role \"{role}\"")),
         "{o:?}"
     );
-    assert_eq!(count(&c, encrypted).await, 0);
+    assert_eq!(count(&c, ENCRYPTED_ROWS).await, 0);
     c.batch_execute("DROP TABLE public.pii_fle_jobs")
         .await
         .unwrap();
@@ -693,14 +696,14 @@ async fn objects_another_role_made_first_are_refused() {
     let o = fle(&bins, &db, &stack.url, &backfill).await;
     assert_eq!(o.code, 2, "{o:?}");
     assert!(o.stderr.contains("trigger function"), "{o:?}");
-    assert_eq!(count(&c, encrypted).await, 0);
+    assert_eq!(count(&c, ENCRYPTED_ROWS).await, 0);
     c.batch_execute(&format!("DROP FUNCTION {function}()"))
         .await
         .unwrap();
 
     let o = fle(&bins, &db, &stack.url, &backfill).await;
     assert_eq!(o.code, 0, "{o:?}");
-    assert!(count(&c, encrypted).await > 0);
+    assert!(count(&c, ENCRYPTED_ROWS).await > 0);
     c.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
         .await
         .unwrap();
@@ -727,8 +730,6 @@ async fn https_transit_is_verified_against_the_named_ca_only() {
     let db = PgDb::create().await;
     let c = users(&db, 2_000).await;
     let with_email = count(&c, "SELECT count(*) FROM users WHERE email IS NOT NULL").await;
-    // Counts ciphertexts whether or not the column exists yet.
-    let encrypted = "SELECT count(*) FROM users WHERE to_jsonb(users)->>'email_enc' IS NOT NULL";
     let args = ["backfill", "--key", "pii", "--create-key"];
 
     let t0 = Instant::now();
@@ -743,7 +744,7 @@ async fn https_transit_is_verified_against_the_named_ca_only() {
         t0.elapsed() < Duration::from_secs(10),
         "retried a certificate error"
     );
-    assert_eq!(count(&c, encrypted).await, 0);
+    assert_eq!(count(&c, ENCRYPTED_ROWS).await, 0);
 
     // A CA file that is not a certificate: refused before anything is read.
     let junk = tempfile::NamedTempFile::new().unwrap();
@@ -754,7 +755,7 @@ async fn https_transit_is_verified_against_the_named_ca_only() {
     let o = fle(&bins, &db, &bao.url, &with_junk).await;
     assert_ne!(o.code, 0, "{o:?}");
     assert!(o.stderr.contains(junk_ca), "{o:?}");
-    assert_eq!(count(&c, encrypted).await, 0);
+    assert_eq!(count(&c, ENCRYPTED_ROWS).await, 0);
 
     let o = command(&bins, &db, &bao.url, &args)
         .env("VAULT_CACERT", &ca)
@@ -767,7 +768,7 @@ async fn https_transit_is_verified_against_the_named_ca_only() {
         stdout.contains(&format!("{with_email} rows encrypted")),
         "{stdout}"
     );
-    assert_eq!(count(&c, encrypted).await, with_email);
+    assert_eq!(count(&c, ENCRYPTED_ROWS).await, with_email);
     let mut verify = vec!["verify", "--key", "pii", "--ca-cert"];
     let ca_path = ca.to_str().unwrap();
     verify.push(ca_path);
