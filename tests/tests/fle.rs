@@ -679,6 +679,15 @@ async fn objects_another_role_made_first_are_refused() {
     // The trigger function, made first under the name `migration` prints.
     let o = fle(&bins, &db, &stack.url, &["migration", "--key", "pii"]).await;
     assert_eq!(o.code, 0, "{o:?}");
+    // `--table users` typed without its schema: the objects earlier
+    // versions named for such a table are dropped first (the migration
+    // itself drops no function).
+    assert_eq!(
+        o.stdout.matches("DROP FUNCTION IF EXISTS").count(),
+        2,
+        "{o:?}"
+    );
+    assert!(o.stdout.contains("DROP INDEX IF EXISTS"), "{o:?}");
     let function = o
         .stdout
         .lines()

@@ -290,6 +290,7 @@ async fn setup(c: &Common) -> Result<Run, FleError> {
     let conn = db.connect("pii-fle").await?;
     // An unqualified --table is in the role's first schema: read it before
     // the session's search path is pinned (crate::SearchPath).
+    let typed_unqualified = table.schema.is_none();
     let table = match table.schema {
         Some(_) => table,
         None => {
@@ -322,7 +323,11 @@ async fn setup(c: &Common) -> Result<Run, FleError> {
         blind_index: c.blind_index,
         context_column: c.context_column.clone(),
     };
-    let plan = schema::inspect(&conn, &table, &column, &names).await?;
+    let mut plan = schema::inspect(&conn, &table, &column, &names).await?;
+    // Resolved above, so inspect saw a qualified name: the legacy object
+    // names depend on what was typed.
+    plan.typed_unqualified = typed_unqualified;
+    schema::warn_untrusted_schema_owner(&conn, &plan).await?;
     let m = metrics::Metrics::new(&transit.retries);
     if let Some(addr) = c.metrics_listen {
         metrics::serve(addr, m.clone())

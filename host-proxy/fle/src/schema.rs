@@ -451,6 +451,45 @@ async fn trusted(db: &impl GenericClient, plan: &Plan) -> Result<[String; 2], Sc
     Ok([r.try_get(0)?, r.try_get(1)?])
 }
 
+/// The owner of the table's schema can drop and recreate anything in it
+/// (the job table after its check, the trigger functions, the table
+/// itself), so pii-fle has to trust it, and says so when it is neither this
+/// role, the table's owner nor a superuser. For `public` on PostgreSQL 15
+/// and later that is `pg_database_owner`: the database's owner. A warning,
+/// not a refusal: on managed databases the database's owner is often an
+/// administrator the operator trusts anyway.
+pub async fn warn_untrusted_schema_owner(
+    db: &impl GenericClient,
+    plan: &Plan,
+) -> Result<(), SchemaError> {
+    let r = db
+        .query_one(
+            "SELECT n.nspname::text,
+                    pg_get_userbyid(CASE WHEN o.rolname = 'pg_database_owner' THEN d.datdba
+                                         ELSE n.nspowner END)::text,
+                    (SELECT rolsuper FROM pg_roles
+                      WHERE oid = CASE WHEN o.rolname = 'pg_database_owner' THEN d.datdba
+                                       ELSE n.nspowner END)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_roles o ON o.oid = n.nspowner
+             JOIN pg_database d ON d.datname = current_database()
+             WHERE c.oid = $1",
+            &[&plan.oid],
+        )
+        .await?;
+    let (schema, owner): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+    let superuser: Option<bool> = r.try_get(2)?;
+    if !superuser.unwrap_or(false) && !trusted(db, plan).await?.contains(&owner) {
+        tracing::warn!(
+            schema,
+            owner,
+            "the table's schema belongs to another role, which can drop and recreate the objects \
+             pii-fle checks (job table, trigger functions): it must be trusted as much as this role"
+        );
+    }
+    Ok(())
+}
+
 /// `CREATE TABLE IF NOT EXISTS` keeps a job table someone else made first
 /// (in a schema where other roles may create objects): its triggers or
 /// rules would then run, as this role, on every checkpoint, inside the
@@ -460,7 +499,8 @@ async fn check_jobs_table(db: &impl GenericClient, plan: &Plan) -> Result<(), Sc
     let object = plan.jobs_table();
     let r = db
         .query_one(
-            "SELECT c.relkind::text, pg_get_userbyid(c.relowner)::text, c.relhasrules,
+            "SELECT c.relkind::text, pg_get_userbyid(c.relowner)::text,
+                    EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid),
                     c.relrowsecurity,
                     (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
              FROM pg_class c WHERE c.oid = to_regclass($1)",
